@@ -1,0 +1,5 @@
+"""``python -m unifer`` runs the command-line interface."""
+
+from unifer.cli import main
+
+main()

@@ -1,0 +1,45 @@
+"""unifer's one cache directory, and atomic writes into it.
+
+Compiled models, converted models and auto-selection decisions all live under one directory:
+``$UNIFER_CACHE_DIR`` when set, else the platform's user cache directory (platformdirs). Nothing is
+ever written next to the user's model. Writes go to a temporary file in the same directory and are
+moved into place with ``os.replace``, so a reader never sees half a file, even with two writers.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Final
+
+CACHE_DIR_ENV: Final = "UNIFER_CACHE_DIR"
+
+
+def cache_dir(*parts: str) -> Path:
+    """Return (and create) the cache directory, or a subdirectory of it."""
+    root = os.environ.get(CACHE_DIR_ENV)
+    if root:
+        base = Path(root).expanduser()
+    else:
+        import platformdirs  # imported here: only needed once something is cached
+
+        base = Path(platformdirs.user_cache_dir("unifer", appauthor=False))
+    path = base.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old or the new file, whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,314 @@
+"""``Engine``: the user's handle on one opened model, whatever runtime runs it.
+
+``Engine.load`` is the only code that knows about plugins: it resolves the model path, picks the
+backend (named, or ``"auto"``), validates the options once, and opens a :class:`Session`. The
+Engine itself only checks feeds, applies preprocessing and delegates to the session, so tests can
+build ``Engine(session, backend=...)`` around any session without a registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from . import _registry
+from ._cache import cache_dir
+from ._errors import (
+    BackendUnavailableError,
+    InferenceError,
+    ModelFormatError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelSignatureError,
+    NoBackendAvailableError,
+    PluginError,
+    UniferError,
+    UnsupportedOptionError,
+)
+from ._feeds import check_feeds
+from ._options import check_precision, resolve_threads, split_backend_options
+from ._preprocess import Preprocess, load_sidecar
+from .backend import Backend, Session, SessionOptions, TensorSpec
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+logger = logging.getLogger(__name__)
+
+AUTO = "auto"
+
+
+class Engine:
+    """One opened model. Create it with :meth:`Engine.load`.
+
+    ``predict`` and ``run`` are thread-safe (the backend contract requires it) and return arrays
+    the caller owns.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        /,
+        *,
+        backend: str,
+        model: Path | None = None,
+        preprocess: Preprocess | None = None,
+    ) -> None:
+        if not isinstance(session, Session):
+            raise PluginError(
+                f"backend {backend!r} returned {type(session).__name__}, not a Session"
+            )
+        self._session = session
+        self._backend = backend
+        self._model = model
+        self._inputs = tuple(session.inputs)
+        self._outputs = tuple(session.outputs)
+        self._settings = MappingProxyType(dict(session.settings))
+        self._closed = False
+        if preprocess is not None:
+            self._single_io("preprocess=")
+            preprocess.check_layout(self._inputs[0])
+        self._preprocess = preprocess
+
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike[str],
+        /,
+        *,
+        backend: str = AUTO,
+        threads: int | None = None,
+        precision: str = "fp32",
+        preprocess: Preprocess | None = None,
+        backend_options: Mapping[str, Mapping[str, object]] | None = None,
+    ) -> Engine:
+        """Open ``model`` with one backend.
+
+        Args:
+            model: Path to the model file (``.onnx``, an OpenVINO ``.xml``, ...).
+            backend: A backend name (see ``unifer backends``) or ``"auto"``: the first backend, in
+                the documented static order, that is available, reads this format and opens the
+                model. An explicit name is never replaced by another backend.
+            threads: Threads inside one inference, mapped to each runtime's own knob; ``None``
+                takes ``$UNIFER_NUM_THREADS`` or else the runtime's default.
+            precision: ``"fp32"`` (faithful, the default), ``"bf16"``, ``"fp16"`` or ``"int8"``;
+                a backend that cannot honour it raises.
+            preprocess: Applied by :meth:`predict`. Defaults to the model's
+                ``<stem>.preprocess.json`` sidecar when one exists.
+            backend_options: Per-backend runtime options keyed by backend name, e.g.
+                ``{"onnxruntime": {"providers": ["CPUExecutionProvider"]}}``.
+
+        Raises:
+            ModelNotFoundError: ``model`` does not exist.
+            ModelFormatError: no installed backend reads this kind of file.
+            ModelLoadError: the runtime rejected the file (corrupt, truncated, not a model).
+            BackendNotFoundError: ``backend`` names no installed backend.
+            BackendUnavailableError: the backend's runtime is missing or broken.
+            NoBackendAvailableError: ``"auto"`` found no backend that could open the model.
+            UnsupportedOptionError: an option the backend cannot honour.
+            PreprocessError: ``preprocess`` does not fit the model's input.
+        """
+        path = _resolve_model(model)
+        threads = resolve_threads(threads)
+        checked_precision = check_precision(precision)
+        options = split_backend_options(backend_options, _registry.backend_names())
+        if preprocess is None:
+            preprocess = load_sidecar(path)
+
+        def open_with(plugin: Backend) -> Session:
+            session_options = SessionOptions(
+                threads=threads,
+                precision=checked_precision,
+                cache_dir=cache_dir("backends", plugin.name),
+                extra=options.get(plugin.name, {}),
+            )
+            return plugin.open(path, session_options)
+
+        if backend == AUTO:
+            name, session = _open_auto(path, open_with)
+        else:
+            plugin = _registry.get_backend(backend)
+            _check_suffix(plugin, path)
+            _registry.require_available(plugin)
+            name, session = backend, open_with(plugin)
+        try:
+            return cls(session, backend=name, model=path, preprocess=preprocess)
+        except BaseException:
+            session.close()
+            raise
+
+    @property
+    def backend(self) -> str:
+        """Name of the backend running the model."""
+        return self._backend
+
+    @property
+    def model(self) -> Path | None:
+        """Path of the model file, when loaded from one."""
+        return self._model
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        """The model inputs (name, shape with None or names for dynamic dims, dtype)."""
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        """The model outputs."""
+        return self._outputs
+
+    @property
+    def settings(self) -> Mapping[str, object]:
+        """What the runtime really applied: threads, precision, device, providers/properties."""
+        return self._settings
+
+    @property
+    def preprocess(self) -> Preprocess | None:
+        """The preprocessing ``predict`` applies, if any."""
+        return self._preprocess
+
+    def predict(self, x: ArrayLike, /) -> np.ndarray:
+        """Run a single-input, single-output model on ``x`` and return its one output.
+
+        With a ``preprocess`` spec, ``x`` is an HxWx3 uint8 image or an NxHxWx3 batch; without
+        one, it is the model's input tensor.
+
+        Raises:
+            ModelSignatureError: the model has several inputs or outputs (use :meth:`run`).
+            InputError: ``x`` does not match the model input.
+            PreprocessError: ``x`` is not an image the spec can process.
+            InferenceError: the runtime failed.
+        """
+        self._single_io("predict()")
+        tensor = self._preprocess(x) if self._preprocess is not None else x
+        return self.run({self._inputs[0].name: tensor})[self._outputs[0].name]
+
+    def run(self, feeds: Mapping[str, object], /) -> dict[str, np.ndarray]:
+        """Run the model on named inputs (no preprocessing) and return every output by name.
+
+        Raises:
+            InputError: a feed is missing, unknown, or has the wrong rank, shape, dtype or NaN.
+            InferenceError: the runtime failed.
+        """
+        if self._closed:
+            raise InferenceError(
+                f"this Engine ({self._backend}) is closed; load the model again to run it",
+                backend=self._backend,
+            )
+        return self._session.run(check_feeds(feeds, self._inputs))
+
+    def close(self) -> None:
+        """Release the runtime's resources. Calling it again does nothing."""
+        if not self._closed:
+            self._closed = True
+            self._session.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        model = self._model.name if self._model is not None else "<session>"
+        state = ", closed" if self._closed else ""
+        return f"Engine({model!r}, backend={self._backend!r}{state})"
+
+    def _single_io(self, what: str) -> None:
+        if len(self._inputs) != 1 or len(self._outputs) != 1:
+            ins = ", ".join(s.name for s in self._inputs)
+            outs = ", ".join(s.name for s in self._outputs)
+            raise ModelSignatureError(
+                f"{what} needs a model with one input and one output; this one has "
+                f"{len(self._inputs)} input(s) ({ins}) and "
+                f"{len(self._outputs)} output(s) ({outs}). "
+                "Use engine.run({name: array, ...}) instead, which returns every output by name"
+            )
+
+
+def _resolve_model(model: str | os.PathLike[str]) -> Path:
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be a path (str or os.PathLike), got {type(model).__name__}")
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(f"model file {str(path)!r} does not exist; check the path")
+    if not path.is_file():
+        raise ModelFormatError(f"{str(path)!r} is not a file; pass the model file itself")
+    return path
+
+
+def _suffix(path: Path) -> str:
+    return path.suffix.lower()
+
+
+def _check_suffix(plugin: Backend, path: Path) -> None:
+    if _suffix(path) not in plugin.suffixes:
+        able = readers(_suffix(path))
+        raise ModelFormatError(
+            f"backend {plugin.name!r} reads {', '.join(plugin.suffixes)} files, not {path.name!r}. "
+            + (
+                f"Backends that read {_suffix(path)!r}: {', '.join(able)}"
+                if able
+                else f"No installed backend reads {_suffix(path)!r} files"
+            )
+        )
+
+
+def readers(suffix: str) -> list[str]:
+    """Installed backends whose formats include ``suffix``, in the static auto order."""
+    names = []
+    for name in _registry.backend_names():
+        try:
+            if suffix in _registry.get_backend(name).suffixes:
+                names.append(name)
+        except UniferError:
+            continue  # a broken plugin reads nothing; `unifer backends` shows why
+    return _registry.auto_order(names)
+
+
+def _open_auto(path: Path, open_with: Callable[[Backend], Session]) -> tuple[str, Session]:
+    """Open ``path`` with the first backend in the static order that can; explain every skip."""
+    candidates = readers(_suffix(path))
+    if not candidates:
+        installed = _registry.backend_names()
+        raise ModelFormatError(
+            f"no installed backend reads {_suffix(path)!r} files like {path.name!r} "
+            f"(installed: {', '.join(installed) or 'none'}). "
+            'For ONNX models install one with: pip install "unifer[onnxruntime]"'
+        )
+    reasons: dict[str, str] = {}
+    load_errors: list[ModelLoadError] = []
+    for name in candidates:
+        plugin = _registry.get_backend(name)
+        try:
+            _registry.require_available(plugin)
+            session = open_with(plugin)
+        except ModelLoadError as exc:
+            load_errors.append(exc)
+            reasons[name] = exc.message
+        except (BackendUnavailableError, UnsupportedOptionError, InferenceError) as exc:
+            reasons[name] = exc.message
+        else:
+            skipped = "; ".join(f"{n} skipped: {r}" for n, r in reasons.items())
+            logger.info("auto: %s (static order)%s", name, f"; {skipped}" if skipped else "")
+            return name, session
+    if len(load_errors) == len(candidates):
+        # Every runtime rejected the file: the file is the problem, not the backends.
+        raise load_errors[0]
+    lines = "\n".join(f"  {n}: {r}" for n, r in reasons.items())
+    raise NoBackendAvailableError(
+        f"no backend could open {path.name!r}:\n{lines}\nFix one of the above, or name a backend",
+        reasons=reasons,
+    )

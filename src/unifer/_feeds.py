@@ -1,0 +1,92 @@
+"""Checking a call's feeds against the model's inputs before any runtime sees them.
+
+Runtimes report bad feeds in their own words, sometimes only after a crash deep in a kernel. The
+core checks names, rank, fixed and named dimensions, dtype and NaN once, with one wording for every
+backend: what was expected against what was given, and how to fix it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ._errors import InputError
+from .backend import TensorSpec
+
+
+def _describe(dtype: np.dtype[Any], shape: Sequence[object]) -> str:
+    dims = ",".join("?" if d is None else str(d) for d in shape)
+    return f"{dtype}[{dims}]"
+
+
+def check_feeds(feeds: Mapping[str, object], inputs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+    """Return ``feeds`` as C-contiguous arrays, or raise :class:`InputError` saying why."""
+    if not isinstance(feeds, Mapping):
+        names = ", ".join(repr(s.name) for s in inputs)
+        raise InputError(
+            f"run() takes a dict from input name to array, got {type(feeds).__name__}; "
+            f"this model's inputs are {names}. For a single image use predict()"
+        )
+    expected = {spec.name for spec in inputs}
+    unknown = [name for name in feeds if name not in expected]
+    missing = [spec.name for spec in inputs if spec.name not in feeds]
+    if unknown or missing:
+        raise InputError(
+            "feeds do not match the model inputs: "
+            + "; ".join(
+                part
+                for part in (
+                    f"unknown {', '.join(map(repr, unknown))}" if unknown else "",
+                    f"missing {', '.join(map(repr, missing))}" if missing else "",
+                )
+                if part
+            )
+            + f". The model expects: {', '.join(str(s) for s in inputs)}"
+        )
+    bound: dict[str, tuple[int, str]] = {}  # named dim -> (size, input that fixed it)
+    arrays = {}
+    for spec in inputs:
+        array = np.ascontiguousarray(feeds[spec.name])
+        _check_one(spec, array, bound)
+        arrays[spec.name] = array
+    return arrays
+
+
+def _check_one(spec: TensorSpec, array: np.ndarray, bound: dict[str, tuple[int, str]]) -> None:
+    got = _describe(array.dtype, array.shape)
+    want = _describe(spec.dtype, spec.shape)
+    if array.dtype != spec.dtype:
+        raise InputError(
+            f"input {spec.name!r} expects {want}, got {got}; convert it with "
+            f"x.astype(np.{spec.dtype.name})"
+            + (" or pass preprocess= to Engine.load for images" if array.dtype == np.uint8 else "")
+        )
+    if array.ndim != len(spec.shape):
+        hint = ""
+        if array.ndim + 1 == len(spec.shape):
+            hint = "; add the batch dimension with x[np.newaxis]"
+        elif array.ndim == len(spec.shape) + 1 and array.shape[0] == 1:
+            hint = "; drop the leading dimension with x[0]"
+        raise InputError(
+            f"input {spec.name!r} expects rank {len(spec.shape)} ({want}), got {got}{hint}"
+        )
+    for axis, (dim, size) in enumerate(zip(spec.shape, array.shape, strict=True)):
+        if isinstance(dim, int) and dim != size:
+            raise InputError(
+                f"input {spec.name!r} expects {want}, got {got}: dimension {axis} must be {dim}"
+            )
+        if isinstance(dim, str):
+            first = bound.setdefault(dim, (size, spec.name))
+            if first[0] != size:
+                raise InputError(
+                    f"dimension {dim!r} is {first[0]} in input {first[1]!r} but {size} in "
+                    f"input {spec.name!r}; inputs sharing a named dimension must agree"
+                )
+    # min() propagates NaN without allocating a mask: the common all-finite case stays cheap.
+    if array.dtype.kind == "f" and array.size and np.isnan(array.min()):
+        raise InputError(
+            f"input {spec.name!r} contains NaN at {int(np.isnan(array).sum())} positions; "
+            "the model's outputs would be meaningless. Check how the input was produced"
+        )

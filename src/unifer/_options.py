@@ -1,0 +1,79 @@
+"""Validation of the user-facing load options (threads, precision, backend_options).
+
+The values are checked once, here, before any backend sees them, so every plugin receives the same
+already-valid :class:`~unifer.backend.SessionOptions` and error wording stays in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from typing import Final
+
+from ._errors import UniferWarning, UnsupportedOptionError
+from .backend import PRECISIONS, Precision
+
+THREADS_ENV: Final = "UNIFER_NUM_THREADS"
+
+
+def resolve_threads(threads: int | None) -> int | None:
+    """Return the thread count to request: the argument, else ``$UNIFER_NUM_THREADS``, else None."""
+    source = "threads"
+    if threads is None:
+        env = os.environ.get(THREADS_ENV)
+        if not env:
+            return None
+        source = f"${THREADS_ENV}"
+        try:
+            threads = int(env)
+        except ValueError:
+            raise UnsupportedOptionError(
+                f"{source}={env!r} is not an integer; set it to a positive thread count or unset it"
+            ) from None
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise UnsupportedOptionError(
+            f"{source} must be a positive integer or None (the runtime's default), got {threads!r}"
+        )
+    return threads
+
+
+def check_precision(precision: str) -> Precision:
+    """Return ``precision`` if it is one of :data:`~unifer.backend.PRECISIONS`."""
+    for known in PRECISIONS:
+        if precision == known:
+            return known
+    raise UnsupportedOptionError(
+        f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}; "
+        "the default 'fp32' keeps outputs faithful to the model"
+    )
+
+
+def split_backend_options(
+    backend_options: Mapping[str, Mapping[str, object]] | None, installed: list[str]
+) -> dict[str, Mapping[str, object]]:
+    """Check that ``backend_options`` is keyed by backend name; warn about names not installed."""
+    if backend_options is None:
+        return {}
+    if not isinstance(backend_options, Mapping):
+        raise UnsupportedOptionError(
+            "backend_options must be a mapping from backend name to that backend's options, e.g. "
+            "{'onnxruntime': {'providers': ['CPUExecutionProvider']}}"
+        )
+    result: dict[str, Mapping[str, object]] = {}
+    for name, options in backend_options.items():
+        if not isinstance(options, Mapping):
+            raise UnsupportedOptionError(
+                f"backend_options[{name!r}] must be a mapping of option names to values, got "
+                f"{type(options).__name__}; backend_options is keyed by backend name, e.g. "
+                f"{{{name!r}: {{...}}}}"
+            )
+        if name not in installed:
+            warnings.warn(
+                f"backend_options has options for {name!r}, which is not an installed backend "
+                f"(installed: {', '.join(installed) or 'none'}); they were ignored",
+                UniferWarning,
+                stacklevel=3,
+            )
+        result[name] = options
+    return result

@@ -1,0 +1,199 @@
+"""Backend discovery: entry points in the group ``unifer.backends``, plus in-process registration.
+
+Nothing is scanned at import time. The first lookup scans the entry points once per process; loading
+a backend imports only that plugin's module (which, by contract, does not import its runtime). A
+loaded class is validated against the plugin contract before it is used, and problems name the
+distribution that caused them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib.metadata as metadata
+from dataclasses import dataclass
+from typing import Final
+
+from ._errors import BackendNotFoundError, BackendUnavailableError, PluginError
+from .backend import BACKEND_API_VERSION, Availability, Backend
+
+GROUP: Final = "unifer.backends"
+
+#: First-party backends and the extra that installs each: used for install hints for backends that
+#: are not installed at all (an installed plugin states its own ``install`` line).
+FIRST_PARTY: Final[dict[str, str]] = {
+    "onnxruntime": "onnxruntime",
+    "openvino": "openvino",
+}
+
+#: The order ``backend="auto"`` tries backends in until measured selection exists: the runtimes that
+#: were fastest at faithful fp32 on CNNs in BASELINE.md first; unlisted backends follow, sorted.
+STATIC_ORDER: Final[tuple[str, ...]] = ("openvino", "onnxruntime")
+
+_registered: dict[str, type[Backend]] = {}
+
+
+def install_hint(name: str) -> str | None:
+    """The pip command that installs a first-party backend, or None for unknown names."""
+    extra = FIRST_PARTY.get(name)
+    return f'pip install "unifer[{extra}]"' if extra else None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendInfo:
+    """One installed backend as ``unifer backends`` shows it."""
+
+    name: str
+    distribution: str | None
+    distribution_version: str | None
+    availability: Availability
+
+
+@functools.cache
+def _entry_points() -> dict[str, tuple[metadata.EntryPoint, ...]]:
+    """Scan the entry points once per process; duplicates are kept so they can be reported."""
+    found: dict[str, list[metadata.EntryPoint]] = {}
+    for ep in metadata.entry_points(group=GROUP):
+        found.setdefault(ep.name, []).append(ep)
+    return {name: tuple(eps) for name, eps in found.items()}
+
+
+def register_backend(cls: type[Backend]) -> None:
+    """Register a backend class in this process; it takes precedence over entry points.
+
+    For tests and frozen applications. Use :func:`unregister_backend` to undo it.
+    """
+    _validate(cls, expected_name=cls.name, origin=f"{cls.__module__}.{cls.__qualname__}")
+    _registered[cls.name] = cls
+    _load.cache_clear()
+
+
+def unregister_backend(name: str) -> None:
+    """Undo :func:`register_backend`."""
+    _registered.pop(name, None)
+    _load.cache_clear()
+
+
+def backend_names() -> list[str]:
+    """Names of every installed backend (registered in-process or by entry point), sorted."""
+    return sorted(set(_registered) | set(_entry_points()))
+
+
+def get_backend(name: str) -> Backend:
+    """Return an instance of the backend called ``name``.
+
+    Raises:
+        BackendNotFoundError: no installed plugin registers ``name``.
+        PluginError: the plugin cannot be imported or breaks the contract.
+    """
+    return _load(name)()
+
+
+def _distribution(ep: metadata.EntryPoint) -> tuple[str | None, str | None]:
+    dist = ep.dist
+    return (dist.name, dist.version) if dist is not None else (None, None)
+
+
+@functools.cache
+def _load(name: str) -> type[Backend]:
+    if name in _registered:
+        return _registered[name]
+    eps = _entry_points().get(name)
+    if not eps:
+        raise BackendNotFoundError(_not_found_message(name))
+    if len(eps) > 1:
+        dists = ", ".join(f"{d} ({ep.value})" for ep in eps for d in [_distribution(ep)[0]])
+        raise PluginError(
+            f"backend {name!r} is registered by more than one distribution: {dists}. "
+            "Uninstall all but one of them"
+        )
+    (ep,) = eps
+    dist, version = _distribution(ep)
+    origin = f"{ep.value} from {dist} {version}"
+    try:
+        cls = ep.load()
+    except Exception as exc:
+        raise PluginError(
+            f"the plugin for backend {name!r} ({origin}) failed to import: {exc}. "
+            f"Reinstall it (pip install --force-reinstall {dist or 'the plugin'})"
+        ) from exc
+    _validate(cls, expected_name=name, origin=origin)
+    return cls  # type: ignore[no-any-return]
+
+
+def _validate(cls: object, *, expected_name: str, origin: str) -> None:
+    if not isinstance(cls, type):
+        raise PluginError(f"{origin} must point at a backend class, got {type(cls).__name__}")
+    missing = [
+        a
+        for a in ("name", "suffixes", "install", "api_version", "probe", "open")
+        if not hasattr(cls, a)
+    ]
+    if missing:
+        raise PluginError(f"{origin} is not a unifer backend: it lacks {', '.join(missing)}")
+    if cls.name != expected_name:  # type: ignore[attr-defined]
+        raise PluginError(
+            f"{origin} is registered as {expected_name!r} but calls itself "
+            f"{cls.name!r}; the entry-point name must equal Backend.name"  # type: ignore[attr-defined]
+        )
+    api = cls.api_version  # type: ignore[attr-defined]
+    if api != BACKEND_API_VERSION:
+        raise PluginError(
+            f"{origin} provides backend API {api}, this unifer needs {BACKEND_API_VERSION}; "
+            "upgrade both together (pip install -U unifer <plugin>)"
+        )
+
+
+def _not_found_message(name: str) -> str:
+    installed = backend_names()
+    parts = [f"no backend named {name!r} is installed"]
+    parts.append(f"installed: {', '.join(installed)}" if installed else "no backends are installed")
+    close = difflib.get_close_matches(name, sorted(set(installed) | set(FIRST_PARTY)), n=1)
+    if close and close[0] != name:
+        parts.append(f"did you mean {close[0]!r}?")
+    hint = install_hint(name) or (install_hint(close[0]) if close else None)
+    if hint:
+        parts.append(f"install it with: {hint}")
+    return "; ".join(parts)
+
+
+def require_available(backend: Backend) -> Availability:
+    """Probe ``backend`` and raise :class:`BackendUnavailableError` when it cannot run here."""
+    availability = probe(backend)
+    if not availability.ok:
+        fix = availability.install or backend.install
+        raise BackendUnavailableError(
+            f"backend {backend.name!r} is installed but cannot run: {availability.reason}. "
+            f"Fix it with: {fix}"
+        )
+    return availability
+
+
+def probe(backend: Backend) -> Availability:
+    """Probe ``backend``, turning a plugin that breaks the never-raise rule into an answer."""
+    try:
+        return backend.probe()
+    except Exception as exc:  # the contract says probe never raises; keep the cause visible anyway
+        return Availability(ok=False, reason=f"probe() raised {type(exc).__name__}: {exc}")
+
+
+def describe_backends() -> list[BackendInfo]:
+    """Every installed backend with its distribution and availability (``unifer backends``)."""
+    infos = []
+    for name in backend_names():
+        dist = version = None
+        eps = _entry_points().get(name)
+        if name not in _registered and eps:
+            dist, version = _distribution(eps[0])
+        try:
+            availability = probe(get_backend(name))
+        except (PluginError, BackendNotFoundError) as exc:
+            availability = Availability(ok=False, reason=exc.message)
+        infos.append(BackendInfo(name, dist, version, availability))
+    return infos
+
+
+def auto_order(names: list[str]) -> list[str]:
+    """Sort backend names into the documented static order used by ``backend="auto"``."""
+    rank = {n: i for i, n in enumerate(STATIC_ORDER)}
+    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))

@@ -1,0 +1,193 @@
+"""The public plugin interface: what a backend distribution implements and nothing more.
+
+A backend plugin is one class registered under the entry-point group ``unifer.backends``
+(entry-point name == ``Backend.name``). Its module must import without the runtime: the runtime is
+imported inside :meth:`Backend.probe` and :meth:`Backend.open` only. Everything else (preprocessing,
+input validation, timing, caching, selection, error wording) belongs to the core, so a plugin stays
+small. See ``docs/plugins.md``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Final, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from ._errors import (
+    InferenceError,
+    ModelLoadError,
+    UniferError,
+    UniferWarning,
+    UnsupportedOptionError,
+)
+
+__all__ = [
+    "Availability",
+    "BACKEND_API_VERSION",
+    "Backend",
+    "Dim",
+    "PRECISIONS",
+    "Precision",
+    "Session",
+    "SessionOptions",
+    "TensorSpec",
+    "reject_precision",
+    "translate_errors",
+    "warn_unknown_options",
+]
+
+#: Bumped when the contract changes incompatibly; the core refuses plugins built for another one.
+BACKEND_API_VERSION: Final = 1
+
+Precision = Literal["fp32", "bf16", "fp16", "int8"]
+PRECISIONS: Final[tuple[Precision, ...]] = ("fp32", "bf16", "fp16", "int8")
+
+#: A dimension is an ``int`` when fixed, a ``str`` when the model names it (``"batch"``), or
+#: ``None`` when it is dynamic and unnamed.
+Dim = int | str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One model input or output as the runtime reports it."""
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: np.dtype[Any]
+
+    def __str__(self) -> str:
+        dims = ",".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name}: {self.dtype}[{dims}]"
+
+    @property
+    def is_static(self) -> bool:
+        """True when every dimension is a fixed integer."""
+        return all(isinstance(d, int) for d in self.shape)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Availability:
+    """What :meth:`Backend.probe` found: whether the backend can run here, and if not, why."""
+
+    ok: bool
+    version: str | None = None
+    """Version of the runtime library (not of the plugin)."""
+    reason: str | None = None
+    """One human sentence when ``ok`` is false."""
+    install: str | None = None
+    """The command that fixes a missing runtime, e.g. ``pip install "unifer[openvino]"``."""
+    devices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionOptions:
+    """Options the core resolved for one :meth:`Backend.open` call."""
+
+    threads: int | None = None
+    """Threads inside one inference; ``None`` keeps the runtime's own default."""
+    precision: Precision = "fp32"
+    cache_dir: Path = field(default_factory=Path)
+    """A directory this backend may use for its own caches (compiled models); never the model's."""
+    extra: Mapping[str, object] = field(default_factory=dict)
+    """``backend_options[<backend name>]`` from the user, passed through untouched."""
+
+
+@runtime_checkable
+class Session(Protocol):
+    """An opened model. ``run`` must be thread-safe and return arrays the caller owns."""
+
+    @property
+    def inputs(self) -> Sequence[TensorSpec]: ...
+
+    @property
+    def outputs(self) -> Sequence[TensorSpec]: ...
+
+    @property
+    def settings(self) -> Mapping[str, object]:
+        """What the runtime really applied: threads, precision, device, providers/properties."""
+        ...
+
+    def run(self, feeds: Mapping[str, np.ndarray], /) -> dict[str, np.ndarray]:
+        """Run once. ``feeds`` are already validated against ``inputs`` by the core."""
+        ...
+
+    def close(self) -> None:
+        """Release the runtime's resources; calling it twice is harmless."""
+        ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One inference runtime. Instantiated with no arguments by the registry."""
+
+    name: ClassVar[str]
+    """The backend id; equals the entry-point name."""
+    suffixes: ClassVar[tuple[str, ...]]
+    """Suffixes of the primary file of each format it reads, lower-case: ``(".onnx", ".xml")``."""
+    install: ClassVar[str]
+    """The command that installs this backend, e.g. ``pip install "unifer[openvino]"``."""
+    api_version: ClassVar[int]
+
+    def probe(self) -> Availability:
+        """Say whether the runtime can run here. Must never raise."""
+        ...
+
+    def open(self, model: Path, options: SessionOptions, /) -> Session:
+        """Open ``model`` (an existing file with one of ``suffixes``) and return a ready Session."""
+        ...
+
+
+@contextmanager
+def translate_errors(
+    backend: str,
+    *native: type[BaseException],
+    model: Path | None = None,
+) -> Iterator[None]:
+    """Re-raise the runtime's own exceptions as unifer errors, chaining the native one.
+
+    Inside ``open`` pass ``model=``: a native failure then means the runtime rejected the file, and
+    becomes :class:`ModelLoadError` naming it. Otherwise it becomes :class:`InferenceError`.
+    unifer's own errors pass through untouched.
+    """
+    try:
+        yield
+    except UniferError:
+        raise
+    except native as exc:
+        detail = str(exc).strip() or type(exc).__name__
+        if model is not None:
+            raise ModelLoadError(
+                f"{backend} could not load {model}: {detail}. Check that the file is a complete, "
+                f"valid model in a format {backend} reads (re-export or re-download it)"
+            ) from exc
+        raise InferenceError(
+            f"{backend} failed while running the model: {detail}", backend=backend
+        ) from exc
+
+
+def warn_unknown_options(backend: str, extra: Mapping[str, object], known: Sequence[str]) -> None:
+    """Warn once per call about each ``backend_options`` key the backend does not understand."""
+    for key in extra:
+        if key not in known:
+            warnings.warn(
+                f"backend option {key!r} is not understood by {backend} and was ignored; "
+                f"known options: {', '.join(sorted(known)) or 'none'}",
+                UniferWarning,
+                stacklevel=3,
+            )
+
+
+def reject_precision(backend: str, precision: str, supported: Sequence[str], why: str) -> None:
+    """Raise :class:`UnsupportedOptionError` unless ``precision`` is one of ``supported``."""
+    if precision not in supported:
+        raise UnsupportedOptionError(
+            f"{backend} cannot run precision={precision!r}: {why}. "
+            f"Use precision={supported[0]!r} with {backend}"
+            + (f" (supported here: {', '.join(supported)})" if len(supported) > 1 else "")
+            + ", or pick a backend that supports it"
+        )

@@ -1,0 +1,167 @@
+"""Small ONNX models with numpy references, built from code for tests (needs the ``onnx`` package).
+
+Each :class:`ToyModel` carries the ONNX graph, a function that makes seeded feeds, and a numpy
+implementation of the same computation, so a backend's numbers can be checked without trusting
+another runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
+
+Feeds = dict[str, np.ndarray]
+
+OPSET = 17
+IR_VERSION = 8  # the oldest IR that opset 17 allows: readable by every runtime we support
+
+
+@dataclass(frozen=True)
+class ToyModel:
+    """A test model: its graph, seeded feeds, and the numpy reference of its outputs."""
+
+    name: str
+    proto: onnx.ModelProto
+    make_feeds: Callable[[np.random.Generator, int], Feeds]
+    reference: Callable[[Feeds], Feeds]
+
+    def save(self, directory: Path) -> Path:
+        """Write the model as ``<directory>/<name>.onnx`` and return the path."""
+        import onnx
+
+        path = directory / f"{self.name}.onnx"
+        onnx.save_model(self.proto, str(path))
+        return path
+
+    def feeds(self, batch: int = 1, seed: int = 0) -> Feeds:
+        """Seeded inputs with the given batch size."""
+        return self.make_feeds(np.random.default_rng(seed), batch)
+
+
+def _finish(graph: Any) -> onnx.ModelProto:
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model
+
+
+def mlp(*, batch: str | int = "N", seed: int = 0) -> ToyModel:
+    """``y = relu(x @ w1 + b1) @ w2``: input ``x`` float32 [batch, 8], output ``y`` [batch, 4]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((8, 16)).astype(np.float32)
+    b1 = rng.standard_normal(16).astype(np.float32)
+    w2 = rng.standard_normal((16, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h0"]),
+            helper.make_node("Add", ["h0", "b1"], ["h1"]),
+            helper.make_node("Relu", ["h1"], ["h2"]),
+            helper.make_node("MatMul", ["h2", "w2"], ["y"]),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4])],
+        initializer=[
+            numpy_helper.from_array(w1, "w1"),
+            numpy_helper.from_array(b1, "b1"),
+            numpy_helper.from_array(w2, "w2"),
+        ],
+    )
+
+    def make_feeds(rng: np.random.Generator, n: int) -> Feeds:
+        return {"x": rng.standard_normal((n, 8)).astype(np.float32)}
+
+    def reference(feeds: Feeds) -> Feeds:
+        hidden = np.maximum(feeds["x"] @ w1 + b1, 0)
+        return {"y": (hidden @ w2).astype(np.float32)}
+
+    return ToyModel("mlp", _finish(graph), make_feeds, reference)
+
+
+def multi_io() -> ToyModel:
+    """Three inputs (two float32, one int64) sharing a dynamic batch, three outputs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["a", "b"], ["sum"]),
+            helper.make_node("Mul", ["a", "b"], ["product"]),
+            helper.make_node("Add", ["k", "one"], ["k_plus_one"]),
+        ],
+        "multi_io",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("k", TensorProto.INT64, ["N"]),
+        ],
+        [
+            helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("product", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("k_plus_one", TensorProto.INT64, ["N"]),
+        ],
+        initializer=[numpy_helper.from_array(np.array(1, dtype=np.int64), "one")],
+    )
+
+    def make_feeds(rng: np.random.Generator, n: int) -> Feeds:
+        return {
+            "a": rng.standard_normal((n, 3)).astype(np.float32),
+            "b": rng.standard_normal((n, 3)).astype(np.float32),
+            "k": rng.integers(-1000, 1000, size=n, dtype=np.int64),
+        }
+
+    def reference(feeds: Feeds) -> Feeds:
+        return {
+            "sum": feeds["a"] + feeds["b"],
+            "product": feeds["a"] * feeds["b"],
+            "k_plus_one": feeds["k"] + 1,
+        }
+
+    return ToyModel("multi_io", _finish(graph), make_feeds, reference)
+
+
+def image_conv(*, size: int = 16, layout: str = "nchw", seed: int = 0) -> ToyModel:
+    """A 1x1 convolution over a 3-channel image, like the first layer of a vision model.
+
+    ``layout="nhwc"`` takes ``[1, size, size, 3]`` and transposes inside the graph, as models
+    exported from TensorFlow do.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weight = rng.standard_normal((4, 3, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["chw", "w"], ["features"])]
+    if layout == "nhwc":
+        in_shape = [1, size, size, 3]
+        nodes.insert(0, helper.make_node("Transpose", ["image"], ["chw"], perm=[0, 3, 1, 2]))
+    else:
+        in_shape = [1, 3, size, size]
+        nodes.insert(0, helper.make_node("Identity", ["image"], ["chw"]))
+    graph = helper.make_graph(
+        nodes,
+        f"image_conv_{layout}",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 4, size, size])],
+        initializer=[numpy_helper.from_array(weight, "w")],
+    )
+
+    def make_feeds(rng: np.random.Generator, n: int) -> Feeds:
+        return {"image": rng.standard_normal(in_shape).astype(np.float32)}
+
+    def reference(feeds: Feeds) -> Feeds:
+        chw = feeds["image"] if layout == "nchw" else feeds["image"].transpose(0, 3, 1, 2)
+        out = np.einsum("oc,nchw->nohw", weight[:, :, 0, 0], chw)
+        return {"features": out.astype(np.float32)}
+
+    return ToyModel(f"image_conv_{layout}", _finish(graph), make_feeds, reference)

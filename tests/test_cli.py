@@ -1,0 +1,113 @@
+"""The CLI wiring, driven in-process through click's runner with the fake backend."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from unifer.cli import main
+
+
+@pytest.fixture
+def cli():
+    runner = CliRunner()
+
+    def invoke(*args: str, code: int = 0):
+        result = runner.invoke(main, list(args))
+        assert result.exit_code == code, result.output
+        return result
+
+    return invoke
+
+
+def test_backends_lists_the_fake_and_missing_first_party(cli, fake_backend):
+    data = json.loads(cli("backends", "--json").output)
+    fake = next(b for b in data["backends"] if b["name"] == "fake")
+    assert fake["available"] is True
+    assert fake["runtime_version"] == "1.0"
+    text = cli("backends").output
+    assert "fake" in text and "available" in text
+
+
+def test_backends_shows_why_unavailable(cli, fake_backend):
+    fake_backend.available = False
+    text = cli("backends").output
+    assert "unavailable: fakeruntime is not installed" in text
+    assert "pip install unifer-fake" in text
+
+
+def test_info(cli, fake_backend, fake_model):
+    data = json.loads(cli("info", str(fake_model), "--json").output)
+    assert data["opened_with"] == "fake"
+    assert data["inputs"] == [{"name": "x", "shape": ["N", 3], "dtype": "float32"}]
+    assert data["readers"] == ["fake"]
+    assert "x: float32[N,3]" in cli("info", str(fake_model)).output
+
+
+def test_predict_npy_to_npy(cli, fake_backend, fake_model, tmp_path):
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "y.npy"
+    text = cli("predict", str(fake_model), str(tmp_path / "x.npy"), "--out", str(out)).output
+    assert "backend: fake" in text
+    np.testing.assert_array_equal(np.load(out), 2 * x)
+
+
+def test_predict_npz_to_json(cli, fake_backend, fake_model, tmp_path):
+    np.savez(tmp_path / "feeds.npz", x=np.ones((1, 3), np.float32))
+    data = json.loads(
+        cli(
+            "predict",
+            str(fake_model),
+            str(tmp_path / "feeds.npz"),
+            "--json",
+            "--out",
+            str(tmp_path / "o.json"),
+        ).output
+    )
+    assert data["outputs"]["y"]["values"] == [[2.0, 2.0, 2.0]]
+    assert json.loads((tmp_path / "o.json").read_text()) == {"y": [[2.0, 2.0, 2.0]]}
+
+
+def test_predict_image_with_preprocess(cli, fake_backend, make_fake_model, tmp_path):
+    from PIL import Image
+
+    model = make_fake_model(
+        tmp_path / "img.fake",
+        inputs=[{"name": "i", "shape": [1, 3, 8, 8], "dtype": "float32"}],
+        outputs=[{"name": "o", "shape": [1, 3, 8, 8], "dtype": "float32"}],
+    )
+    Image.fromarray(np.full((16, 16, 3), 255, np.uint8)).save(tmp_path / "face.png")
+    spec = tmp_path / "pre.json"
+    spec.write_text(json.dumps({"size": [8, 8], "mean": [127.5] * 3, "std": [127.5] * 3}))
+    data = json.loads(
+        cli(
+            "predict", str(model), str(tmp_path / "face.png"), "--preprocess", str(spec), "--json"
+        ).output
+    )
+    assert np.allclose(data["outputs"]["o"]["values"], 2.0)
+
+
+def test_predict_image_without_preprocess_explains(cli, fake_backend, fake_model, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "a.png")
+    result = cli("predict", str(fake_model), str(tmp_path / "a.png"), code=1)
+    assert "--preprocess" in result.output
+
+
+def test_unifer_errors_are_one_clean_message(cli, fake_backend, tmp_path):
+    result = cli("info", str(tmp_path / "missing.fake"), code=1)
+    assert "ModelNotFoundError" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_preprocess_argument(cli, fake_backend, fake_model, tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((1, 3), np.float32))
+    result = cli(
+        "predict", str(fake_model), str(tmp_path / "x.npy"), "--preprocess", "nope", code=2
+    )
+    assert "neither a preset" in result.output

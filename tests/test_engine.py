@@ -1,0 +1,282 @@
+"""Engine.load / predict / run / close against the in-memory fake backend."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import unifer
+from unifer import (
+    BackendNotFoundError,
+    BackendUnavailableError,
+    Engine,
+    InferenceError,
+    InputError,
+    ModelFormatError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelSignatureError,
+    NoBackendAvailableError,
+    Preprocess,
+    PreprocessError,
+    UniferWarning,
+    UnsupportedOptionError,
+)
+
+
+def test_load_and_run(fake_backend, fake_model):
+    with Engine.load(fake_model, backend="fake", threads=2) as engine:
+        x = np.ones((2, 3), np.float32)
+        out = engine.run({"x": x})
+        assert list(out) == ["y"]
+        np.testing.assert_array_equal(out["y"], 2 * x)
+        np.testing.assert_array_equal(engine.predict(x), 2 * x)
+        assert engine.backend == "fake"
+        assert engine.model == fake_model
+        assert engine.settings["threads"] == 2
+        assert [s.name for s in engine.inputs] == ["x"]
+        assert engine.inputs[0].shape == ("N", 3)
+        assert "fake" in repr(engine)
+
+
+def test_settings_are_read_only(fake_backend, fake_model):
+    engine = Engine.load(fake_model, backend="fake")
+    with pytest.raises(TypeError):
+        engine.settings["threads"] = 3  # type: ignore[index]
+
+
+def test_auto_picks_an_available_backend(fake_backend, fake_model):
+    assert Engine.load(fake_model).backend == "fake"
+
+
+def test_auto_explains_every_skip(fake_backend, fake_model):
+    fake_backend.available = False
+    with pytest.raises(NoBackendAvailableError) as info:
+        Engine.load(fake_model)
+    assert "fakeruntime is not installed" in str(info.value)
+    assert set(info.value.reasons) == {"fake"}
+
+
+def test_auto_on_a_corrupt_file_says_the_file_is_the_problem(fake_backend, tmp_path):
+    bad = tmp_path / "bad.fake"
+    bad.write_text("{not json")
+    with pytest.raises(ModelLoadError, match="bad.fake") as info:
+        Engine.load(bad)
+    assert info.value.__cause__ is not None
+
+
+def test_explicit_backend_is_never_replaced(fake_backend, fake_model):
+    fake_backend.available = False
+    with pytest.raises(BackendUnavailableError, match="pip install unifer-fake"):
+        Engine.load(fake_model, backend="fake")
+    assert isinstance(BackendUnavailableError("x"), ImportError)
+
+
+def test_missing_model_is_file_not_found(fake_backend, tmp_path):
+    missing = tmp_path / "nope.fake"
+    with pytest.raises(FileNotFoundError, match="nope.fake"):
+        Engine.load(missing, backend="fake")
+    with pytest.raises(ModelNotFoundError):
+        Engine.load(missing)
+
+
+def test_directory_is_not_a_model(fake_backend, tmp_path):
+    with pytest.raises(ModelFormatError, match="not a file"):
+        Engine.load(tmp_path, backend="fake")
+
+
+def test_wrong_format_for_the_named_backend(fake_backend, tmp_path):
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"x")
+    with pytest.raises(ModelFormatError, match=r"reads \.fake files"):
+        Engine.load(model, backend="fake")
+    with pytest.raises(ModelFormatError, match="no installed backend reads '.tflite'"):
+        Engine.load(model)
+
+
+def test_unknown_backend_suggests_and_tells_how_to_install(fake_backend, fake_model):
+    with pytest.raises(BackendNotFoundError) as info:
+        Engine.load(fake_model, backend="openvin")
+    message = str(info.value)
+    assert "did you mean 'openvino'" in message
+    assert 'pip install "unifer[openvino]"' in message
+    assert "fake" in message  # lists what is installed
+    assert isinstance(info.value, LookupError)
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, "2", True])
+def test_bad_threads(fake_backend, fake_model, threads):
+    with pytest.raises(UnsupportedOptionError, match="threads"):
+        Engine.load(fake_model, backend="fake", threads=threads)
+
+
+def test_threads_from_the_environment(fake_backend, fake_model, monkeypatch):
+    monkeypatch.setenv("UNIFER_NUM_THREADS", "3")
+    assert Engine.load(fake_model, backend="fake").settings["threads"] == 3
+    assert Engine.load(fake_model, backend="fake", threads=1).settings["threads"] == 1
+    monkeypatch.setenv("UNIFER_NUM_THREADS", "many")
+    with pytest.raises(UnsupportedOptionError, match="UNIFER_NUM_THREADS"):
+        Engine.load(fake_model, backend="fake")
+
+
+def test_unknown_precision(fake_backend, fake_model):
+    with pytest.raises(UnsupportedOptionError, match="precision must be one of"):
+        Engine.load(fake_model, backend="fake", precision="fp64")
+
+
+def test_precision_the_backend_cannot_honour(fake_backend, fake_model):
+    with pytest.raises(UnsupportedOptionError, match=r"fake cannot run precision='bf16'"):
+        Engine.load(fake_model, backend="fake", precision="bf16")
+
+
+def test_backend_options_are_keyed_by_backend(fake_backend, fake_model):
+    engine = Engine.load(fake_model, backend="fake", backend_options={"fake": {"mode": 1}})
+    assert fake_backend.opened[-1].options.extra == {"mode": 1}
+    engine.close()
+    with pytest.warns(UniferWarning, match="'nosuch'"):
+        Engine.load(fake_model, backend="fake", backend_options={"nosuch": {"a": 1}})
+    with pytest.warns(UniferWarning, match="'speed'"):
+        Engine.load(fake_model, backend="fake", backend_options={"fake": {"speed": 1}})
+    with pytest.raises(UnsupportedOptionError, match="keyed by backend name"):
+        Engine.load(fake_model, backend="fake", backend_options={"mode": 1})  # type: ignore[dict-item]
+
+
+class TestFeeds:
+    @pytest.fixture
+    def engine(self, fake_backend, make_fake_model, tmp_path):
+        path = make_fake_model(
+            tmp_path / "two.fake",
+            inputs=[
+                {"name": "a", "shape": ["N", 3], "dtype": "float32"},
+                {"name": "b", "shape": ["N", 2, 2], "dtype": "int64"},
+            ],
+        )
+        return Engine.load(path, backend="fake")
+
+    def feeds(self, n=1):
+        return {"a": np.zeros((n, 3), np.float32), "b": np.zeros((n, 2, 2), np.int64)}
+
+    def test_valid(self, engine):
+        assert engine.run(self.feeds(4))["y"].shape == (4, 3)
+
+    def test_missing_and_unknown_names(self, engine):
+        with pytest.raises(InputError, match=r"unknown 'c'; missing 'b'") as info:
+            engine.run({"a": self.feeds()["a"], "c": 1})
+        assert "a: float32[N,3]" in str(info.value)
+
+    def test_wrong_dtype(self, engine):
+        feeds = self.feeds()
+        feeds["a"] = feeds["a"].astype(np.float64)
+        with pytest.raises(InputError, match=r"expects float32\[N,3\], got float64\[1,3\]"):
+            engine.run(feeds)
+
+    def test_wrong_rank_suggests_a_batch_dimension(self, engine):
+        feeds = self.feeds()
+        feeds["a"] = feeds["a"][0]
+        with pytest.raises(InputError, match="add the batch dimension"):
+            engine.run(feeds)
+
+    def test_wrong_fixed_dimension(self, engine):
+        feeds = self.feeds()
+        feeds["a"] = np.zeros((1, 4), np.float32)
+        with pytest.raises(InputError, match="dimension 1 must be 3"):
+            engine.run(feeds)
+
+    def test_named_dimension_must_agree(self, engine):
+        feeds = {"a": np.zeros((2, 3), np.float32), "b": np.zeros((3, 2, 2), np.int64)}
+        with pytest.raises(InputError, match="dimension 'N' is 2 in input 'a' but 3"):
+            engine.run(feeds)
+
+    def test_nan_is_rejected(self, engine):
+        feeds = self.feeds()
+        feeds["a"][0, 1] = np.nan
+        with pytest.raises(InputError, match="NaN at 1 positions"):
+            engine.run(feeds)
+
+    def test_not_a_mapping(self, engine):
+        with pytest.raises(InputError, match="dict from input name"):
+            engine.run([1, 2])  # type: ignore[arg-type]
+
+    def test_predict_needs_single_io(self, engine):
+        with pytest.raises(ModelSignatureError, match=r"2 input\(s\) \(a, b\).*engine.run"):
+            engine.predict(np.zeros((1, 3), np.float32))
+
+    def test_non_contiguous_arrays_are_accepted(self, fake_backend, fake_model):
+        engine = Engine.load(fake_model, backend="fake")
+        view = np.arange(6, dtype=np.float32).reshape(3, 2).T  # a transposed, strided view
+        np.testing.assert_array_equal(engine.run({"x": view})["y"], 2 * view)
+
+
+def test_close_is_idempotent_and_final(fake_backend, fake_model):
+    engine = Engine.load(fake_model, backend="fake")
+    engine.close()
+    engine.close()
+    assert fake_backend.opened[-1].closed == 1
+    with pytest.raises(InferenceError, match="closed"):
+        engine.run({"x": np.zeros((1, 3), np.float32)})
+    assert "closed" in repr(engine)
+
+
+def test_context_manager_closes(fake_backend, fake_model):
+    with Engine.load(fake_model, backend="fake"):
+        pass
+    assert fake_backend.opened[-1].closed == 1
+
+
+class TestPreprocess:
+    @pytest.fixture
+    def image_model(self, make_fake_model, tmp_path):
+        spec = [{"name": "img", "shape": [1, 3, 4, 4], "dtype": "float32"}]
+        return make_fake_model(
+            tmp_path / "img.fake",
+            inputs=spec,
+            outputs=[{"name": "out", "shape": [1, 3, 4, 4], "dtype": "float32"}],
+        )
+
+    def test_predict_applies_preprocess(self, fake_backend, image_model):
+        spec = Preprocess(size=(4, 4), mean=(127.5,) * 3, std=(127.5,) * 3)
+        engine = Engine.load(image_model, backend="fake", preprocess=spec)
+        image = np.full((4, 4, 3), 255, np.uint8)
+        out = engine.predict(image)
+        np.testing.assert_allclose(out, np.full((1, 3, 4, 4), 2.0, np.float32))
+        assert engine.preprocess == spec
+
+    def test_layout_mismatch_is_caught_at_load(self, fake_backend, image_model):
+        with pytest.raises(PreprocessError, match="nhwc|NCHW|layout"):
+            Engine.load(image_model, backend="fake", preprocess=Preprocess(layout="nhwc"))
+
+    def test_sidecar_is_read(self, fake_backend, image_model):
+        spec = Preprocess(size=(4, 4), std=(2.0,) * 3)
+        (image_model.parent / "img.preprocess.json").write_text(json.dumps(spec.to_dict()))
+        assert Engine.load(image_model, backend="fake").preprocess == spec
+        explicit = Preprocess(size=(4, 4))
+        assert Engine.load(image_model, backend="fake", preprocess=explicit).preprocess == explicit
+
+    def test_preprocess_needs_single_input(self, fake_backend, make_fake_model, tmp_path):
+        path = make_fake_model(
+            tmp_path / "two.fake",
+            inputs=[
+                {"name": "a", "shape": [1], "dtype": "float32"},
+                {"name": "b", "shape": [1], "dtype": "float32"},
+            ],
+        )
+        with pytest.raises(ModelSignatureError, match="preprocess="):
+            Engine.load(path, backend="fake", preprocess=Preprocess())
+
+
+def test_model_path_type_is_checked(fake_backend):
+    with pytest.raises(TypeError, match="model must be a path"):
+        Engine.load(42)  # type: ignore[arg-type]
+
+
+def test_engine_wraps_a_ready_session(fake_backend, fake_model):
+    from unifer.backend import SessionOptions
+
+    session = fake_backend().open(fake_model, SessionOptions())
+    engine = Engine(session, backend="fake")
+    assert engine.model is None
+    assert engine.run({"x": np.ones((1, 3), np.float32)})["y"][0, 0] == 2
+    with pytest.raises(unifer.PluginError):
+        Engine(object(), backend="fake")  # type: ignore[arg-type]

@@ -1,0 +1,109 @@
+"""Entry-point discovery and plugin validation, with the entry points monkeypatched."""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+
+import pytest
+
+from unifer import BackendNotFoundError, PluginError, _registry
+from unifer.backend import BACKEND_API_VERSION
+
+
+class GoodBackend:
+    name = "good"
+    suffixes = (".good",)
+    install = "pip install good"
+    api_version = BACKEND_API_VERSION
+
+    def probe(self):
+        raise RuntimeError("probe is not supposed to raise")
+
+    def open(self, model, options, /):
+        raise NotImplementedError
+
+
+class OldBackend(GoodBackend):
+    name = "old"
+    api_version = 0
+
+
+@pytest.fixture
+def entry_points(monkeypatch):
+    """Replace the entry-point scan with hand-made entry points resolving to this module."""
+
+    def install(**targets: str) -> None:
+        eps: dict[str, tuple[metadata.EntryPoint, ...]] = {}
+        for name, value in targets.items():
+            for v in value.split("|"):
+                eps.setdefault(name, ())
+                eps[name] += (metadata.EntryPoint(name, v, _registry.GROUP),)
+        monkeypatch.setattr(_registry, "_entry_points", lambda: eps)
+        _registry._load.cache_clear()
+
+    yield install
+    _registry._load.cache_clear()
+
+
+def test_names_and_loading(entry_points):
+    entry_points(good=f"{__name__}:GoodBackend")
+    assert _registry.backend_names() == ["good"]
+    assert isinstance(_registry.get_backend("good"), GoodBackend)
+
+
+def test_name_must_match_entry_point(entry_points):
+    entry_points(other=f"{__name__}:GoodBackend")
+    with pytest.raises(PluginError, match="must equal Backend.name"):
+        _registry.get_backend("other")
+
+
+def test_api_version_is_checked(entry_points):
+    entry_points(old=f"{__name__}:OldBackend")
+    with pytest.raises(PluginError, match="backend API 0, this unifer needs 1"):
+        _registry.get_backend("old")
+
+
+def test_import_failure_is_a_plugin_error_with_cause(entry_points):
+    entry_points(broken="no_such_module_xyz:Backend")
+    with pytest.raises(PluginError, match="failed to import") as info:
+        _registry.get_backend("broken")
+    assert isinstance(info.value.__cause__, ImportError)
+
+
+def test_not_a_class(entry_points):
+    entry_points(good=f"{__name__}:BACKEND_API_VERSION")
+    with pytest.raises(PluginError, match="must point at a backend class"):
+        _registry.get_backend("good")
+
+
+def test_duplicate_registrations_are_reported(entry_points):
+    entry_points(good=f"{__name__}:GoodBackend|{__name__}:OldBackend")
+    with pytest.raises(PluginError, match="more than one distribution"):
+        _registry.get_backend("good")
+
+
+def test_unknown_name_without_plugins(entry_points):
+    entry_points()
+    with pytest.raises(BackendNotFoundError, match="no backends are installed"):
+        _registry.get_backend("tensorflow")
+
+
+def test_probe_that_raises_is_reported_not_propagated(entry_points):
+    entry_points(good=f"{__name__}:GoodBackend")
+    (info,) = _registry.describe_backends()
+    assert not info.availability.ok
+    assert "probe() raised RuntimeError" in (info.availability.reason or "")
+
+
+def test_in_process_registration_wins(entry_points, fake_backend):
+    entry_points(fake=f"{__name__}:GoodBackend")
+    assert type(_registry.get_backend("fake")).__name__ == "FakeBackend"
+
+
+def test_static_auto_order():
+    assert _registry.auto_order(["zeta", "onnxruntime", "alpha", "openvino"]) == [
+        "openvino",
+        "onnxruntime",
+        "alpha",
+        "zeta",
+    ]
