@@ -280,3 +280,12 @@ def test_engine_wraps_a_ready_session(fake_backend, fake_model):
     assert engine.run({"x": np.ones((1, 3), np.float32)})["y"][0, 0] == 2
     with pytest.raises(unifer.PluginError):
         Engine(object(), backend="fake")  # type: ignore[arg-type]
+
+
+def test_scalar_feeds_keep_rank_zero(fake_backend, make_fake_model, tmp_path):
+    path = make_fake_model(
+        tmp_path / "s.fake",
+        inputs=[{"name": "sr", "shape": [], "dtype": "int64"}],
+        outputs=[{"name": "y", "shape": [], "dtype": "int64"}],
+    )
+    assert Engine.load(path, backend="fake").run({"sr": np.array(8000)})["y"].shape == ()

@@ -48,7 +48,8 @@ def check_feeds(feeds: Mapping[str, object], inputs: Sequence[TensorSpec]) -> di
     bound: dict[str, tuple[int, str]] = {}  # named dim -> (size, input that fixed it)
     arrays = {}
     for spec in inputs:
-        array = np.ascontiguousarray(feeds[spec.name])
+        # asarray(order='C'), not ascontiguousarray, which turns scalars (rank 0) into rank 1.
+        array = np.asarray(feeds[spec.name], order="C")
         _check_one(spec, array, bound)
         arrays[spec.name] = array
     return arrays

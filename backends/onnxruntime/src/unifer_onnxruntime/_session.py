@@ -1,0 +1,299 @@
+"""One ONNX Runtime ``InferenceSession`` behind unifer's Session contract.
+
+This is the only module of the plugin that imports ``onnxruntime``; the package ``__init__``
+imports it lazily from ``open()``, so ``import unifer_onnxruntime`` stays free of the runtime.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _native
+
+from unifer._errors import InferenceError, ModelLoadError, UnsupportedOptionError
+from unifer.backend import TensorSpec, translate_errors
+
+NAME: Final = "onnxruntime"
+CPU: Final = "CPUExecutionProvider"
+
+#: What ORT raises. Its pybind status exceptions (InvalidProtobuf, InvalidArgument, Fail, ...)
+#: derive from ``Exception``, not ``RuntimeError``, so they are collected from the native module
+#: (new ones appear across releases); pybind turns other C++ exceptions into ``RuntimeError``.
+NATIVE_ERRORS: Final[tuple[type[BaseException], ...]] = (
+    RuntimeError,
+    *(
+        obj
+        for obj in vars(_native).values()
+        if isinstance(obj, type) and issubclass(obj, Exception)
+    ),
+)
+
+OPTIMIZATION_LEVELS: Final = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+EXECUTION_MODES: Final = {
+    ort.ExecutionMode.ORT_SEQUENTIAL: "sequential",
+    ort.ExecutionMode.ORT_PARALLEL: "parallel",
+}
+
+#: ORT element type strings -> numpy. Strings come back from ORT as object arrays of ``str``.
+#: bfloat16, float8 and int4 are absent: numpy has no such dtype to feed or return them with.
+DTYPES: Final[dict[str, np.dtype[Any]]] = {
+    f"tensor({ort_name})": np.dtype(np_name)
+    for ort_name, np_name in {
+        "float": "float32",
+        "double": "float64",
+        "float16": "float16",
+        "int8": "int8",
+        "int16": "int16",
+        "int32": "int32",
+        "int64": "int64",
+        "uint8": "uint8",
+        "uint16": "uint16",
+        "uint32": "uint32",
+        "uint64": "uint64",
+        "bool": "bool",
+        "string": "object",
+        "complex64": "complex64",
+        "complex128": "complex128",
+    }.items()
+}
+
+#: Which pip distribution ships an execution provider the installed build lacks.
+EP_DISTRIBUTIONS: Final = {
+    "CUDAExecutionProvider": "onnxruntime-gpu",
+    "TensorrtExecutionProvider": "onnxruntime-gpu",
+    "DmlExecutionProvider": "onnxruntime-directml",
+    "OpenVINOExecutionProvider": "onnxruntime-openvino",
+    "QNNExecutionProvider": "onnxruntime-qnn",
+}
+
+ProviderRequest = tuple[str, dict[str, str]]
+
+
+class OrtSession:
+    """An opened model.
+
+    ORT's ``InferenceSession.run`` is thread-safe, and this class adds no mutable state besides
+    the handle that ``close`` drops, so ``run`` stays thread-safe.
+    """
+
+    def __init__(self, session: Any, model: Path, config_keys: Sequence[str] = ()) -> None:
+        self._session: Any = session
+        self._inputs = tuple(_spec(model, "input", arg) for arg in session.get_inputs())
+        self._outputs = tuple(_spec(model, "output", arg) for arg in session.get_outputs())
+        self._output_names = tuple(spec.name for spec in self._outputs)
+        self._settings = MappingProxyType(_settings(session, config_keys))
+
+    @property
+    def inputs(self) -> Sequence[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> Sequence[TensorSpec]:
+        return self._outputs
+
+    @property
+    def settings(self) -> Mapping[str, object]:
+        return self._settings
+
+    def run(self, feeds: Mapping[str, np.ndarray], /) -> dict[str, np.ndarray]:
+        session = self._session  # a local reference keeps it alive if close() races with us
+        if session is None:
+            raise InferenceError(
+                "this onnxruntime session is closed; open the model again to run it", backend=NAME
+            )
+        with translate_errors(NAME, *NATIVE_ERRORS):
+            # ORT allocates every output anew per call and copies even Identity and constant
+            # outputs, so the arrays are the caller's and never alias the feeds or a later call.
+            values = session.run(None, dict(feeds))
+        return dict(zip(self._output_names, values, strict=True))
+
+    def close(self) -> None:
+        # ORT has no explicit release: dropping the last reference frees the session.
+        self._session = None
+
+
+def open_session(model: Path, *, threads: int | None, extra: Mapping[str, object]) -> OrtSession:
+    """Create the InferenceSession for ``model`` with unifer's options applied, or raise."""
+    providers = _providers(extra.get("providers", [CPU]))
+    level = _optimization_level(extra.get("graph_optimization_level", "all"))
+    config = _session_config(extra.get("session_config", {}))
+    _require_available(providers)
+
+    options = ort.SessionOptions()
+    # 0 = ORT's default: one per physical core, ignoring the CPU affinity mask (see README).
+    options.intra_op_num_threads = threads or 0
+    # Nodes run one after another, so the inter-op pool would stay idle: don't create threads.
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = level
+    for key, value in config.items():
+        try:
+            options.add_session_config_entry(key, value)
+        except NATIVE_ERRORS as exc:
+            raise UnsupportedOptionError(
+                f"onnxruntime rejected session_config entry {key!r}: {exc}"
+            ) from exc
+    # optimized_model_filepath stays unset: ORT would write the optimized model to disk.
+
+    with translate_errors(NAME, *NATIVE_ERRORS, model=model):
+        # enable_fallback=0: on an EP failure ORT's Python wrapper would otherwise print to stdout
+        # and silently retry on CPU, both at creation and inside run().
+        session = ort.InferenceSession(
+            os.fspath(model), options, providers=providers, enable_fallback=0
+        )
+    try:
+        _check_applied(session, providers)
+        return OrtSession(session, model, tuple(config))
+    except BaseException:
+        del session  # release the native session now, not when the traceback is collected
+        raise
+
+
+def _providers(value: object) -> list[ProviderRequest]:
+    example = "e.g. ['CUDAExecutionProvider', 'CPUExecutionProvider']"
+    if not isinstance(value, (list, tuple)) or not value:
+        raise UnsupportedOptionError(
+            f"backend_options['onnxruntime']['providers'] must be a non-empty list of provider "
+            f"names or (name, options) pairs, {example}; got {value!r}"
+        )
+    result: list[ProviderRequest] = []
+    for item in value:
+        if isinstance(item, str):
+            name, provider_options = item, {}
+        elif (
+            isinstance(item, (tuple, list))
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], Mapping)
+            and all(isinstance(k, str) for k in item[1])
+        ):
+            # ORT passes provider options to the EP as strings; convert them the same way it does.
+            name, provider_options = item[0], {k: str(v) for k, v in item[1].items()}
+        else:
+            raise UnsupportedOptionError(
+                f"each onnxruntime provider must be a name or a (name, {{option: value}}) pair, "
+                f"{example}; got {item!r}"
+            )
+        if any(name == seen for seen, _ in result):
+            raise UnsupportedOptionError(
+                f"onnxruntime provider {name!r} is listed twice; list each provider once"
+            )
+        result.append((name, provider_options))
+    return result
+
+
+def _optimization_level(value: object) -> ort.GraphOptimizationLevel:
+    if not isinstance(value, str) or value not in OPTIMIZATION_LEVELS:
+        raise UnsupportedOptionError(
+            f"backend_options['onnxruntime']['graph_optimization_level'] must be one of "
+            f"{', '.join(map(repr, OPTIMIZATION_LEVELS))}, got {value!r}"
+        )
+    return OPTIMIZATION_LEVELS[value]
+
+
+def _session_config(value: object) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise UnsupportedOptionError(
+            "backend_options['onnxruntime']['session_config'] must map config keys to string "
+            "values, e.g. {'session.intra_op.allow_spinning': '0'}; got " + repr(value)
+        )
+    return dict(value)
+
+
+def _require_available(providers: Sequence[ProviderRequest]) -> None:
+    """Refuse a provider this build lacks before ORT warns about it and drops it."""
+    available = list(ort.get_available_providers())
+    for name, _ in providers:
+        if name not in available:
+            raise UnsupportedOptionError(
+                f"onnxruntime {ort.__version__} has no {name} (available: {', '.join(available)}). "
+                + _install_hint(name)
+            )
+
+
+def _check_applied(session: Any, providers: Sequence[ProviderRequest]) -> None:
+    """ORT skips a listed EP that fails to initialise (missing CUDA/cuDNN libraries, ...) and
+    runs on the rest; unifer never falls back silently, so a missing one is an error."""
+    applied = list(session.get_providers())
+    missing = [name for name, _ in providers if name not in applied]
+    if missing:
+        raise UnsupportedOptionError(
+            f"onnxruntime lists {', '.join(missing)} but could not use it for this session (it "
+            f"runs on {', '.join(applied)}); see onnxruntime's log above for why, usually missing "
+            "or mismatched CUDA/cuDNN libraries. " + _install_hint(missing[0])
+        )
+
+
+def _install_hint(name: str) -> str:
+    dist = EP_DISTRIBUTIONS.get(name)
+    if dist is None:
+        return (
+            "Install an onnxruntime build that ships it, or pass providers=['CPUExecutionProvider']"
+        )
+    return (
+        f"It ships with {dist}: pip uninstall -y onnxruntime && pip install {dist} (keep only one "
+        "onnxruntime distribution installed), or pass providers=['CPUExecutionProvider']"
+    )
+
+
+def _spec(model: Path, kind: str, arg: Any) -> TensorSpec:
+    dtype = DTYPES.get(arg.type)
+    if dtype is None:
+        what = (
+            "tensor inputs and outputs only"
+            if not str(arg.type).startswith("tensor(")
+            else "tensors of numpy element types only"
+        )
+        raise ModelLoadError(
+            f"{model} has {kind} {arg.name!r} of type {arg.type}; unifer handles {what}. "
+            "Re-export the model with plain tensor inputs and outputs, or use onnxruntime directly"
+        )
+    # ORT reports a fixed dim as int, a named one as str, an unknown one as None (older releases
+    # and some exporters use negative ints for unknown).
+    shape = tuple(
+        None if dim is None or (isinstance(dim, int) and dim < 0) else dim for dim in arg.shape
+    )
+    return TensorSpec(arg.name, shape, dtype)
+
+
+def _settings(session: Any, config_keys: Sequence[str]) -> dict[str, object]:
+    # session_options is read back from the native session (the wrapper replaces ours with it), so
+    # it also reflects a config embedded in the model (ORT_LOAD_CONFIG_FROM_MODEL=1).
+    options = session.get_session_options()
+    providers = tuple(session.get_providers())
+    levels = {level: name for name, level in OPTIMIZATION_LEVELS.items()}
+    return {
+        "device": _device(providers[0], session.get_provider_options().get(providers[0], {})),
+        # 0 means ORT picks (one thread per physical core): report that we did not choose.
+        "threads": options.intra_op_num_threads or None,
+        "inter_op_threads": options.inter_op_num_threads,
+        "execution_mode": EXECUTION_MODES.get(options.execution_mode, str(options.execution_mode)),
+        "graph_optimization_level": levels.get(
+            options.graph_optimization_level, str(options.graph_optimization_level)
+        ),
+        "providers": providers,
+        "session_config": {key: options.get_session_config_entry(key) for key in config_keys},
+        "precision": "fp32",
+        "runtime_version": ort.__version__,
+    }
+
+
+def _device(provider: str, provider_options: Mapping[str, str]) -> str:
+    if provider == CPU:
+        return "cpu"
+    if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+        return f"cuda:{provider_options.get('device_id', '0')}"
+    return provider.removesuffix("ExecutionProvider").lower()
