@@ -111,3 +111,39 @@ def test_bad_preprocess_argument(cli, fake_backend, fake_model, tmp_path):
         "predict", str(fake_model), str(tmp_path / "x.npy"), "--preprocess", "nope", code=2
     )
     assert "neither a preset" in result.output
+
+
+def test_models_lists_the_builtin_family(cli):
+    rows = {r["name"]: r for r in json.loads(cli("models", "--json").output)["models"]}
+    assert set(rows) >= {
+        "arcface-r18",
+        "arcface-r34",
+        "arcface-r50",
+        "arcface-r100",
+        "arcface-tiny",
+    }
+    assert rows["arcface-r100"]["gflops"] == pytest.approx(24.2, rel=0.02)
+    assert "builtin:arcface-r100" in cli("models").output
+
+
+def test_predict_a_builtin_model_on_an_image(cli, tmp_path):
+    pytest.importorskip("onnx")
+    if "onnxruntime" not in json.dumps(json.loads(cli("backends", "--json").output)["backends"]):
+        pytest.skip("needs a backend that reads ONNX")
+    image = np.random.default_rng(0).integers(0, 256, (120, 100, 3), dtype=np.uint8)
+    np.save(tmp_path / "face.npy", image)
+    data = json.loads(
+        cli(
+            "predict",
+            "builtin:arcface-tiny",
+            str(tmp_path / "face.npy"),
+            "--backend",
+            "onnxruntime",
+            "--json",
+        ).output
+    )
+    embedding = np.asarray(data["outputs"]["embedding"]["values"])
+    assert embedding.shape == (1, 512)
+    assert np.isfinite(embedding).all() and embedding.std() > 0.1
+    info = json.loads(cli("info", "builtin:arcface-tiny", "--json").output)
+    assert info["preprocess"]["size"] == [112, 112]

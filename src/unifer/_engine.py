@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _registry
+from . import _registry, models
 from ._cache import cache_dir
 from ._errors import (
     BackendUnavailableError,
@@ -92,7 +92,9 @@ class Engine:
         """Open ``model`` with one backend.
 
         Args:
-            model: Path to the model file (``.onnx``, an OpenVINO ``.xml``, ...).
+            model: Path to the model file (``.onnx``, an OpenVINO ``.xml``, ...), or a built-in
+                model such as ``"builtin:arcface-r100"`` (generated on first use, see
+                ``unifer models``), which brings its own preprocessing.
             backend: A backend name (see ``unifer backends``) or ``"auto"``: the first backend, in
                 the documented static order, that is available, reads this format and opens the
                 model. An explicit name is never replaced by another backend.
@@ -100,8 +102,8 @@ class Engine:
                 takes ``$UNIFER_NUM_THREADS`` or else the runtime's default.
             precision: ``"fp32"`` (faithful, the default), ``"bf16"``, ``"fp16"`` or ``"int8"``;
                 a backend that cannot honour it raises.
-            preprocess: Applied by :meth:`predict`. Defaults to the model's
-                ``<stem>.preprocess.json`` sidecar when one exists.
+            preprocess: Applied by :meth:`predict`. Defaults to a built-in model's own, else to
+                the model's ``<stem>.preprocess.json`` sidecar when one exists.
             backend_options: Per-backend runtime options keyed by backend name, e.g.
                 ``{"onnxruntime": {"providers": ["CPUExecutionProvider"]}}``.
 
@@ -115,12 +117,12 @@ class Engine:
             UnsupportedOptionError: an option the backend cannot honour.
             PreprocessError: ``preprocess`` does not fit the model's input.
         """
-        path = _resolve_model(model)
+        path, preset = _resolve_model(model)
         threads = resolve_threads(threads)
         checked_precision = check_precision(precision)
         options = split_backend_options(backend_options, _registry.backend_names())
         if preprocess is None:
-            preprocess = load_sidecar(path)
+            preprocess = preset or load_sidecar(path)
 
         def open_with(plugin: Backend) -> Session:
             session_options = SessionOptions(
@@ -238,15 +240,18 @@ class Engine:
             )
 
 
-def _resolve_model(model: str | os.PathLike[str]) -> Path:
+def _resolve_model(model: str | os.PathLike[str]) -> tuple[Path, Preprocess | None]:
+    """The model file to open, and the preprocessing that comes with a built-in model."""
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a path (str or os.PathLike), got {type(model).__name__}")
+    if isinstance(model, str) and (builtin := models.resolve(model)) is not None:
+        return builtin
     path = Path(model).expanduser()
     if not path.exists():
         raise ModelNotFoundError(f"model file {str(path)!r} does not exist; check the path")
     if not path.is_file():
         raise ModelFormatError(f"{str(path)!r} is not a file; pass the model file itself")
-    return path
+    return path, None
 
 
 def _suffix(path: Path) -> str:

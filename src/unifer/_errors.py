@@ -16,6 +16,7 @@ why, and how to fix it, ending with a pointer into ``docs/errors.md``::
     │   ├── ModelFormatError(ModelError, ValueError)             no backend reads this format
     │   ├── ModelLoadError(ModelError, ValueError)               corrupt, truncated or not a model
     │   └── ModelSignatureError(ModelError, ValueError)          predict() on multi-I/O models
+    ├── MissingDependencyError(UniferError, ImportError)         an optional package is missing
     ├── InputError(UniferError, ValueError)                      bad feeds: name, shape, dtype, NaN
     ├── UnsupportedOptionError(UniferError, ValueError)          an option the runtime cannot honour
     ├── PreprocessError(UniferError, ValueError)                 bad Preprocess spec or image
@@ -105,6 +106,12 @@ class ModelSignatureError(ModelError, ValueError):
     """Raised when a call does not fit the model's signature (``predict`` on multi-I/O models)."""
 
     code = "model-signature"
+
+
+class MissingDependencyError(UniferError, ImportError):
+    """Raised when a feature needs an optional package that is not installed (e.g. ``onnx``)."""
+
+    code = "missing-dependency"
 
 
 class InputError(UniferError, ValueError):

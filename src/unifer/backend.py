@@ -91,8 +91,9 @@ class SessionOptions:
     threads: int | None = None
     """Threads inside one inference; ``None`` keeps the runtime's own default."""
     precision: Precision = "fp32"
-    cache_dir: Path = field(default_factory=Path)
-    """A directory this backend may use for its own caches (compiled models); never the model's."""
+    cache_dir: Path | None = None
+    """A directory this backend may use for its own caches (compiled models); never the model's.
+    ``None`` means: cache nothing."""
     extra: Mapping[str, object] = field(default_factory=dict)
     """``backend_options[<backend name>]`` from the user, passed through untouched."""
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 import numpy as np
 
-from . import _registry
+from . import _registry, models
 from ._engine import Engine, readers
 from ._errors import InputError, UniferError
 from ._preprocess import Preprocess
@@ -94,35 +94,66 @@ def backends(as_json: bool) -> None:
         click.echo(f"{name:<12} {'-':<12} {'not installed':<28} {_registry.install_hint(name)}")
 
 
+@main.command("models")
+@json_option
+def list_models(as_json: bool) -> None:
+    """List the built-in reference models (generated from code on first use, never downloaded)."""
+    rows = models.model_rows()
+    if as_json:
+        emit_json({"models": rows})
+        return
+    for row in rows:
+        click.echo(
+            f"{row['spec']:<22} {row['params'] / 1e6:6.1f} M params "
+            f"{row['gflops']:6.2f} GFLOPs  {row['input']} -> {row['output']}"
+        )
+        click.echo(f"{'':<22} {row['description']}")
+        for file in row["files"]:
+            click.echo(
+                f"{'':<22} cached: {file['path']} ({file['size']:,} bytes, "
+                f"sha256 {file['sha256'][:16]}...)"
+            )
+
+
 @main.command()
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model")
 @click.option("--backend", default="auto", show_default=True, help="Backend to open it with.")
 @json_option
-def info(model: Path, backend: str, as_json: bool) -> None:
-    """Show a model's inputs and outputs and which backends can read it."""
+def info(model: str, backend: str, as_json: bool) -> None:
+    """Show a model's inputs and outputs and which backends can read it.
+
+    MODEL is a model file or a built-in model such as builtin:arcface-r18.
+    """
     with Engine.load(model, backend=backend) as engine:
+        path = engine.model
+        assert path is not None  # noqa: S101 - Engine.load always records the file it opened
+        suffix = path.suffix.lower()
+        able = readers(suffix)
         data = {
-            "model": str(model),
-            "size_bytes": model.stat().st_size,
+            "model": model,
+            "path": str(path),
+            "size_bytes": path.stat().st_size,
             "opened_with": engine.backend,
             "inputs": [spec_dict(s) for s in engine.inputs],
             "outputs": [spec_dict(s) for s in engine.outputs],
-            "readers": readers(model.suffix.lower()),
+            "readers": able,
             "preprocess": engine.preprocess.to_dict() if engine.preprocess else None,
         }
     if as_json:
         emit_json(data)
         return
-    click.echo(f"{model} ({data['size_bytes']:,} bytes), opened with {engine.backend}")
+    click.echo(f"{path} ({path.stat().st_size:,} bytes), opened with {engine.backend}")
     for title, specs in (("inputs", engine.inputs), ("outputs", engine.outputs)):
         click.echo(f"{title}:")
         for spec in specs:
             click.echo(f"  {spec}")
-    click.echo(f"backends that read {model.suffix.lower()}: {', '.join(data['readers'])}")  # type: ignore[arg-type]
+    click.echo(f"backends that read {suffix}: {', '.join(able)}")
+    if engine.preprocess is not None:
+        click.echo(f"preprocess: {engine.preprocess.to_dict()}")
 
 
 @main.command()
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model")
 @click.argument(
     "input_path", metavar="INPUT", type=click.Path(path_type=Path, exists=True, dir_okay=False)
 )
@@ -142,7 +173,7 @@ def info(model: Path, backend: str, as_json: bool) -> None:
 )
 @json_option
 def predict(
-    model: Path,
+    model: str,
     input_path: Path,
     backend: str,
     threads: int | None,
@@ -151,7 +182,10 @@ def predict(
     out: Path | None,
     as_json: bool,
 ) -> None:
-    """Run MODEL on INPUT (.npy, .npz with one array per input name, or an image file)."""
+    """Run MODEL on INPUT (.npy, .npz with one array per input name, or an image file).
+
+    MODEL is a model file or a built-in model such as builtin:arcface-r18.
+    """
     preprocess = _preprocess_from(preprocess_arg)
     with Engine.load(
         model, backend=backend, threads=threads, precision=precision, preprocess=preprocess

@@ -1,0 +1,344 @@
+"""Compile one model file with OpenVINO and run it thread-safely from a pool of infer requests.
+
+The only module of the plugin that imports openvino at the top: ``unifer_openvino`` imports it
+inside ``probe()`` and ``open()``, so importing the plugin never loads the runtime.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import queue
+import re
+import shutil
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import openvino as ov
+
+from unifer import InferenceError, ModelNotFoundError, UniferWarning, UnsupportedOptionError
+from unifer.backend import (
+    SessionOptions,
+    TensorSpec,
+    reject_precision,
+    translate_errors,
+    warn_unknown_options,
+)
+
+NAME: Final = "openvino"
+OPTIONS: Final = ("cache", "device", "num_requests", "performance_hint")
+
+#: unifer precision -> OpenVINO INFERENCE_PRECISION_HINT, and back.
+_HINTS: Final = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+_PRECISIONS: Final = {hint: precision for precision, hint in _HINTS.items()}
+#: OPTIMIZATION_CAPABILITIES entry a device must list before a reduced precision is requested.
+_CAPABILITIES: Final = {"bf16": "BF16", "fp16": "FP16"}
+_PERFORMANCE_HINTS: Final = ("latency", "throughput")
+#: The ONNX frontend names each Result node "<graph output name>/sink_port_0".
+_RESULT_SUFFIX: Final = "/sink_port_0"
+
+
+@functools.cache
+def _core() -> ov.Core:
+    # One Core per process: creating it loads the device plugins, and compile_model is thread-safe.
+    return ov.Core()
+
+
+def runtime_version() -> str:
+    """OpenVINO's release, e.g. ``"2026.4.1"`` (get_version() appends the build and branch)."""
+    return str(ov.get_version()).split("-", 1)[0]
+
+
+def runtime_info() -> tuple[str, tuple[str, ...]]:
+    """The runtime version and the devices it sees, in unifer's names (``"cpu"``, ``"gpu:0"``)."""
+    return runtime_version(), tuple(_unifer_device(d) for d in _core().available_devices)
+
+
+def _unifer_device(device: str) -> str:
+    """``"CPU"`` -> ``"cpu"``, ``"GPU.1"`` -> ``"gpu:1"``; a bare ``"GPU"`` is OpenVINO's GPU.0."""
+    kind, _, index = device.partition(".")
+    if kind == "GPU" and not index:
+        index = "0"
+    return f"{kind.lower()}:{index}" if index else kind.lower()
+
+
+def _openvino_device(device: object) -> str:
+    """Accept OpenVINO's names ("CPU", "GPU.1") and unifer's ("cpu", "gpu:1")."""
+    if not isinstance(device, str) or not device:
+        raise UnsupportedOptionError(
+            f"backend option 'device' must be an OpenVINO device name such as 'CPU' or 'GPU.0', "
+            f"got {device!r}"
+        )
+    match = re.fullmatch(r"([a-z]+)(?::(\d+))?", device)
+    if match:
+        kind, index = match.groups()
+        return f"{kind.upper()}.{index}" if index else kind.upper()
+    return device
+
+
+def _check_files(model: Path) -> None:
+    # compile_model reports a missing .bin as an unreadable model; name the missing file instead.
+    if model.suffix.lower() == ".xml":
+        weights = model.with_suffix(".bin")
+        if not weights.is_file():
+            raise ModelNotFoundError(
+                f"OpenVINO IR {str(model)!r} needs its weights file {str(weights)!r} beside it, "
+                "which does not exist; copy the .bin together with the .xml"
+            )
+
+
+def _compiled_cache(root: Path, model: Path) -> Path:
+    """The CACHE_DIR for this version of ``model``, under this backend's cache directory.
+
+    OpenVINO keys a model compiled from a path by the path, size and modification time in whole
+    seconds, so a file rewritten within the same second (re-exported with the same size) would load
+    stale compiled code. Keying a directory per version by path, size and mtime in nanoseconds
+    closes that gap; older versions of the same path are removed so the cache does not grow.
+    """
+    files = [model] if model.suffix.lower() != ".xml" else [model, model.with_suffix(".bin")]
+    resolved = model.resolve()
+    version = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        version.update(f"{stat.st_size}:{stat.st_mtime_ns}:".encode())
+    path_key = hashlib.sha256(str(resolved).encode()).hexdigest()[:16]
+    directory = root / f"{resolved.stem}-{path_key}"
+    current = directory / version.hexdigest()[:16]
+    if directory.is_dir():
+        for stale in directory.iterdir():
+            if stale != current:
+                shutil.rmtree(stale, ignore_errors=True)
+    return current
+
+
+def _discard_if_empty(directory: Path | None) -> None:
+    """Remove ``directory`` (and its per-path parent) when empty.
+
+    OpenVINO creates CACHE_DIR even when the model fails to compile; a corrupt file should leave
+    nothing behind.
+    """
+    if directory is not None:
+        for path in (directory, directory.parent):
+            try:
+                path.rmdir()
+            except OSError:  # not empty (another version, or written concurrently): keep it
+                return
+
+
+def _port_name(port: ov.ConstOutput) -> str:
+    """The tensor name the model file (and ONNX Runtime) uses for ``port``.
+
+    After compilation a port may carry several names (an Identity's input and output, a tensor
+    inside an If branch) and ``get_any_name()`` can return the internal one; the set also differs
+    between a fresh compile and a load from the cache. The frontends name Parameter nodes after the
+    input and Result nodes "<output>/sink_port_0", which picks the graph's own name; failing that,
+    the shortest name wins (the internal ones carry prefixes like "F0::If_0_then_branch__").
+    """
+    names = port.get_names()
+    node = port.get_node().get_friendly_name()
+    for candidate in (node, node.removesuffix(_RESULT_SUFFIX)):
+        if candidate in names:
+            return str(candidate)
+    if names:
+        return str(min(names, key=lambda n: (len(n), n)))
+    return str(node)
+
+
+def _spec(port: ov.ConstOutput) -> TensorSpec:
+    shape = port.get_partial_shape()
+    dims: tuple[int | None, ...] = ()
+    if shape.rank.is_static:
+        dims = tuple(int(d.get_length()) if d.is_static else None for d in shape)
+    return TensorSpec(_port_name(port), dims, np.dtype(port.get_element_type().to_dtype()))
+
+
+def _get(compiled: ov.CompiledModel, key: str) -> Any:
+    """A property of the compiled model, or None where this device does not report it."""
+    try:
+        return compiled.get_property(key)
+    except RuntimeError:
+        return None
+
+
+class OpenVINOSession:
+    """One compiled model and a pool of infer requests; ``run`` takes a request per call."""
+
+    def __init__(
+        self,
+        compiled: ov.CompiledModel,
+        *,
+        num_requests: int | None,
+        settings: Mapping[str, object],
+    ) -> None:
+        self._compiled: ov.CompiledModel | None = compiled
+        self._inputs = tuple(_spec(p) for p in compiled.inputs)
+        self._outputs = tuple(_spec(p) for p in compiled.outputs)
+        self._input_names = tuple(s.name for s in self._inputs)
+        self._output_names = tuple(s.name for s in self._outputs)
+        size = num_requests or int(_get(compiled, "OPTIMAL_NUMBER_OF_INFER_REQUESTS") or 1)
+        # CompiledModel.__call__ reuses one hidden request and blocks concurrent callers; a queue of
+        # our own requests lets up to `size` threads infer at once (one per stream is optimal).
+        self._pool: queue.SimpleQueue[ov.InferRequest] | None = queue.SimpleQueue()
+        for _ in range(size):
+            self._pool.put(compiled.create_infer_request())
+        self._settings = {**settings, "num_requests": size}
+
+    @classmethod
+    def open(cls, model: Path, options: SessionOptions) -> OpenVINOSession:
+        """Compile ``model`` (ONNX or IR) with ``options`` and return a ready session."""
+        extra = options.extra
+        warn_unknown_options(NAME, extra, OPTIONS)
+        device = _openvino_device(extra.get("device", "CPU"))
+        hint = extra.get("performance_hint", "latency")
+        if hint not in _PERFORMANCE_HINTS:
+            raise UnsupportedOptionError(
+                f"backend option 'performance_hint' must be 'latency' or 'throughput', got {hint!r}"
+            )
+        num_requests = extra.get("num_requests")
+        if num_requests is not None and (
+            isinstance(num_requests, bool) or not isinstance(num_requests, int) or num_requests < 1
+        ):
+            raise UnsupportedOptionError(
+                "backend option 'num_requests' must be a positive integer (the number of infer "
+                f"requests, i.e. concurrent run() calls), got {num_requests!r}"
+            )
+        cache = extra.get("cache", True)
+        if not isinstance(cache, bool):
+            raise UnsupportedOptionError(
+                f"backend option 'cache' must be True or False, got {cache!r}"
+            )
+        _check_files(model)
+
+        core = _core()
+        supported = _device_properties(core, device)
+        config: dict[str, Any] = {"PERFORMANCE_HINT": str(hint).upper()}
+        config["INFERENCE_PRECISION_HINT"] = _precision_hint(core, device, options, supported)
+        if options.threads is not None:
+            if "INFERENCE_NUM_THREADS" in supported:
+                config["INFERENCE_NUM_THREADS"] = options.threads
+            else:
+                warnings.warn(
+                    f"threads={options.threads} is not supported by OpenVINO device {device}; "
+                    "ignored",
+                    UniferWarning,
+                    stacklevel=5,  # the user's Engine.load call
+                )
+        # Only a directory the core reserved for this backend is used for compiled models.
+        cache_dir = None
+        if cache and options.cache_dir is not None:
+            cache_dir = _compiled_cache(options.cache_dir, model)
+            config["CACHE_DIR"] = str(cache_dir)
+
+        with translate_errors(NAME, RuntimeError, model=model):
+            try:
+                # From the path, not read_model(): on a cache hit OpenVINO skips parsing the model.
+                compiled = core.compile_model(str(model), device, config)
+            except RuntimeError:
+                _discard_if_empty(cache_dir)
+                raise
+            applied = _get(compiled, "INFERENCE_PRECISION_HINT")
+            applied_hint = applied.get_type_name() if applied is not None else None
+            if applied_hint != config["INFERENCE_PRECISION_HINT"]:
+                raise UnsupportedOptionError(
+                    f"OpenVINO on {device} compiled {model.name} at inference precision "
+                    f"{applied_hint} although {options.precision} "
+                    f"({config['INFERENCE_PRECISION_HINT']}) was requested"
+                )
+            threads = _get(compiled, "INFERENCE_NUM_THREADS")
+            streams = _get(compiled, "NUM_STREAMS")
+            performance = _get(compiled, "PERFORMANCE_HINT")
+            loaded = _get(compiled, "LOADED_FROM_CACHE")
+            executing = _get(compiled, "EXECUTION_DEVICES") or [device]
+            settings: dict[str, object] = {
+                "device": ",".join(_unifer_device(str(d)) for d in executing),
+                "threads": int(threads) if threads is not None else None,
+                "precision": _PRECISIONS[applied_hint],
+                "inference_precision_hint": applied_hint,
+                # CPU reports a str, virtual devices a PerformanceMode enum.
+                "performance_hint": str(getattr(performance, "name", performance)).lower(),
+                "num_streams": int(streams) if streams is not None else None,
+                "cache_dir": str(cache_dir) if cache_dir is not None else None,
+                "loaded_from_cache": bool(loaded) if loaded is not None else None,
+                "runtime_version": runtime_version(),
+            }
+            return cls(compiled, num_requests=num_requests, settings=settings)
+
+    @property
+    def inputs(self) -> Sequence[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> Sequence[TensorSpec]:
+        return self._outputs
+
+    @property
+    def settings(self) -> Mapping[str, object]:
+        return self._settings
+
+    def run(self, feeds: Mapping[str, np.ndarray], /) -> dict[str, np.ndarray]:
+        pool = self._pool
+        if pool is None:
+            raise InferenceError(
+                "this OpenVINO session is closed; open the model again to run it", backend=NAME
+            )
+        request = pool.get()
+        try:
+            with translate_errors(NAME, RuntimeError):
+                # share_inputs: OpenVINO reads the caller's arrays in place (they are held for the
+                # call); share_outputs=False copies each output, so the next inference on this
+                # request cannot overwrite what the caller was given.
+                results = request.infer(
+                    {i: feeds[name] for i, name in enumerate(self._input_names)},
+                    share_inputs=True,
+                    share_outputs=False,
+                )
+        finally:
+            pool.put(request)
+        return dict(zip(self._output_names, results.to_tuple(), strict=True))
+
+    def close(self) -> None:
+        # Requests hold the compiled model; dropping both frees its memory once no run() is inside.
+        self._pool = None
+        self._compiled = None
+
+
+def _device_properties(core: ov.Core, device: str) -> frozenset[str]:
+    try:
+        return frozenset(core.get_property(device, "SUPPORTED_PROPERTIES"))
+    except RuntimeError as exc:
+        available = ", ".join(core.available_devices)
+        raise UnsupportedOptionError(
+            f"OpenVINO has no usable device {device!r} here (available: {available}); set "
+            "backend_options={'openvino': {'device': ...}} to one of them"
+        ) from exc
+
+
+def _precision_hint(
+    core: ov.Core, device: str, options: SessionOptions, supported: frozenset[str]
+) -> str:
+    """The INFERENCE_PRECISION_HINT for ``options.precision``, or raise if the device lacks it."""
+    if "INFERENCE_PRECISION_HINT" not in supported:
+        # Virtual devices (AUTO, MULTI, HETERO) neither take nor report it, so fp32 could not be
+        # guaranteed: OpenVINO's own defaults are bf16 on recent CPUs and f16 on GPUs.
+        raise UnsupportedOptionError(
+            f"OpenVINO device {device!r} cannot pin the inference precision, so "
+            f"precision={options.precision!r} could not be guaranteed; name a concrete device "
+            "such as 'CPU' or 'GPU.0'"
+        )
+    capabilities = frozenset(core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
+    available = ["fp32"] + [p for p, cap in _CAPABILITIES.items() if cap in capabilities]
+    if options.precision == "int8":
+        why = (
+            "OpenVINO runs INT8 only from a model that is already quantized (for example with "
+            "NNCF); load the quantized model with precision='fp32'"
+        )
+    else:
+        why = (
+            f"device {device} does not list {_CAPABILITIES.get(options.precision)} in its "
+            f"OPTIMIZATION_CAPABILITIES ({', '.join(sorted(capabilities))})"
+        )
+    reject_precision(NAME, options.precision, available, why)
+    return _HINTS[options.precision]
