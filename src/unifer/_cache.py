@@ -8,6 +8,7 @@ moved into place with ``os.replace``, so a reader never sees half a file, even w
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -43,3 +44,28 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's content, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def content_digest(path: Path) -> str:
+    """:func:`sha256_file`, memoised per (path, size, mtime) in this process.
+
+    Cache keys need the digest of models that can be hundreds of MB; a process that loads the same
+    file again should not read it again.
+    """
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _digests:
+        _digests[key] = sha256_file(path)
+    return _digests[key]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _registry, models
+from . import _convert, _registry, models
 from ._cache import cache_dir
 from ._errors import (
     BackendUnavailableError,
@@ -60,6 +60,7 @@ class Engine:
         backend: str,
         model: Path | None = None,
         preprocess: Preprocess | None = None,
+        conversion: _convert.Conversion | None = None,
     ) -> None:
         if not isinstance(session, Session):
             raise PluginError(
@@ -70,7 +71,10 @@ class Engine:
         self._model = model
         self._inputs = tuple(session.inputs)
         self._outputs = tuple(session.outputs)
-        self._settings = MappingProxyType(dict(session.settings))
+        settings = dict(session.settings)
+        if conversion is not None:  # the file the session runs was converted from ``model``
+            settings["conversion"] = conversion.to_dict()
+        self._settings = MappingProxyType(settings)
         self._closed = False
         if preprocess is not None:
             self._single_io("preprocess=")
@@ -117,34 +121,44 @@ class Engine:
             UnsupportedOptionError: an option the backend cannot honour.
             PreprocessError: ``preprocess`` does not fit the model's input.
         """
-        path, preset = _resolve_model(model)
+        path, preset = resolve_model(model)
         threads = resolve_threads(threads)
         checked_precision = check_precision(precision)
         options = split_backend_options(backend_options, _registry.backend_names())
         if preprocess is None:
             preprocess = preset or load_sidecar(path)
 
-        def open_with(plugin: Backend) -> Session:
-            session_options = SessionOptions(
+        def session_options(plugin: Backend) -> SessionOptions:
+            return SessionOptions(
                 threads=threads,
                 precision=checked_precision,
                 cache_dir=cache_dir("backends", plugin.name),
                 extra=options.get(plugin.name, {}),
             )
-            return plugin.open(path, session_options)
 
+        conversion = None
         if backend == AUTO:
-            name, session = _open_auto(path, open_with)
+            name, session = _open_auto(path, lambda p: p.open(path, session_options(p)))
         else:
             plugin = _registry.get_backend(backend)
-            _check_suffix(plugin, path)
             _registry.require_available(plugin)
-            name, session = backend, open_with(plugin)
+            opened = path
+            if _suffix(path) not in plugin.suffixes and _convert.can_convert(plugin, _suffix(path)):
+                conversion = _convert.convert(plugin, path, session_options(plugin))
+                opened = conversion.path
+            else:
+                _check_suffix(plugin, path)
+            name, session = backend, plugin.open(opened, session_options(plugin))
         try:
-            return cls(session, backend=name, model=path, preprocess=preprocess)
+            engine = cls(session, backend=name, model=path, preprocess=preprocess)
         except BaseException:
             session.close()
             raise
+        if conversion is not None:
+            engine._settings = MappingProxyType(
+                {**engine._settings, "conversion": conversion.to_dict()}
+            )
+        return engine
 
     @property
     def backend(self) -> str:
@@ -240,7 +254,7 @@ class Engine:
             )
 
 
-def _resolve_model(model: str | os.PathLike[str]) -> tuple[Path, Preprocess | None]:
+def resolve_model(model: str | os.PathLike[str]) -> tuple[Path, Preprocess | None]:
     """The model file to open, and the preprocessing that comes with a built-in model."""
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a path (str or os.PathLike), got {type(model).__name__}")

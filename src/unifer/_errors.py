@@ -15,6 +15,7 @@ why, and how to fix it, ending with a pointer into ``docs/errors.md``::
     │   ├── ModelNotFoundError(ModelError, FileNotFoundError)    the model file does not exist
     │   ├── ModelFormatError(ModelError, ValueError)             no backend reads this format
     │   ├── ModelLoadError(ModelError, ValueError)               corrupt, truncated or not a model
+    │   │   └── ConversionMismatchError(ModelLoadError)           a conversion changed the outputs
     │   └── ModelSignatureError(ModelError, ValueError)          predict() on multi-I/O models
     ├── MissingDependencyError(UniferError, ImportError)         an optional package is missing
     ├── InputError(UniferError, ValueError)                      bad feeds: name, shape, dtype, NaN
@@ -100,6 +101,12 @@ class ModelLoadError(ModelError, ValueError):
     """Raised when a runtime rejects the model file: corrupt, truncated or not a model."""
 
     code = "model-load"
+
+
+class ConversionMismatchError(ModelLoadError):
+    """Raised when a converted model's outputs differ from the source model's beyond tolerance."""
+
+    code = "conversion-mismatch"
 
 
 class ModelSignatureError(ModelError, ValueError):

@@ -30,6 +30,7 @@ __all__ = [
     "Availability",
     "BACKEND_API_VERSION",
     "Backend",
+    "Converter",
     "Dim",
     "PRECISIONS",
     "Precision",
@@ -140,6 +141,33 @@ class Backend(Protocol):
 
     def open(self, model: Path, options: SessionOptions, /) -> Session:
         """Open ``model`` (an existing file with one of ``suffixes``) and return a ready Session."""
+        ...
+
+
+@runtime_checkable
+class Converter(Backend, Protocol):
+    """A backend that can also produce its own format from another format (optional).
+
+    The core owns everything around a conversion: when it happens (``unifer convert``, or naming
+    this backend for a file it cannot read), the cache (keyed by source digest, target and
+    :meth:`converter_version`, written atomically), and the check of the converted model's outputs
+    against the source model. The plugin only converts.
+    """
+
+    converts_from: ClassVar[tuple[str, ...]]
+    """Suffixes of the source formats it converts, lower-case: ``(".onnx",)``."""
+
+    def converter_version(self) -> str:
+        """Identifies the converter and its version (part of the cache key). May import it."""
+        ...
+
+    def convert(self, source: Path, out_dir: Path, options: SessionOptions, /) -> Path:
+        """Convert ``source`` into files inside the empty directory ``out_dir``.
+
+        Returns the primary file of the result (one of ``suffixes``). Raises
+        :class:`~unifer.MissingDependencyError` when the converter is not installed, with the
+        install line, and :class:`~unifer.ModelLoadError` when the source cannot be converted.
+        """
         ...
 
 

@@ -7,6 +7,7 @@ message (what, why, how to fix) with exit status 1, not a traceback.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,11 +15,12 @@ from typing import Any, TypeVar
 import click
 import numpy as np
 
-from . import _registry, models
-from ._engine import Engine, readers
-from ._errors import InputError, UniferError
+from . import _convert, _registry, models
+from ._cache import cache_dir
+from ._engine import Engine, readers, resolve_model
+from ._errors import InputError, ModelFormatError, UniferError
 from ._preprocess import Preprocess
-from .backend import PRECISIONS, TensorSpec
+from .backend import PRECISIONS, SessionOptions, TensorSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -150,6 +152,65 @@ def info(model: str, backend: str, as_json: bool) -> None:
     click.echo(f"backends that read {suffix}: {', '.join(able)}")
     if engine.preprocess is not None:
         click.echo(f"preprocess: {engine.preprocess.to_dict()}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--to", "target", required=True, help="Backend whose format to produce.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Also copy the converted files into this directory.",
+)
+@click.option(
+    "--accept-mismatch",
+    is_flag=True,
+    help="Keep a conversion whose outputs differ from the source beyond tolerance.",
+)
+@json_option
+def convert(
+    model: str, target: str, out: Path | None, accept_mismatch: bool, as_json: bool
+) -> None:
+    """Convert MODEL to the format TARGET reads, check it against MODEL, and cache it.
+
+    The result lives in unifer's cache directory (reused by Engine.load(MODEL, backend=TARGET));
+    --out copies it somewhere of your choosing.
+    """
+    source, _ = resolve_model(model)
+    plugin = _registry.get_backend(target)
+    _registry.require_available(plugin)
+    if source.suffix.lower() in plugin.suffixes:
+        raise ModelFormatError(f"{target} reads {source.suffix} files directly; nothing to convert")
+    if not _convert.can_convert(plugin, source.suffix.lower()):
+        raise ModelFormatError(
+            f"{target} cannot convert {source.suffix} files; backends that convert them: "
+            f"{', '.join(_convert.converters(source.suffix.lower())) or 'none installed'}"
+        )
+    result = _convert.convert(
+        plugin,
+        source,
+        SessionOptions(cache_dir=cache_dir("backends", target)),
+        accept_mismatch=accept_mismatch,
+    )
+    files = sorted(p for p in result.path.parent.iterdir() if p.name != _convert.MANIFEST)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        files = [Path(shutil.copy2(f, out / f.name)) for f in files]
+    if as_json:
+        emit_json({**result.to_dict(), "files": [str(f) for f in files]})
+        return
+    check = result.check
+    click.echo(f"{source.name} -> {target} ({result.converter})")
+    for file in files:
+        click.echo(f"  {file}")
+    if check.passed is None:
+        click.echo(f"not verified: {check.note}")
+    else:
+        verdict = "ok" if check.passed else "MISMATCH (accepted)"
+        click.echo(
+            f"check against {check.reference}: {verdict}, max abs diff "
+            f"{check.max_abs_diff:.3g}, cosine {check.min_cosine:.7f}"
+        )
 
 
 @main.command()

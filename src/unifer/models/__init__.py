@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from .._cache import atomic_write_bytes, cache_dir
+from .._cache import atomic_write_bytes, cache_dir, sha256_file
 from .._errors import ModelNotFoundError
 from .._preprocess import Preprocess
 from ..backend import TensorSpec
@@ -259,14 +259,6 @@ def _manifest(file: Path) -> Path:
     return file.with_suffix(".json")
 
 
-def _sha256(file: Path) -> str:
-    h = hashlib.sha256()
-    with file.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _read_manifest(file: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(_manifest(file).read_text())
@@ -305,7 +297,7 @@ def path(name: str, *, dynamic_batch: bool = False) -> Path:
     _arch(name)
     file = _file(name, dynamic=dynamic_batch)
     manifest = _read_manifest(file)
-    if manifest is not None and file.is_file() and manifest.get("sha256") == _sha256(file):
+    if manifest is not None and file.is_file() and manifest.get("sha256") == sha256_file(file):
         return file
     data = build(name, dynamic_batch=dynamic_batch).SerializeToString()
     digest = hashlib.sha256(data).hexdigest()

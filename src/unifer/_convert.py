@@ -1,0 +1,231 @@
+"""Format conversion: one model file, every runtime.
+
+A backend that implements :class:`~unifer.backend.Converter` can turn another format (ONNX) into
+its own. The core owns everything around the conversion, so every plugin gets the same guarantees:
+
+- It happens only when asked: ``unifer convert``, or naming a backend that cannot read the file.
+- The result goes to unifer's cache directory, keyed by the source's content digest, the target
+  backend and the converter's version; it is built in a temporary directory and moved into place
+  with one rename, so concurrent processes never see half a conversion. Nothing is written next to
+  the user's model.
+- The converted model is checked against the source on seeded inputs (max abs diff, cosine), with
+  another backend that reads the source as the reference. A conversion that changes the outputs
+  beyond the fp32 tolerance is refused unless the user accepts it explicitly.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from . import _registry
+from ._cache import cache_dir, content_digest
+from ._errors import ConversionMismatchError, ModelLoadError, UniferError
+from ._parity import FP32_MAX_RELATIVE_DIFF, compare, seeded_feeds
+from .backend import Backend, Converter, SessionOptions
+
+MANIFEST: Final = "conversion.json"
+SCHEMA: Final = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """How the converted model compared with the source model on seeded inputs."""
+
+    reference: str | None
+    """The backend that ran the source model; None when no backend could."""
+    max_abs_diff: float | None = None
+    max_relative_diff: float | None = None
+    min_cosine: float | None = None
+    passed: bool | None = None
+    """True within tolerance, False outside it, None when the check could not run."""
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Conversion:
+    """A converted model in the cache, and how it was checked."""
+
+    source: str
+    source_sha256: str
+    target: str
+    converter: str
+    path: Path
+    check: Check
+    created: str
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["path"] = str(self.path)
+        return data
+
+
+def can_convert(backend: Backend, suffix: str) -> bool:
+    """Whether ``backend`` can produce its own format from files with ``suffix``."""
+    return isinstance(backend, Converter) and suffix in backend.converts_from
+
+
+def converters(suffix: str) -> list[str]:
+    """Installed backends that can convert files with ``suffix`` into their own format."""
+    names = []
+    for name in _registry.backend_names():
+        try:
+            if can_convert(_registry.get_backend(name), suffix):
+                names.append(name)
+        except UniferError:
+            continue  # a broken plugin converts nothing; `unifer backends` shows why
+    return names
+
+
+def convert(
+    backend: Backend, source: Path, options: SessionOptions, *, accept_mismatch: bool = False
+) -> Conversion:
+    """Return the cached conversion of ``source`` for ``backend``, converting it on a miss.
+
+    Raises:
+        ModelFormatError: ``backend`` cannot convert this format.
+        MissingDependencyError: the converter is not installed.
+        ModelLoadError: the converter cannot convert this model.
+        ConversionMismatchError: the converted model's outputs differ from the source's beyond
+            tolerance and ``accept_mismatch`` is false.
+    """
+    if not isinstance(backend, Converter):  # callers check can_convert() first
+        raise TypeError(f"{backend.name} cannot convert models")
+    digest = content_digest(source)
+    version = backend.converter_version()
+    key = _key(digest, backend.name, version)
+    root = cache_dir("converted", backend.name)
+    final = root / f"{source.stem}-{key}"
+    conversion = _read(final)
+    if conversion is None:
+        conversion = _convert_into(backend, source, options, root, final, digest, version)
+    if conversion.check.passed is False and not accept_mismatch:
+        c = conversion.check
+        raise ConversionMismatchError(
+            f"converting {source.name} to {backend.name} changed its outputs: max abs diff "
+            f"{c.max_abs_diff:.3g} ({c.max_relative_diff:.3g} of the output scale, tolerance "
+            f"{FP32_MAX_RELATIVE_DIFF}), cosine {c.min_cosine:.6f} against {c.reference}. Use "
+            f"another backend, or accept it explicitly: unifer convert {source} --to "
+            f"{backend.name} --accept-mismatch, then load the converted file"
+        )
+    return conversion
+
+
+def _key(digest: str, target: str, version: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(f"{digest}\0{target}\0{version}".encode()).hexdigest()[:16]
+
+
+def _read(directory: Path) -> Conversion | None:
+    """The conversion stored in ``directory``, or None if absent or unreadable (then rebuilt)."""
+    try:
+        data = json.loads((directory / MANIFEST).read_text())
+        if data.get("schema") != SCHEMA:
+            return None
+        path = directory / data["primary"]
+        if not path.is_file():
+            return None
+        return Conversion(
+            source=data["source"],
+            source_sha256=data["source_sha256"],
+            target=data["target"],
+            converter=data["converter"],
+            path=path,
+            check=Check(**data["check"]),
+            created=data["created"],
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _convert_into(
+    backend: Converter,
+    source: Path,
+    options: SessionOptions,
+    root: Path,
+    final: Path,
+    digest: str,
+    version: str,
+) -> Conversion:
+    work = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
+    try:
+        primary = backend.convert(source, work, options)
+        if primary.parent != work or not primary.is_file():
+            raise ModelLoadError(
+                f"the {backend.name} converter returned {primary}, which is not a file it wrote "
+                f"in the output directory; this is a bug in the plugin"
+            )
+        check = _check(backend, source, primary, options)
+        created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        manifest = {
+            "schema": SCHEMA,
+            "source": str(source),
+            "source_sha256": digest,
+            "target": backend.name,
+            "converter": version,
+            "primary": primary.name,
+            "check": asdict(check),
+            "created": created,
+        }
+        (work / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if final.exists():
+            shutil.rmtree(final)  # an unreadable or outdated entry
+        try:
+            os.rename(work, final)
+        except OSError:
+            # Another process finished the same conversion first: use theirs.
+            if (done := _read(final)) is not None:
+                return done
+            raise
+        return Conversion(
+            str(source), digest, backend.name, version, final / primary.name, check, created
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _check(backend: Converter, source: Path, converted: Path, options: SessionOptions) -> Check:
+    """Run source and converted model on the same seeded inputs and compare every output."""
+    fp32 = SessionOptions(threads=options.threads, cache_dir=options.cache_dir)
+    reference = _reference_backend(source.suffix.lower(), exclude=backend.name)
+    if reference is None:
+        return Check(reference=None, note="no other installed backend reads the source format")
+    ref_session = reference.open(source, SessionOptions(threads=options.threads))
+    try:
+        feeds = seeded_feeds(ref_session.inputs)
+        want = ref_session.run(feeds)
+    finally:
+        ref_session.close()
+    session = backend.open(converted, fp32)
+    try:
+        got = session.run(feeds)
+    finally:
+        session.close()
+    parity = compare(want, got)
+    return Check(
+        reference=reference.name,
+        max_abs_diff=parity.max_abs_diff,
+        max_relative_diff=parity.max_relative_diff,
+        min_cosine=parity.min_cosine,
+        passed=parity.within(),
+        note=None if parity.same_layout else "outputs differ in names, number or size",
+    )
+
+
+def _reference_backend(suffix: str, *, exclude: str) -> Backend | None:
+    from ._engine import readers
+
+    for name in readers(suffix):
+        if name == exclude:
+            continue
+        candidate = _registry.get_backend(name)
+        if _registry.probe(candidate).ok:
+            return candidate
+    return None
