@@ -7,7 +7,7 @@ machine noise hits both alike; each timed call is "feed in, run, outputs out" (o
 the caller on both sides, as Engine guarantees). Reports the ratio of pooled medians for a
 ~100 ms model (ArcFace IResNet100) and the absolute per-call overhead on a tiny model.
 
-    uv run python benchmarks/engine_overhead.py [--rounds 5] [--threads 2] [--out benchmarks/results]
+    uv run python benchmarks/engine_overhead.py [--rounds 5] [--threads 2]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 
 import unifer
 from unifer import Engine, models
+from unifer._parity import seeded_feeds
 from unifer._timing import Stats, measure
 from unifer.testing.models import mlp
 
@@ -67,8 +68,16 @@ def raw_openvino(path: Path, feeds: dict[str, np.ndarray], threads: int) -> Call
 RAW = {"onnxruntime": raw_onnxruntime, "openvino": raw_openvino}
 
 
-def compare(backend: str, path: Path, feeds: dict[str, np.ndarray], *, threads: int,
-            rounds: int, runs: int, min_time_s: float) -> dict[str, object]:
+def compare(
+    backend: str,
+    path: Path,
+    feeds: dict[str, np.ndarray],
+    *,
+    threads: int,
+    rounds: int,
+    runs: int,
+    min_time_s: float,
+) -> dict[str, object]:
     engine = Engine.load(path, backend=backend, threads=threads)
     calls = {"engine": lambda: engine.run(feeds), "raw": RAW[backend](path, feeds, threads)}
     per_round: dict[str, list[Stats]] = {"engine": [], "raw": []}
@@ -76,8 +85,9 @@ def compare(backend: str, path: Path, feeds: dict[str, np.ndarray], *, threads: 
     for _ in range(rounds):
         random.shuffle(order)
         for name in order:
-            per_round[name].append(measure(calls[name], warmup=2, min_runs=runs,
-                                           min_time_s=min_time_s))
+            per_round[name].append(
+                measure(calls[name], warmup=2, min_runs=runs, min_time_s=min_time_s)
+            )
     engine.close()
     pooled = {name: Stats.pooled(parts) for name, parts in per_round.items()}
     return {
@@ -102,22 +112,41 @@ def main() -> None:
     args = parser.parse_args()
 
     big = models.path(args.model)
-    big_feeds = {"input.1": np.random.default_rng(0).standard_normal((1, 3, 112, 112),
-                                                                     dtype=np.float32)}
+    big_feeds = seeded_feeds([models.info(args.model).input])
     with tempfile.TemporaryDirectory() as tmp:
         toy = mlp(batch=1)
         tiny = toy.save(Path(tmp))
         results = []
         for backend in ("onnxruntime", "openvino"):
-            results.append(compare(backend, big, big_feeds, threads=args.threads,
-                                   rounds=args.rounds, runs=10, min_time_s=0))
-            results.append(compare(backend, tiny, toy.feeds(), threads=args.threads,
-                                   rounds=args.rounds, runs=2000, min_time_s=0.5))
+            results.append(
+                compare(
+                    backend,
+                    big,
+                    big_feeds,
+                    threads=args.threads,
+                    rounds=args.rounds,
+                    runs=10,
+                    min_time_s=0,
+                )
+            )
+            results.append(
+                compare(
+                    backend,
+                    tiny,
+                    toy.feeds(),
+                    threads=args.threads,
+                    rounds=args.rounds,
+                    runs=2000,
+                    min_time_s=0.5,
+                )
+            )
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "unifer": unifer.__version__,
-        "machine": {"cpu": platform.processor() or platform.machine(), "python":
-                    platform.python_version()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+        },
         "rounds": args.rounds,
         "results": results,
     }
@@ -133,9 +162,11 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     for r in results:
-        lines.append(f"| {r['backend']} | {r['model']} | {r['raw']['median_ms']:.4f} | "  # type: ignore[index]
-                     f"{r['engine']['median_ms']:.4f} | {r['ratio_of_medians']:.4f} | "  # type: ignore[index]
-                     f"{r['overhead_us']:.1f} |")
+        lines.append(
+            f"| {r['backend']} | {r['model']} | {r['raw']['median_ms']:.4f} | "  # type: ignore[index]
+            f"{r['engine']['median_ms']:.4f} | {r['ratio_of_medians']:.4f} | "  # type: ignore[index]
+            f"{r['overhead_us']:.1f} |"
+        )
     (args.out / "engine_overhead.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING
@@ -18,16 +18,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _convert, _registry, models
+from . import _auto, _convert, _registry, _select, models
 from ._cache import cache_dir
 from ._errors import (
-    BackendUnavailableError,
     InferenceError,
     ModelFormatError,
-    ModelLoadError,
     ModelNotFoundError,
     ModelSignatureError,
-    NoBackendAvailableError,
     PluginError,
     UniferError,
     UnsupportedOptionError,
@@ -35,7 +32,7 @@ from ._errors import (
 from ._feeds import check_feeds
 from ._options import check_precision, resolve_threads, split_backend_options
 from ._preprocess import Preprocess, load_sidecar
-from .backend import Backend, Session, SessionOptions, TensorSpec
+from .backend import Backend, Precision, Session, SessionOptions, TensorSpec
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -60,6 +57,7 @@ class Engine:
         backend: str,
         model: Path | None = None,
         preprocess: Preprocess | None = None,
+        selection: _select.Selection | None = None,
         conversion: _convert.Conversion | None = None,
     ) -> None:
         if not isinstance(session, Session):
@@ -75,6 +73,7 @@ class Engine:
         if conversion is not None:  # the file the session runs was converted from ``model``
             settings["conversion"] = conversion.to_dict()
         self._settings = MappingProxyType(settings)
+        self._selection = selection
         self._closed = False
         if preprocess is not None:
             self._single_io("preprocess=")
@@ -89,9 +88,11 @@ class Engine:
         *,
         backend: str = AUTO,
         threads: int | None = None,
-        precision: str = "fp32",
+        precision: str | Sequence[str] = "fp32",
         preprocess: Preprocess | None = None,
         backend_options: Mapping[str, Mapping[str, object]] | None = None,
+        objective: str = "latency",
+        budget_s: float | None = None,
     ) -> Engine:
         """Open ``model`` with one backend.
 
@@ -99,22 +100,29 @@ class Engine:
             model: Path to the model file (``.onnx``, an OpenVINO ``.xml``, ...), or a built-in
                 model such as ``"builtin:arcface-r100"`` (generated on first use, see
                 ``unifer models``), which brings its own preprocessing.
-            backend: A backend name (see ``unifer backends``) or ``"auto"``: the first backend, in
-                the documented static order, that is available, reads this format and opens the
-                model. An explicit name is never replaced by another backend.
+            backend: A backend name (see ``unifer backends``) or ``"auto"``: measure the
+                backends that can run the model on this machine and keep the fastest one whose
+                outputs match the fp32 reference (cached per machine; see ``docs/auto.md``).
+                An explicit name is never replaced by another backend.
             threads: Threads inside one inference, mapped to each runtime's own knob; ``None``
-                takes ``$UNIFER_NUM_THREADS`` or else the runtime's default.
+                takes ``$UNIFER_NUM_THREADS``, else the runtime's default (``"auto"``: the
+                number of physical cores).
             precision: ``"fp32"`` (faithful, the default), ``"bf16"``, ``"fp16"`` or ``"int8"``;
-                a backend that cannot honour it raises.
+                a backend that cannot honour it raises. With ``backend="auto"`` also a tuple of
+                allowed precisions, or ``"fastest"``: any precision within its tolerance.
             preprocess: Applied by :meth:`predict`. Defaults to a built-in model's own, else to
                 the model's ``<stem>.preprocess.json`` sidecar when one exists.
             backend_options: Per-backend runtime options keyed by backend name, e.g.
                 ``{"onnxruntime": {"providers": ["CPUExecutionProvider"]}}``.
+            objective: What ``"auto"`` optimises: ``"latency"`` or ``"throughput"``.
+            budget_s: Seconds ``"auto"`` may spend measuring (default: proportionate to the
+                model, at most 20 s); ``0`` picks from the hardware without measuring.
 
         Raises:
             ModelNotFoundError: ``model`` does not exist.
             ModelFormatError: no installed backend reads this kind of file.
             ModelLoadError: the runtime rejected the file (corrupt, truncated, not a model).
+            ConversionMismatchError: the named backend needed a conversion that changed outputs.
             BackendNotFoundError: ``backend`` names no installed backend.
             BackendUnavailableError: the backend's runtime is missing or broken.
             NoBackendAvailableError: ``"auto"`` found no backend that could open the model.
@@ -123,42 +131,83 @@ class Engine:
         """
         path, preset = resolve_model(model)
         threads = resolve_threads(threads)
-        checked_precision = check_precision(precision)
         options = split_backend_options(backend_options, _registry.backend_names())
         if preprocess is None:
             preprocess = preset or load_sidecar(path)
 
-        def session_options(plugin: Backend) -> SessionOptions:
+        def session_options(
+            plugin: Backend, precision: Precision, threads: int | None
+        ) -> SessionOptions:
             return SessionOptions(
                 threads=threads,
-                precision=checked_precision,
+                precision=precision,
                 cache_dir=cache_dir("backends", plugin.name),
                 extra=options.get(plugin.name, {}),
             )
 
-        conversion = None
+        if backend == AUTO and _auto.environment_backend() is None:
+
+            def open_candidate(candidate: _select.Candidate) -> Session:
+                plugin = _registry.get_backend(candidate.backend)
+                return plugin.open(
+                    path, session_options(plugin, candidate.precision, candidate.threads)
+                )
+
+            selection, session = _auto.open_auto(
+                path,
+                threads=threads,
+                precisions=_auto.allowed_precisions(precision),
+                objective=_auto.check_objective(objective),
+                budget_s=budget_s,
+                open_candidate=open_candidate,
+                options_digest=repr(sorted((k, sorted(v.items())) for k, v in options.items())),
+            )
+            return cls._wrap(session, path, preprocess, selection=selection)
+
+        source: _select.Source = "explicit"
         if backend == AUTO:
-            name, session = _open_auto(path, lambda p: p.open(path, session_options(p)))
+            backend, source = _auto.environment_backend() or backend, "environment"
+        if not isinstance(precision, str):
+            raise UnsupportedOptionError(
+                f"precision={precision!r}: a choice of precisions needs backend='auto'; with "
+                f"backend={backend!r} pass one precision"
+            )
+        checked = check_precision(precision)
+        plugin = _registry.get_backend(backend)
+        _registry.require_available(plugin)
+        opened, conversion = path, None
+        if _suffix(path) not in plugin.suffixes and _convert.can_convert(plugin, _suffix(path)):
+            conversion = _convert.convert(plugin, path, session_options(plugin, checked, threads))
+            opened = conversion.path
         else:
-            plugin = _registry.get_backend(backend)
-            _registry.require_available(plugin)
-            opened = path
-            if _suffix(path) not in plugin.suffixes and _convert.can_convert(plugin, _suffix(path)):
-                conversion = _convert.convert(plugin, path, session_options(plugin))
-                opened = conversion.path
-            else:
-                _check_suffix(plugin, path)
-            name, session = backend, plugin.open(opened, session_options(plugin))
+            _check_suffix(plugin, path)
+        session = plugin.open(opened, session_options(plugin, checked, threads))
+        selection = _select.Selection(_select.Candidate(backend, threads, checked), source)
+        return cls._wrap(session, path, preprocess, selection=selection, conversion=conversion)
+
+    @classmethod
+    def _wrap(
+        cls,
+        session: Session,
+        path: Path,
+        preprocess: Preprocess | None,
+        *,
+        selection: _select.Selection,
+        conversion: _convert.Conversion | None = None,
+    ) -> Engine:
+        """The Engine around a freshly opened session, which is closed if that fails."""
         try:
-            engine = cls(session, backend=name, model=path, preprocess=preprocess)
+            return cls(
+                session,
+                backend=selection.chosen.backend,
+                model=path,
+                preprocess=preprocess,
+                selection=selection,
+                conversion=conversion,
+            )
         except BaseException:
             session.close()
             raise
-        if conversion is not None:
-            engine._settings = MappingProxyType(
-                {**engine._settings, "conversion": conversion.to_dict()}
-            )
-        return engine
 
     @property
     def backend(self) -> str:
@@ -184,6 +233,11 @@ class Engine:
     def settings(self) -> Mapping[str, object]:
         """What the runtime really applied: threads, precision, device, providers/properties."""
         return self._settings
+
+    @property
+    def selection(self) -> _select.Selection | None:
+        """How the backend was chosen; ``selection.explain()`` renders the table of candidates."""
+        return self._selection
 
     @property
     def preprocess(self) -> Preprocess | None:
@@ -295,39 +349,3 @@ def readers(suffix: str) -> list[str]:
         except UniferError:
             continue  # a broken plugin reads nothing; `unifer backends` shows why
     return _registry.auto_order(names)
-
-
-def _open_auto(path: Path, open_with: Callable[[Backend], Session]) -> tuple[str, Session]:
-    """Open ``path`` with the first backend in the static order that can; explain every skip."""
-    candidates = readers(_suffix(path))
-    if not candidates:
-        installed = _registry.backend_names()
-        raise ModelFormatError(
-            f"no installed backend reads {_suffix(path)!r} files like {path.name!r} "
-            f"(installed: {', '.join(installed) or 'none'}). "
-            'For ONNX models install one with: pip install "unifer[onnxruntime]"'
-        )
-    reasons: dict[str, str] = {}
-    load_errors: list[ModelLoadError] = []
-    for name in candidates:
-        plugin = _registry.get_backend(name)
-        try:
-            _registry.require_available(plugin)
-            session = open_with(plugin)
-        except ModelLoadError as exc:
-            load_errors.append(exc)
-            reasons[name] = exc.message
-        except (BackendUnavailableError, UnsupportedOptionError, InferenceError) as exc:
-            reasons[name] = exc.message
-        else:
-            skipped = "; ".join(f"{n} skipped: {r}" for n, r in reasons.items())
-            logger.info("auto: %s (static order)%s", name, f"; {skipped}" if skipped else "")
-            return name, session
-    if len(load_errors) == len(candidates):
-        # Every runtime rejected the file: the file is the problem, not the backends.
-        raise load_errors[0]
-    lines = "\n".join(f"  {n}: {r}" for n, r in reasons.items())
-    raise NoBackendAvailableError(
-        f"no backend could open {path.name!r}:\n{lines}\nFix one of the above, or name a backend",
-        reasons=reasons,
-    )

@@ -56,11 +56,10 @@ def check_feeds(feeds: Mapping[str, object], inputs: Sequence[TensorSpec]) -> di
 
 
 def _check_one(spec: TensorSpec, array: np.ndarray, bound: dict[str, tuple[int, str]]) -> None:
-    got = _describe(array.dtype, array.shape)
-    want = _describe(spec.dtype, spec.shape)
+    # This runs on every call: messages are only formatted once something is wrong.
     if array.dtype != spec.dtype:
         raise InputError(
-            f"input {spec.name!r} expects {want}, got {got}; convert it with "
+            f"input {spec.name!r} expects {_expected(spec, array)}; convert it with "
             f"x.astype(np.{spec.dtype.name})"
             + (" or pass preprocess= to Engine.load for images" if array.dtype == np.uint8 else "")
         )
@@ -71,23 +70,29 @@ def _check_one(spec: TensorSpec, array: np.ndarray, bound: dict[str, tuple[int, 
         elif array.ndim == len(spec.shape) + 1 and array.shape[0] == 1:
             hint = "; drop the leading dimension with x[0]"
         raise InputError(
-            f"input {spec.name!r} expects rank {len(spec.shape)} ({want}), got {got}{hint}"
+            f"input {spec.name!r} expects rank {len(spec.shape)}: {_expected(spec, array)}{hint}"
         )
     for axis, (dim, size) in enumerate(zip(spec.shape, array.shape, strict=True)):
-        if isinstance(dim, int) and dim != size:
+        if dim is None or dim == size:
+            continue
+        if isinstance(dim, int):
             raise InputError(
-                f"input {spec.name!r} expects {want}, got {got}: dimension {axis} must be {dim}"
+                f"input {spec.name!r} expects {_expected(spec, array)}: dimension {axis} must be "
+                f"{dim}"
             )
-        if isinstance(dim, str):
-            first = bound.setdefault(dim, (size, spec.name))
-            if first[0] != size:
-                raise InputError(
-                    f"dimension {dim!r} is {first[0]} in input {first[1]!r} but {size} in "
-                    f"input {spec.name!r}; inputs sharing a named dimension must agree"
-                )
+        first = bound.setdefault(dim, (size, spec.name))
+        if first[0] != size:
+            raise InputError(
+                f"dimension {dim!r} is {first[0]} in input {first[1]!r} but {size} in "
+                f"input {spec.name!r}; inputs sharing a named dimension must agree"
+            )
     # min() propagates NaN without allocating a mask: the common all-finite case stays cheap.
     if array.dtype.kind == "f" and array.size and np.isnan(array.min()):
         raise InputError(
             f"input {spec.name!r} contains NaN at {int(np.isnan(array).sum())} positions; "
             "the model's outputs would be meaningless. Check how the input was produced"
         )
+
+
+def _expected(spec: TensorSpec, array: np.ndarray) -> str:
+    return f"{_describe(spec.dtype, spec.shape)}, got {_describe(array.dtype, array.shape)}"

@@ -10,10 +10,10 @@ small. See ``docs/plugins.md``.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any, ClassVar, Final, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -171,31 +171,44 @@ class Converter(Backend, Protocol):
         ...
 
 
-@contextmanager
-def translate_errors(
-    backend: str,
-    *native: type[BaseException],
-    model: Path | None = None,
-) -> Iterator[None]:
+class translate_errors:
     """Re-raise the runtime's own exceptions as unifer errors, chaining the native one.
 
     Inside ``open`` pass ``model=``: a native failure then means the runtime rejected the file, and
     becomes :class:`ModelLoadError` naming it. Otherwise it becomes :class:`InferenceError`.
-    unifer's own errors pass through untouched.
+    unifer's own errors pass through untouched. (A class rather than a generator-based context
+    manager: it wraps every ``run`` call, and this costs a fraction of a microsecond.)
     """
-    try:
-        yield
-    except UniferError:
-        raise
-    except native as exc:
+
+    __slots__ = ("_backend", "_model", "_native")
+
+    def __init__(
+        self, backend: str, *native: type[BaseException], model: Path | None = None
+    ) -> None:
+        self._backend = backend
+        self._native = native
+        self._model = model
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None or isinstance(exc, UniferError) or not isinstance(exc, self._native):
+            return
         detail = str(exc).strip() or type(exc).__name__
-        if model is not None:
+        if self._model is not None:
             raise ModelLoadError(
-                f"{backend} could not load {model}: {detail}. Check that the file is a complete, "
-                f"valid model in a format {backend} reads (re-export or re-download it)"
+                f"{self._backend} could not load {self._model}: {detail}. Check that the file is "
+                f"a complete, valid model in a format {self._backend} reads (re-export or "
+                "re-download it)"
             ) from exc
         raise InferenceError(
-            f"{backend} failed while running the model: {detail}", backend=backend
+            f"{self._backend} failed while running the model: {detail}", backend=self._backend
         ) from exc
 
 

@@ -1,0 +1,252 @@
+"""The policy around ``backend="auto"``: which candidates, which cache key, measure or not.
+
+Precedence, everywhere: explicit argument > environment > cached decision > measurement > static
+default. Environment variables (all optional):
+
+- ``UNIFER_BACKEND=<name>``: what ``"auto"`` resolves to (source ``"environment"``).
+- ``UNIFER_DISABLE_BACKENDS=a,b``: never considered by ``"auto"``.
+- ``UNIFER_AUTO=measure|static``: ``static`` picks from the detected hardware without measuring
+  (also what ``budget_s=0`` does).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+import platform
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from . import _autocache, _hardware, _registry
+from ._cache import content_digest
+from ._errors import ModelFormatError, ModelLoadError, UniferError, UnsupportedOptionError
+from ._select import (
+    Candidate,
+    Objective,
+    Selection,
+    Trial,
+    candidates,
+    measure_candidates,
+    no_candidate_error,
+    rank,
+    static_rank,
+)
+from .backend import PRECISIONS, Precision, Session
+
+logger = logging.getLogger("unifer.auto")
+
+BACKEND_ENV: Final = "UNIFER_BACKEND"
+DISABLE_ENV: Final = "UNIFER_DISABLE_BACKENDS"
+MODE_ENV: Final = "UNIFER_AUTO"
+OBJECTIVES: Final = ("latency", "throughput")
+#: Backends preferred on CPUs other than x86, where OpenVINO's CPU plugin is not the strongest.
+NON_X86_ORDER: Final = ("litert", "onnxruntime", "ncnn")
+
+
+def environment_backend() -> str | None:
+    """``$UNIFER_BACKEND`` if set: the backend ``"auto"`` resolves to without choosing."""
+    return os.environ.get(BACKEND_ENV) or None
+
+
+def check_objective(objective: str) -> Objective:
+    if objective == "latency":
+        return "latency"
+    if objective == "throughput":
+        return "throughput"
+    raise UnsupportedOptionError(f"objective must be 'latency' or 'throughput', got {objective!r}")
+
+
+def allowed_precisions(precision: str | Sequence[str]) -> tuple[Precision, ...]:
+    """``"fp32"``, a tuple like ``("fp32", "bf16")``, or ``"fastest"`` (every precision)."""
+    if precision == "fastest":
+        return PRECISIONS
+    requested = (precision,) if isinstance(precision, str) else tuple(precision)
+    unknown = [p for p in requested if p not in PRECISIONS]
+    if unknown or not requested:
+        raise UnsupportedOptionError(
+            f"precision must be one of {', '.join(map(repr, PRECISIONS))}, a tuple of them, or "
+            f"'fastest', got {precision!r}"
+        )
+    return tuple(p for p in PRECISIONS if p in requested)
+
+
+def open_auto(
+    path: Path,
+    *,
+    threads: int | None,
+    precisions: tuple[Precision, ...],
+    objective: Objective,
+    budget_s: float | None,
+    open_candidate: Callable[[Candidate], Session],
+    options_digest: str,
+) -> tuple[Selection, Session]:
+    """Choose and open a backend for ``path``; see the module docstring for the policy."""
+    from ._engine import readers  # the engine imports this module
+
+    suffix = path.suffix.lower()
+    disabled = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
+    names = [n for n in readers(suffix) if n not in disabled]
+    if not names:
+        raise ModelFormatError(
+            f"no installed backend reads {suffix!r} files like {path.name!r}"
+            + (f" (disabled by ${DISABLE_ENV}: {', '.join(sorted(disabled))})" if disabled else "")
+            + '. For ONNX models install one with: pip install "unifer[onnxruntime]"'
+        )
+    thread_options = [threads if threads is not None else _hardware.physical_cores()]
+    unavailable: list[Trial] = []
+    versions: dict[str, str | None] = {}
+    for name in names:
+        availability = _registry.probe(_registry.get_backend(name))
+        if availability.ok:
+            versions[name] = availability.version
+        else:
+            reason = f"unavailable: {availability.reason}"
+            unavailable += [
+                Trial(Candidate(name, threads, p), "failed", reason=reason) for p in precisions
+            ]
+    thread_options = [threads if threads is not None else _hardware.physical_cores()]
+    pool = candidates(_prefer(list(versions)), thread_options, precisions)
+    mode = os.environ.get(MODE_ENV, "measure")
+    if budget_s == 0 or mode == "static":
+        return _open_static(pool, unavailable, objective, open_candidate, path)
+    if mode != "measure":
+        raise UnsupportedOptionError(f"${MODE_ENV} must be 'measure' or 'static', got {mode!r}")
+    key = _cache_key(path, objective, precisions, threads, versions, options_digest)
+    cached = _open_cached(key, objective, open_candidate)
+    if cached is not None:
+        return cached
+    load_errors: list[ModelLoadError] = []
+
+    def open_noting_load_errors(candidate: Candidate) -> Session:
+        try:
+            return open_candidate(candidate)
+        except ModelLoadError as exc:
+            load_errors.append(exc)
+            raise
+
+    trials, kept = measure_candidates(
+        pool, open_candidate=open_noting_load_errors, objective=objective, budget_s=budget_s
+    )
+    ranking = rank(trials)
+    if not ranking:
+        if pool and len(load_errors) == len(pool):
+            raise load_errors[0]  # every runtime rejected the file: the file is the problem
+        raise no_candidate_error([*unavailable, *trials], path.name)
+    winner = ranking[0].candidate
+    for candidate, session in kept.items():
+        if candidate != winner:
+            session.close()
+    all_trials = (*_ordered(trials, ranking), *unavailable)
+    _autocache.store(
+        key,
+        {
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "model": str(path),
+            "objective": objective,
+            "ranking": [str(t.candidate) for t in ranking],
+            "trials": [t.to_dict() for t in all_trials],
+        },
+    )
+    selection = Selection(winner, "measured", objective, all_trials, key)
+    logger.info(selection.summary())
+    return selection, kept[winner]
+
+
+def _prefer(names: list[str]) -> list[str]:
+    """Put the fp32 reference (onnxruntime, the most conformant ONNX runtime) first."""
+    return sorted(names, key=lambda n: n != "onnxruntime")
+
+
+def _ordered(trials: Sequence[Trial], ranking: Sequence[Trial]) -> list[Trial]:
+    """Ranked trials first, then the rejected, failed and skipped ones."""
+    return [*ranking, *(t for t in trials if t not in ranking)]
+
+
+def _cache_key(
+    path: Path,
+    objective: Objective,
+    precisions: Sequence[str],
+    threads: int | None,
+    versions: Mapping[str, str | None],
+    options_digest: str,
+) -> str:
+    from . import __version__
+
+    files = [path, path.with_suffix(".bin")] if path.suffix.lower() == ".xml" else [path]
+    parts: dict[str, Any] = {
+        "model": [content_digest(f) for f in files if f.exists()],
+        "objective": objective,
+        "precisions": list(precisions),
+        "threads": threads,
+        "runtimes": dict(sorted(versions.items())),
+        "unifer": __version__,
+        "machine": _hardware.fingerprint_digest(runtimes=False),
+        "options": options_digest,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _open_cached(
+    key: str, objective: Objective, open_candidate: Callable[[Candidate], Session]
+) -> tuple[Selection, Session] | None:
+    entry = _autocache.lookup(key)
+    if entry is None:
+        return None
+    try:
+        trials = tuple(Trial.from_dict(t) for t in entry["trials"])
+    except (KeyError, TypeError, ValueError):
+        return None  # an entry written by another version: measure again
+    notes = []
+    for trial in trials:
+        if trial.status != "measured":
+            continue
+        try:
+            session = open_candidate(trial.candidate)
+        except UniferError as exc:
+            notes.append(f"cached choice {trial.candidate} no longer opens: {exc.message}")
+            continue
+        selection = Selection(trial.candidate, "cache", objective, trials, key, tuple(notes))
+        logger.info(selection.summary())
+        return selection, session
+    return None
+
+
+def _open_static(
+    pool: Sequence[Candidate],
+    unavailable: Sequence[Trial],
+    objective: Objective,
+    open_candidate: Callable[[Candidate], Session],
+    path: Path,
+) -> tuple[Selection, Session]:
+    """Without measuring: the first candidate in the documented order for this hardware."""
+    x86 = platform.machine().lower() in {"x86_64", "amd64", "i686"}
+    if x86:
+        order = sorted(pool, key=static_rank)
+        rule = "x86 CPU: the static order " + " > ".join(_registry.STATIC_ORDER)
+    else:
+        order = sorted(
+            pool,
+            key=lambda c: (
+                c.backend not in NON_X86_ORDER,
+                NON_X86_ORDER.index(c.backend) if c.backend in NON_X86_ORDER else 0,
+                static_rank(c),
+            ),
+        )
+        rule = f"{platform.machine()} CPU: " + " > ".join(NON_X86_ORDER)
+    trials = list(unavailable)
+    for candidate in order:
+        try:
+            session = open_candidate(candidate)
+        except UniferError as exc:
+            trials.append(Trial(candidate, "failed", reason=exc.message))
+            continue
+        selection = Selection(
+            candidate, "static", objective, tuple(trials), None, (f"not measured; {rule}",)
+        )
+        logger.info(selection.summary())
+        return selection, session
+    raise no_candidate_error(trials, path.name)

@@ -1,0 +1,88 @@
+"""The per-machine cache of ``backend="auto"`` decisions: one JSON file in the cache directory.
+
+Each entry maps a key (model digest, input shapes, objective, precisions, threads, runtime versions,
+unifer version, hardware fingerprint) to the measured ranking. Writers take an exclusive lock on a
+side file, re-read, merge and replace the file atomically, so two processes measuring at once both
+land their entries. A corrupt file is reported once (logged) and rebuilt; it is never fatal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+from ._cache import atomic_write_bytes, cache_dir
+
+logger = logging.getLogger(__name__)
+
+FILE_NAME: Final = "autoselect-v1.json"
+SCHEMA: Final = 1
+
+
+def cache_file() -> Path:
+    """Where the decisions live (inside ``$UNIFER_CACHE_DIR`` or the user cache directory)."""
+    return cache_dir() / FILE_NAME
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        logger.warning("auto cache %s is unreadable (%s); rebuilding it", path, exc)
+        return {}
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        logger.warning("auto cache %s has an unknown schema; rebuilding it", path)
+        return {}
+    entries = data.get("entries")
+    return entries if isinstance(entries, dict) else {}
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # Windows: the atomic replace still keeps the file whole
+        yield
+        return
+    with path.with_suffix(".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def entries() -> dict[str, Any]:
+    """Every cached decision, by key."""
+    return _read(cache_file())
+
+
+def lookup(key: str) -> dict[str, Any] | None:
+    """The cached decision for ``key``, if any."""
+    entry = _read(cache_file()).get(key)
+    return entry if isinstance(entry, dict) else None
+
+
+def store(key: str, entry: dict[str, Any]) -> None:
+    """Add or replace one decision, keeping what other processes wrote meanwhile."""
+    path = cache_file()
+    with _locked(path):
+        current = _read(path)
+        current[key] = entry
+        payload = {"schema": SCHEMA, "entries": current}
+        atomic_write_bytes(path, json.dumps(payload, indent=1, sort_keys=True).encode())
+
+
+def clear() -> int:
+    """Delete every decision; returns how many there were."""
+    path = cache_file()
+    with _locked(path):
+        count = len(_read(path))
+        path.unlink(missing_ok=True)
+    return count

@@ -1,0 +1,307 @@
+"""``backend="auto"``: measure the candidates on this machine, keep the fastest faithful one.
+
+The flow, with every side effect passed in so tests can drive it with fakes::
+
+    candidates (backend x threads x precision)
+      -> cached ranking for this key?  open the best one that still opens  (source "cache")
+      -> else open each candidate, check its outputs against the fp32 reference on seeded inputs,
+         time it with the shared timing primitive within a budget        (source "measured")
+      -> rank by objective; near-ties (within TIE_TOLERANCE) go to the static order
+      -> keep the winner's session open, close the rest, store the ranking
+
+Nothing here imports a runtime; the caller (``Engine.load``) supplies how to open a candidate.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final, Literal
+
+import numpy as np
+
+from ._errors import NoBackendAvailableError, UniferError
+from ._parity import FP32_MAX_RELATIVE_DIFF, FP32_MIN_COSINE, Parity, compare, seeded_feeds
+from ._registry import STATIC_ORDER
+from ._timing import Stats, measure
+from .backend import Precision, Session
+
+logger = logging.getLogger("unifer.auto")
+
+Objective = Literal["latency", "throughput"]
+Source = Literal["cache", "measured", "environment", "static", "explicit"]
+
+#: Candidates whose cost is within this fraction of the best are tied; the static order decides.
+TIE_TOLERANCE: Final = 0.03
+#: The default measuring budget is this many first-run latencies per candidate, within bounds.
+RUNS_PER_CANDIDATE: Final = 40
+MIN_BUDGET_S: Final = 0.5
+MAX_BUDGET_S: Final = 20.0
+#: Batch measured for objective="throughput" when the batch dimension is dynamic.
+THROUGHPUT_BATCH: Final = 8
+#: Accuracy each precision must keep against the fp32 reference: (max relative diff, min cosine).
+TOLERANCE: Final[Mapping[str, tuple[float, float]]] = {
+    "fp32": (FP32_MAX_RELATIVE_DIFF, FP32_MIN_COSINE),
+    "bf16": (5e-2, 0.999),
+    "fp16": (1e-2, 0.9999),
+    "int8": (2e-1, 0.99),
+}
+_PRECISION_ORDER: Final = ("fp32", "fp16", "bf16", "int8")
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One configuration auto may pick."""
+
+    backend: str
+    threads: int | None
+    precision: Precision
+
+    def __str__(self) -> str:
+        threads = "default" if self.threads is None else self.threads
+        return f"{self.backend}/{self.precision}/threads={threads}"
+
+
+@dataclass(frozen=True, slots=True)
+class Trial:
+    """What happened to one candidate."""
+
+    candidate: Candidate
+    status: Literal["measured", "rejected", "failed", "skipped", "chosen-from-cache"]
+    median_ms: float | None = None
+    p90_ms: float | None = None
+    per_sample_ms: float | None = None
+    runs: int | None = None
+    open_s: float | None = None
+    max_abs_diff: float | None = None
+    cosine: float | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["candidate"] = asdict(self.candidate)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Trial:
+        return cls(**{**data, "candidate": Candidate(**data["candidate"])})
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Why the Engine runs on what it runs on. ``explain()`` renders it as a table."""
+
+    chosen: Candidate
+    source: Source
+    objective: Objective = "latency"
+    trials: tuple[Trial, ...] = ()
+    key: str | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    def explain(self) -> str:
+        lines = [f"chose {self.chosen} ({self.source}, objective {self.objective})"]
+        lines.extend(self.notes)
+        if self.trials:
+            lines.append(
+                f"{'candidate':<36} {'status':<18} {'median ms':>10} {'p90 ms':>9} "
+                f"{'open s':>7} {'cosine':>10}  reason"
+            )
+            for t in self.trials:
+                lines.append(
+                    f"{t.candidate!s:<36} {t.status:<18} {_fmt(t.median_ms, '.3f'):>10} "
+                    f"{_fmt(t.p90_ms, '.3f'):>9} {_fmt(t.open_s, '.2f'):>7} "
+                    f"{_fmt(t.cosine, '.7f'):>10}  {t.reason or ''}"
+                )
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        """One log line: the choice, its latency, and what it beat."""
+        measured = [t for t in self.trials if t.median_ms is not None]
+        best = next((t for t in measured if t.candidate == self.chosen), None)
+        others = ", ".join(
+            f"{t.candidate} {t.median_ms:.3f} ms" for t in measured if t.candidate != self.chosen
+        )
+        speed = f" {best.median_ms:.3f} ms" if best and best.median_ms is not None else ""
+        return f"auto: {self.chosen}{speed} ({self.source})" + (f" over {others}" if others else "")
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def candidates(
+    backends: Sequence[str], threads: Sequence[int | None], precisions: Sequence[Precision]
+) -> list[Candidate]:
+    """Every combination, fp32 first (the reference must be measured before the others)."""
+    ordered = sorted(precisions, key=_PRECISION_ORDER.index)
+    return [Candidate(b, t, p) for p in ordered for b in backends for t in threads]
+
+
+def static_rank(candidate: Candidate) -> tuple[int, int, int]:
+    """The one documented tie-break order: backend, then higher precision, then more threads."""
+    order = {name: i for i, name in enumerate(STATIC_ORDER)}
+    return (
+        order.get(candidate.backend, len(order)),
+        _PRECISION_ORDER.index(candidate.precision),
+        -(candidate.threads or 0),
+    )
+
+
+def rank(trials: Sequence[Trial]) -> list[Trial]:
+    """Measured trials, best first: lowest cost, with near-ties settled by :func:`static_rank`."""
+    measured = [t for t in trials if t.status == "measured" and t.per_sample_ms is not None]
+    if not measured:
+        return []
+    best = min(t.per_sample_ms for t in measured if t.per_sample_ms is not None)
+    tied = [t for t in measured if (t.per_sample_ms or 0) <= best * (1 + TIE_TOLERANCE)]
+    winner = min(tied, key=lambda t: static_rank(t.candidate))
+    rest = sorted((t for t in measured if t is not winner), key=lambda t: t.per_sample_ms or 0)
+    return [winner, *rest]
+
+
+OpenFn = Callable[[Candidate], Session]
+MeasureFn = Callable[..., Stats]
+
+
+def measure_candidates(
+    pool: Sequence[Candidate],
+    *,
+    open_candidate: OpenFn,
+    objective: Objective,
+    budget_s: float | None,
+    measure_fn: MeasureFn = measure,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[list[Trial], dict[Candidate, Session]]:
+    """Open, check and time every candidate; return the trials and the sessions still open.
+
+    Only sessions within the tie tolerance of the best so far stay open, so the winner needs no
+    second load and memory holds few models at a time.
+    """
+    trials: list[Trial] = []
+    kept: dict[Candidate, Session] = {}
+    costs: dict[Candidate, float] = {}
+    best_cost = float("inf")
+    reference: dict[str, np.ndarray] | None = None
+    reference_name = ""
+    feeds: dict[str, np.ndarray] | None = None
+    batch = 1
+    per_candidate_s: float | None = None if budget_s is None else budget_s / max(len(pool), 1)
+    for candidate in pool:
+        start = clock()
+        try:
+            session = open_candidate(candidate)
+        except UniferError as exc:
+            trials.append(Trial(candidate, "failed", reason=exc.message))
+            continue
+        open_s = clock() - start
+        try:
+            if feeds is None:
+                feeds, batch = _feeds_for(session, objective)
+            first_start = clock()
+            outputs = session.run(feeds)
+            first_s = clock() - first_start
+            parity: Parity | None = None
+            if reference is None:
+                if candidate.precision != "fp32":
+                    trials.append(
+                        Trial(
+                            candidate,
+                            "skipped",
+                            open_s=open_s,
+                            reason="no fp32 reference to check it against",
+                        )
+                    )
+                    continue
+                reference, reference_name = outputs, str(candidate)
+            else:
+                parity = compare(reference, outputs)
+                max_rel, min_cos = TOLERANCE[candidate.precision]
+                if not parity.within(max_rel, min_cos):
+                    trials.append(
+                        Trial(
+                            candidate,
+                            "rejected",
+                            open_s=open_s,
+                            max_abs_diff=parity.max_abs_diff,
+                            cosine=parity.min_cosine,
+                            reason=(
+                                f"outputs differ from {reference_name}: max abs diff "
+                                f"{parity.max_abs_diff:.3g}, cosine {parity.min_cosine:.6f} "
+                                f"(needs <= {max_rel:g} relative, >= {min_cos})"
+                            ),
+                        )
+                    )
+                    continue
+            if per_candidate_s is None:
+                budget = min(
+                    max(RUNS_PER_CANDIDATE * first_s * len(pool), MIN_BUDGET_S), MAX_BUDGET_S
+                )
+                per_candidate_s = budget / len(pool)
+            run_once = functools.partial(session.run, feeds)
+            stats = measure_fn(
+                run_once,
+                warmup=1,
+                min_runs=5,
+                min_time_s=per_candidate_s,
+                max_runs=2000,
+            )
+            cost = stats.median_ms / batch
+            trials.append(
+                Trial(
+                    candidate,
+                    "measured",
+                    median_ms=stats.median_ms,
+                    p90_ms=stats.percentile_ms(90),
+                    per_sample_ms=cost,
+                    runs=stats.n,
+                    open_s=open_s,
+                    max_abs_diff=None if parity is None else parity.max_abs_diff,
+                    cosine=None if parity is None else parity.min_cosine,
+                    reason="fp32 reference" if parity is None else None,
+                )
+            )
+            # Keep every session that could still win after the tie-break; close the rest.
+            costs[candidate] = cost
+            best_cost = min(best_cost, cost)
+            kept[candidate] = session
+            for other in [c for c in kept if costs[c] > best_cost * (1 + TIE_TOLERANCE)]:
+                kept.pop(other).close()
+        except UniferError as exc:
+            trials.append(Trial(candidate, "failed", open_s=open_s, reason=exc.message))
+        finally:
+            if candidate not in kept:
+                session.close()  # idempotent: a session pruned above is already closed
+    return trials, kept
+
+
+def _feeds_for(session: Session, objective: Objective) -> tuple[dict[str, np.ndarray], int]:
+    """Seeded inputs; for throughput, a larger batch when the batch dimension is dynamic."""
+    inputs = session.inputs
+    batch = 1
+    if (
+        objective == "throughput"
+        and inputs
+        and inputs[0].shape
+        and not isinstance(inputs[0].shape[0], int)
+    ):
+        batch = THROUGHPUT_BATCH
+    feeds = seeded_feeds(inputs)
+    if batch > 1:
+        feeds = {
+            name: np.repeat(a, batch, axis=0) if not isinstance(spec.shape[0], int) else a
+            for (name, a), spec in zip(feeds.items(), inputs, strict=True)
+        }
+    return feeds, batch
+
+
+def no_candidate_error(trials: Sequence[Trial], what: str) -> NoBackendAvailableError:
+    reasons = {str(t.candidate): t.reason or t.status for t in trials}
+    lines = "\n".join(f"  {name}: {reason}" for name, reason in reasons.items())
+    return NoBackendAvailableError(
+        f"auto found no usable backend for {what}:\n{lines}\nFix one of the above, or name a "
+        "backend",
+        reasons=reasons,
+    )

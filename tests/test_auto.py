@@ -1,0 +1,247 @@
+"""backend="auto": ranking, measurement, cache, environment overrides (fake backends only).
+
+The real path (measuring onnxruntime against openvino) is tested in tests/test_auto_real.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+from unifer import (
+    Engine,
+    NoBackendAvailableError,
+    UnsupportedOptionError,
+    _autocache,
+    register_backend,
+    unregister_backend,
+)
+from unifer._select import Candidate, Trial, measure_candidates, rank
+from unifer._timing import Stats
+from unifer.backend import TensorSpec
+from unifer.testing.fake import FakeBackend
+
+
+def trial(backend, ms, precision="fp32", threads=2):
+    return Trial(Candidate(backend, threads, precision), "measured", median_ms=ms, per_sample_ms=ms)
+
+
+class TestRank:
+    def test_fastest_wins(self):
+        assert rank([trial("b", 10.0), trial("a", 5.0)])[0].candidate.backend == "a"
+
+    def test_near_ties_go_to_the_static_order(self):
+        ranked = rank([trial("onnxruntime", 10.0), trial("openvino", 10.2)])
+        assert [t.candidate.backend for t in ranked] == ["openvino", "onnxruntime"]
+        ranked = rank([trial("onnxruntime", 10.0), trial("openvino", 10.5)])  # 5 %: no tie
+        assert ranked[0].candidate.backend == "onnxruntime"
+
+    def test_near_ties_prefer_fp32(self):
+        ranked = rank([trial("openvino", 10.0, "bf16"), trial("openvino", 10.1, "fp32")])
+        assert ranked[0].candidate.precision == "fp32"
+
+    def test_nothing_measured(self):
+        assert rank([Trial(Candidate("a", 1, "fp32"), "failed", reason="x")]) == []
+
+
+class ScriptedSession:
+    """A session whose outputs are scaled by ``gain`` (to fail or pass the parity check)."""
+
+    inputs = (TensorSpec("x", ("N", 3), np.dtype(np.float32)),)
+    outputs = (TensorSpec("y", ("N", 3), np.dtype(np.float32)),)
+    settings: ClassVar[dict[str, object]] = {}
+
+    def __init__(self, gain=1.0):
+        self.gain = gain
+        self.closed = 0
+
+    def run(self, feeds):
+        return {"y": feeds["x"] * 2 * self.gain}
+
+    def close(self):
+        self.closed += 1
+
+
+scripted = ScriptedSession
+
+
+def test_measure_candidates_checks_parity_and_keeps_only_contenders():
+    sessions = {
+        "ref": scripted(),
+        "slow": scripted(),
+        "close": scripted(),
+        "wrong": scripted(1.01),
+        "bf16": scripted(1.001),
+    }
+    speed = {"ref": 10.0, "slow": 30.0, "close": 10.1, "bf16": 5.0}
+    pool = [
+        Candidate("ref", 2, "fp32"),
+        Candidate("slow", 2, "fp32"),
+        Candidate("wrong", 2, "fp32"),
+        Candidate("close", 2, "fp32"),
+        Candidate("broken", 2, "fp32"),
+        Candidate("bf16", 2, "bf16"),
+    ]
+
+    def open_candidate(c):
+        if c.backend == "broken":
+            from unifer import InferenceError
+
+            raise InferenceError("cannot open")
+        return sessions[c.backend]
+
+    current = []
+
+    def fake_measure(call, **kwargs):
+        call()
+        return Stats((speed[current[-1]],) * 5)
+
+    def opener(c):
+        current.append(c.backend)
+        return open_candidate(c)
+
+    trials, kept = measure_candidates(
+        pool, open_candidate=opener, objective="latency", budget_s=1.0, measure_fn=fake_measure
+    )
+    status = {t.candidate.backend: t.status for t in trials}
+    assert status == {
+        "ref": "measured",
+        "slow": "measured",
+        "wrong": "rejected",
+        "close": "measured",
+        "broken": "failed",
+        "bf16": "measured",
+    }
+    assert "outputs differ" in next(t.reason for t in trials if t.status == "rejected")
+    assert set(c.backend for c in kept) == {"bf16"}  # the others are > 3 % slower
+    assert sessions["slow"].closed and sessions["wrong"].closed and sessions["ref"].closed
+    assert not sessions["bf16"].closed
+
+
+class SlowFake(FakeBackend):
+    """A second fake that reads the same files but takes 20 ms per run."""
+
+    name: ClassVar[str] = "slowfake"
+
+    def open(self, model, options, /):
+        session = super().open(model, options)
+        plain = session.run
+
+        def run(feeds):
+            time.sleep(0.02)
+            return plain(feeds)
+
+        session.run = run
+        return session
+
+
+@pytest.fixture
+def two_fakes(fake_backend):
+    register_backend(SlowFake)
+    yield fake_backend
+    unregister_backend("slowfake")
+
+
+def opened(backend_cls):
+    return len(backend_cls.opened)
+
+
+def test_auto_measures_then_uses_the_cache(two_fakes, fake_model, caplog):
+    caplog.set_level(logging.INFO, logger="unifer.auto")
+    engine = Engine.load(fake_model, threads=1, budget_s=0.2)
+    selection = engine.selection
+    assert engine.backend == "fake"
+    assert selection.source == "measured"
+    statuses = {str(t.candidate): t.status for t in selection.trials}
+    assert statuses == {"fake/fp32/threads=1": "measured", "slowfake/fp32/threads=1": "measured"}
+    assert "auto: fake/fp32/threads=1" in caplog.text and "over slowfake" in caplog.text
+    assert "slowfake" in selection.explain()
+    before = opened(FakeBackend)
+    again = Engine.load(fake_model, threads=1, budget_s=0.2)
+    assert again.selection.source == "cache"
+    assert again.backend == "fake"
+    assert opened(FakeBackend) - before == 1  # one open for the chosen backend, nothing measured
+
+
+def test_cache_key_depends_on_threads_and_objective(two_fakes, fake_model):
+    Engine.load(fake_model, threads=1, budget_s=0.1)
+    assert Engine.load(fake_model, threads=2, budget_s=0.1).selection.source == "measured"
+    throughput = Engine.load(fake_model, threads=1, budget_s=0.1, objective="throughput")
+    assert throughput.selection.source == "measured"
+    assert len(_autocache.entries()) == 3
+
+
+def test_a_corrupt_cache_is_rebuilt_not_fatal(two_fakes, fake_model, caplog):
+    _autocache.cache_file().write_text("{not json")
+    engine = Engine.load(fake_model, threads=1, budget_s=0.1)
+    assert engine.selection.source == "measured"
+    assert "unreadable" in caplog.text
+    assert json.loads(_autocache.cache_file().read_text())["schema"] == 1
+
+
+def test_environment_overrides(two_fakes, fake_model, monkeypatch):
+    monkeypatch.setenv("UNIFER_BACKEND", "slowfake")
+    engine = Engine.load(fake_model)
+    assert (engine.backend, engine.selection.source) == ("slowfake", "environment")
+    assert Engine.load(fake_model, backend="fake").backend == "fake"  # explicit wins
+    monkeypatch.delenv("UNIFER_BACKEND")
+    monkeypatch.setenv("UNIFER_DISABLE_BACKENDS", "fake")
+    assert Engine.load(fake_model, budget_s=0.1).backend == "slowfake"
+
+
+def test_static_choice_without_measuring(two_fakes, fake_model, monkeypatch):
+    engine = Engine.load(fake_model, budget_s=0)
+    assert engine.selection.source == "static"
+    assert "not measured" in engine.selection.explain()
+    monkeypatch.setenv("UNIFER_AUTO", "static")
+    assert Engine.load(fake_model).selection.source == "static"
+    monkeypatch.setenv("UNIFER_AUTO", "sometimes")
+    with pytest.raises(UnsupportedOptionError, match="UNIFER_AUTO"):
+        Engine.load(fake_model)
+
+
+def test_every_failure_is_listed(two_fakes, fake_model):
+    two_fakes.available = False
+    SlowFake.available = False
+    try:
+        with pytest.raises(NoBackendAvailableError) as info:
+            Engine.load(fake_model, budget_s=0.1)
+    finally:
+        SlowFake.available = True
+    assert set(info.value.reasons) == {"fake/fp32/threads=2", "slowfake/fp32/threads=2"} or all(
+        "unavailable" in r for r in info.value.reasons.values()
+    )
+
+
+def test_precision_choices(two_fakes, fake_model):
+    engine = Engine.load(fake_model, precision=("fp32", "bf16"), budget_s=0.1)
+    reasons = {str(t.candidate): t.reason for t in engine.selection.trials}
+    assert any("cannot run precision='bf16'" in (r or "") for r in reasons.values())
+    with pytest.raises(UnsupportedOptionError, match="needs backend='auto'"):
+        Engine.load(fake_model, backend="fake", precision=("fp32", "bf16"))
+    with pytest.raises(UnsupportedOptionError, match="objective"):
+        Engine.load(fake_model, objective="speed")
+
+
+def test_explicit_backend_has_a_selection_too(fake_backend, fake_model):
+    engine = Engine.load(fake_model, backend="fake", threads=3)
+    assert engine.selection.source == "explicit"
+    assert engine.selection.chosen == Candidate("fake", 3, "fp32")
+
+
+def _store(key: str) -> None:
+    _autocache.store(key, {"value": key})
+
+
+def test_concurrent_writers_keep_every_entry():
+    keys = [f"k{i}" for i in range(8)]
+    with ProcessPoolExecutor(max_workers=4) as pool:
+        list(pool.map(_store, keys))
+    assert set(_autocache.entries()) == set(keys)
+    assert _autocache.clear() == 8 and _autocache.entries() == {}
