@@ -147,3 +147,29 @@ def test_predict_a_builtin_model_on_an_image(cli, tmp_path):
     assert np.isfinite(embedding).all() and embedding.std() > 0.1
     info = json.loads(cli("info", "builtin:arcface-tiny", "--json").output)
     assert info["preprocess"]["size"] == [112, 112]
+
+
+def test_cache_show_and_clear(cli, fake_backend, fake_model):
+    from unifer import Engine
+
+    Engine.load(fake_model, budget_s=0.05)
+    shown = json.loads(cli("cache", "show", "--json").output)
+    assert len(shown["auto"]) == 1
+    assert "auto decisions: 1" in cli("cache", "show").output
+    cleared = json.loads(cli("cache", "clear", "--json").output)
+    assert cleared["auto_decisions"] == 1
+    assert json.loads(cli("cache", "show", "--json").output)["auto"] == {}
+
+
+def test_info_auto_explains_the_choice(cli, fake_backend, fake_model):
+    data = json.loads(cli("info", str(fake_model), "--auto", "--json").output)
+    assert data["selection"]["source"] == "measured"
+    static = json.loads(cli("info", str(fake_model), "--json").output)
+    assert static["selection"]["source"] == "static"
+    assert "chose fake" in cli("info", str(fake_model)).output
+
+
+def test_backends_shows_the_machine(cli, fake_backend):
+    data = json.loads(cli("backends", "--json").output)
+    assert data["machine"]["cpu"]["logical_cores"] >= 1
+    assert cli("backends").output.startswith("machine: ")

@@ -26,9 +26,18 @@ FIRST_PARTY: Final[dict[str, str]] = {
     "openvino": "openvino",
 }
 
-#: The order ``backend="auto"`` tries backends in until measured selection exists: the runtimes that
-#: were fastest at faithful fp32 on CNNs in BASELINE.md first; unlisted backends follow, sorted.
-STATIC_ORDER: Final[tuple[str, ...]] = ("openvino", "onnxruntime")
+#: The one static preference order, owned by the core: it settles near-ties between measured
+#: candidates and is the choice when ``backend="auto"`` may not measure. Unlisted backends follow,
+#: sorted by name.
+STATIC_ORDER: Final[tuple[str, ...]] = (
+    "tensorrt",
+    "openvino",
+    "onnxruntime",
+    "litert",
+    "ncnn",
+    "opencv",
+    "mxnet",
+)
 
 _registered: dict[str, type[Backend]] = {}
 

@@ -15,11 +15,12 @@ from typing import Any, TypeVar
 import click
 import numpy as np
 
-from . import _convert, _registry, models
+from . import _autocache, _convert, _hardware, _registry, models
 from ._cache import cache_dir
 from ._engine import Engine, readers, resolve_model
 from ._errors import InputError, ModelFormatError, UniferError
 from ._preprocess import Preprocess
+from ._select import Selection
 from .backend import PRECISIONS, SessionOptions, TensorSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -78,11 +79,23 @@ def backends(as_json: bool) -> None:
         for info in infos
     ]
     missing = [n for n in _registry.FIRST_PARTY if n not in {r["name"] for r in rows}]
+    machine = _hardware.fingerprint(runtimes=False)
     if as_json:
         emit_json(
-            {"backends": rows, "not_installed": {n: _registry.install_hint(n) for n in missing}}
+            {
+                "backends": rows,
+                "not_installed": {n: _registry.install_hint(n) for n in missing},
+                "machine": machine,
+                "machine_digest": _hardware.fingerprint_digest(runtimes=False),
+            }
         )
         return
+    cpu = machine["cpu"]
+    features = [name for name in ("avx512", "vnni", "bf16", "amx") if cpu.get(name)]
+    click.echo(
+        f"machine: {cpu['model']} ({cpu['arch']}, {cpu['physical_cores']} cores, "
+        f"{', '.join(features) or 'no AVX-512'}), {len(machine['gpus'])} GPU(s)"
+    )
     if not rows:
         click.echo("No backends installed.")
     for row in rows:
@@ -120,13 +133,20 @@ def list_models(as_json: bool) -> None:
 @main.command()
 @click.argument("model")
 @click.option("--backend", default="auto", show_default=True, help="Backend to open it with.")
+@click.option(
+    "--auto",
+    "measure",
+    is_flag=True,
+    help="Let backend='auto' measure the candidates and explain its choice.",
+)
 @json_option
-def info(model: str, backend: str, as_json: bool) -> None:
+def info(model: str, backend: str, measure: bool, as_json: bool) -> None:
     """Show a model's inputs and outputs and which backends can read it.
 
-    MODEL is a model file or a built-in model such as builtin:arcface-r18.
+    MODEL is a model file or a built-in model such as builtin:arcface-r18. Without --auto, "auto"
+    opens the model with the static choice (no measuring).
     """
-    with Engine.load(model, backend=backend) as engine:
+    with Engine.load(model, backend=backend, budget_s=None if measure else 0) as engine:
         path = engine.model
         assert path is not None  # noqa: S101 - Engine.load always records the file it opened
         suffix = path.suffix.lower()
@@ -140,6 +160,7 @@ def info(model: str, backend: str, as_json: bool) -> None:
             "outputs": [spec_dict(s) for s in engine.outputs],
             "readers": able,
             "preprocess": engine.preprocess.to_dict() if engine.preprocess else None,
+            "selection": _selection_dict(engine.selection),
         }
     if as_json:
         emit_json(data)
@@ -152,6 +173,69 @@ def info(model: str, backend: str, as_json: bool) -> None:
     click.echo(f"backends that read {suffix}: {', '.join(able)}")
     if engine.preprocess is not None:
         click.echo(f"preprocess: {engine.preprocess.to_dict()}")
+    if engine.selection is not None:
+        click.echo(engine.selection.explain())
+
+
+def _selection_dict(selection: Selection | None) -> dict[str, object] | None:
+    if selection is None:
+        return None
+    return {
+        "chosen": str(selection.chosen),
+        "source": selection.source,
+        "objective": selection.objective,
+        "trials": [t.to_dict() for t in selection.trials],
+        "notes": list(selection.notes),
+    }
+
+
+@main.group()
+def cache() -> None:
+    """Show or clear unifer's cache (auto decisions, compiled and converted models)."""
+
+
+@cache.command("show")
+@json_option
+def cache_show(as_json: bool) -> None:
+    """List the cache directory's contents and the cached auto decisions."""
+    root = cache_dir()
+    sections = {p.name: _tree_size(p) for p in sorted(root.iterdir()) if p.is_dir()}
+    decisions = _autocache.entries()
+    if as_json:
+        emit_json({"directory": str(root), "sizes": sections, "auto": decisions})
+        return
+    click.echo(f"cache directory: {root}")
+    for name, size in sections.items():
+        click.echo(f"  {name + '/':<12} {size / 2**20:10.1f} MiB")
+    click.echo(f"auto decisions: {len(decisions)} ({_autocache.cache_file()})")
+    for key, entry in decisions.items():
+        ranking = entry.get("ranking") or ["?"]
+        click.echo(
+            f"  {key}  {entry.get('model', '?')}  {entry.get('objective', '?')}: "
+            f"{ranking[0]}  ({entry.get('created', '?')})"
+        )
+
+
+@cache.command("clear")
+@click.option("--auto-only", is_flag=True, help="Only forget the auto decisions.")
+@json_option
+def cache_clear(auto_only: bool, as_json: bool) -> None:
+    """Delete cached auto decisions and (unless --auto-only) compiled and converted models."""
+    removed = _autocache.clear()
+    freed = 0
+    if not auto_only:
+        root = cache_dir()
+        for section in [p for p in root.iterdir() if p.is_dir()]:
+            freed += _tree_size(section)
+            shutil.rmtree(section)
+    if as_json:
+        emit_json({"auto_decisions": removed, "bytes_freed": freed})
+        return
+    click.echo(f"forgot {removed} auto decision(s); freed {freed / 2**20:.1f} MiB")
+
+
+def _tree_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 @main.command()
@@ -354,3 +438,115 @@ def _write_outputs(out: Path, outputs: Mapping[str, np.ndarray]) -> None:
         out.write_text(json.dumps({name: a.tolist() for name, a in outputs.items()}))
     else:
         raise click.BadParameter("use a .npy, .npz or .json file name", param_hint="--out")
+
+
+@main.command("bench")
+@click.argument("model", required=False)
+@click.option(
+    "--backend",
+    "backend_args",
+    multiple=True,
+    help="Backend to measure (repeat, or comma-separate); default: every available one that "
+    "reads the model.",
+)
+@click.option(
+    "--threads",
+    "threads_arg",
+    metavar="LIST",
+    help="Thread counts, e.g. 1,2,default ('default' = the runtime's own); "
+    "default: 1..physical cores,default.",
+)
+@click.option("--batch", "batch_arg", metavar="LIST", default="1", show_default=True)
+@click.option("--precision", "precision_arg", metavar="LIST", default="fp32", show_default=True)
+@click.option(
+    "--quick", is_flag=True, help="Smoke test: arcface-r18 (unless MODEL is given), short runs."
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Write results.json, results.csv, report.md and PNG plots into this directory.",
+)
+@click.option("--warmup", type=click.IntRange(min=0), help="Discarded calls per round.")
+@click.option("--min-runs", type=click.IntRange(min=1), help="Calls per latency, at least.")
+@click.option("--min-time", type=click.FloatRange(min=0), help="Seconds per latency, at least.")
+@click.option("--max-time", type=click.FloatRange(min=0, min_open=True), help="Seconds, at most.")
+@click.option("--rounds", type=click.IntRange(min=1), help="Interleaved rounds per latency.")
+@click.option("--stable", type=float, help="Stop a latency early once its median is this stable.")
+@click.option("--reference", help="Backend for the integrity check (default: onnxruntime).")
+@click.option("--no-plots", is_flag=True, help="Do not write PNG plots.")
+@json_option
+def bench(
+    model: str | None,
+    backend_args: tuple[str, ...],
+    threads_arg: str | None,
+    batch_arg: str,
+    precision_arg: str,
+    quick: bool,
+    out: Path | None,
+    warmup: int | None,
+    min_runs: int | None,
+    min_time: float | None,
+    max_time: float | None,
+    rounds: int | None,
+    stable: float | None,
+    reference: str | None,
+    no_plots: bool,
+    as_json: bool,
+) -> None:
+    """Measure MODEL (default builtin:arcface-r100) on every backend, thread count and setting.
+
+    Latency (end-to-end and model-only), load time, throughput, peak memory (a fresh process per
+    configuration), output integrity against a reference backend, runtime libraries, energy where
+    the machine exposes it, and the machine fingerprint. Progress goes to stderr.
+    """
+    import dataclasses
+    import shlex
+    import sys
+
+    from . import bench as benchmark
+
+    def listed(text: str) -> list[str]:
+        return [v.strip() for v in text.split(",") if v.strip()]
+
+    base = benchmark.QUICK if quick else benchmark.DEFAULT
+    settings = dataclasses.replace(
+        base,
+        warmup=base.warmup if warmup is None else warmup,
+        min_runs=base.min_runs if min_runs is None else min_runs,
+        min_time_s=base.min_time_s if min_time is None else min_time,
+        max_time_s=base.max_time_s if max_time is None else max_time,
+        rounds=base.rounds if rounds is None else rounds,
+        stable=base.stable if stable is None else stable,
+    )
+    try:
+        batches = [int(b) for b in listed(batch_arg)]
+    except ValueError:
+        raise click.BadParameter(
+            f"{batch_arg!r} is not a list of integers", param_hint="--batch"
+        ) from None
+    argv0 = Path(sys.argv[0])
+    command = (
+        shlex.join(["unifer", *sys.argv[1:]])
+        if argv0.name == "unifer" or argv0.parent.name == "unifer"
+        else None
+    )
+    result = benchmark.run(
+        model or (benchmark.QUICK_MODEL if quick else benchmark.DEFAULT_MODEL),
+        backends=[b for arg in backend_args for b in listed(arg)] or None,
+        threads=benchmark.parse_threads(listed(threads_arg)) if threads_arg else None,
+        batches=batches,
+        precisions=listed(precision_arg),
+        settings=settings,
+        reference=reference,
+        progress=benchmark.TerminalProgress(sys.stderr),
+        command=command,
+    )
+    written = benchmark.write_report(result, out, plots=not no_plots) if out else None
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    click.echo(benchmark.format_table(result))
+    if written is not None:
+        click.echo(f"report written to {out}/ ({', '.join(p.name for p in written['files'])})")
+        if written["plots"] != "written":
+            click.echo(f"plots: {written['plots']}")

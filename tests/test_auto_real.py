@@ -1,0 +1,49 @@
+"""backend="auto" on real runtimes: it measures onnxruntime and openvino and keeps a faithful one.
+
+Skipped where the plugins are not installed (the core-only CI environment).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unifer import Engine
+
+pytest.importorskip("unifer_onnxruntime")
+pytest.importorskip("unifer_openvino")
+pytest.importorskip("onnx")
+
+
+def test_auto_measures_real_backends_and_caches(monkeypatch):
+    monkeypatch.setenv("UNIFER_DISABLE_BACKENDS", "ncnn,litert,opencv,mxnet")  # keep it short
+    engine = Engine.load("builtin:arcface-tiny", threads=1, budget_s=0.5)
+    selection = engine.selection
+    assert selection.source == "measured"
+    measured = {t.candidate.backend: t for t in selection.trials if t.status == "measured"}
+    assert set(measured) == {"onnxruntime", "openvino"}
+    assert measured["onnxruntime"].reason == "fp32 reference"
+    assert measured["openvino"].cosine > 0.99999  # fp32 pinned: faithful to the reference
+    assert all(t.median_ms > 0 and t.runs >= 5 for t in measured.values())
+    image = np.random.default_rng(0).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    embedding = engine.predict(image)
+    with Engine.load("builtin:arcface-tiny", backend="onnxruntime", threads=1) as reference:
+        np.testing.assert_allclose(embedding, reference.predict(image), atol=1e-4)
+
+    again = Engine.load("builtin:arcface-tiny", threads=1, budget_s=0.5)
+    assert again.selection.source == "cache"
+    assert again.backend == engine.backend
+
+
+def test_auto_with_bf16_allowed_reports_its_accuracy(monkeypatch):
+    monkeypatch.setenv("UNIFER_DISABLE_BACKENDS", "onnxruntime,ncnn,litert,opencv,mxnet")
+    engine = Engine.load(
+        "builtin:arcface-tiny", threads=1, precision=("fp32", "bf16"), budget_s=0.5
+    )
+    trials = {t.candidate.precision: t for t in engine.selection.trials}
+    assert trials["fp32"].status == "measured"
+    bf16 = trials["bf16"]
+    assert bf16.status in {"measured", "rejected", "failed"}  # "failed": the CPU lacks BF16
+    if bf16.status == "measured":
+        assert bf16.cosine >= 0.999  # within the bf16 tolerance...
+        assert bf16.max_abs_diff > 0  # ...and not silently fp32
