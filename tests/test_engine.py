@@ -88,11 +88,11 @@ def test_directory_is_not_a_model(fake_backend, tmp_path):
 
 
 def test_wrong_format_for_the_named_backend(fake_backend, tmp_path):
-    model = tmp_path / "m.tflite"
+    model = tmp_path / "m.xyz"
     model.write_bytes(b"x")
     with pytest.raises(ModelFormatError, match=r"reads \.fake files"):
         Engine.load(model, backend="fake")
-    with pytest.raises(ModelFormatError, match="no installed backend reads '.tflite'"):
+    with pytest.raises(ModelFormatError, match="no installed backend reads '.xyz'"):
         Engine.load(model)
 
 

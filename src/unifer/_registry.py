@@ -24,6 +24,11 @@ GROUP: Final = "unifer.backends"
 FIRST_PARTY: Final[dict[str, str]] = {
     "onnxruntime": "onnxruntime",
     "openvino": "openvino",
+    "litert": "litert",
+    "tflite": "litert",
+    "ncnn": "ncnn",
+    "opencv": "opencv",
+    "mxnet": "mxnet",
 }
 
 #: The one static preference order, owned by the core: it settles near-ties between measured
@@ -45,7 +50,12 @@ _registered: dict[str, type[Backend]] = {}
 def install_hint(name: str) -> str | None:
     """The pip command that installs a first-party backend, or None for unknown names."""
     extra = FIRST_PARTY.get(name)
-    return f'pip install "unifer[{extra}]"' if extra else None
+    if extra is None:
+        return None
+    line = f'pip install "unifer[{extra}]"'
+    if extra == "mxnet":  # mxnet 1.9.1 pins numpy < 1.24, which the other runtimes cannot use
+        line += " in an environment of its own (numpy < 1.24; see the unifer-mxnet README)"
+    return line
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,7 +78,9 @@ def backends(as_json: bool) -> None:
         }
         for info in infos
     ]
-    missing = [n for n in _registry.FIRST_PARTY if n not in {r["name"] for r in rows}]
+    installed = {r["name"] for r in rows}
+    # Aliases (tflite -> litert) name an extra, not a backend of their own.
+    missing = [n for n, extra in _registry.FIRST_PARTY.items() if n == extra and n not in installed]
     machine = _hardware.fingerprint(runtimes=False)
     if as_json:
         emit_json(

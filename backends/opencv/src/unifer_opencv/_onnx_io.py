@@ -1,0 +1,232 @@
+"""Read an ONNX file's graph inputs and outputs (name, element type, shape) without its weights.
+
+OpenCV's ``Net`` does not report the model's input shapes and dtypes. ``onnx.load`` would, but it
+parses every initializer (on ArcFace IResNet100: 0.27 s and +490 MiB peak RSS) and would make the
+``onnx`` package a dependency. This module decodes the protobuf wire format directly from a memory
+map instead: only the graph's input and output ``ValueInfoProto`` messages and the initializer
+names are read; every other field, the weights included, is skipped by its length.
+
+The field numbers are those of ``onnx/onnx.proto`` (stable since IR version 3).
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+__all__ = ["GraphIO", "OnnxFormatError", "ValueInfo", "read_graph_io"]
+
+# ModelProto
+_MODEL_GRAPH: Final = 7
+# GraphProto
+_GRAPH_INITIALIZER: Final = 5
+_GRAPH_INPUT: Final = 11
+_GRAPH_OUTPUT: Final = 12
+_GRAPH_SPARSE_INITIALIZER: Final = 15
+# TensorProto / SparseTensorProto
+_TENSOR_NAME: Final = 8
+_SPARSE_VALUES: Final = 1
+# ValueInfoProto
+_VALUE_NAME: Final = 1
+_VALUE_TYPE: Final = 2
+# TypeProto: which member of its ``value`` oneof is set
+_TYPE_KINDS: Final = {1: "tensor", 4: "sequence", 5: "map", 8: "sparse_tensor", 9: "optional"}
+_TYPE_TENSOR: Final = 1
+# TypeProto.Tensor
+_TENSOR_ELEM_TYPE: Final = 1
+_TENSOR_SHAPE: Final = 2
+# TensorShapeProto and its Dimension
+_SHAPE_DIM: Final = 1
+_DIM_VALUE: Final = 1
+_DIM_PARAM: Final = 2
+
+# Wire types
+_VARINT: Final = 0
+_FIXED64: Final = 1
+_LEN: Final = 2
+_FIXED32: Final = 5
+
+
+class OnnxFormatError(ValueError):
+    """The file is not a well-formed ONNX ModelProto (truncated, or not protobuf at all)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ValueInfo:
+    """One graph input or output as the file declares it."""
+
+    name: str
+    kind: str
+    """``"tensor"``, or the other TypeProto kind (``"sequence"``, ``"map"``...)."""
+    elem_type: int
+    """``TensorProto.DataType`` (1 = FLOAT, 7 = INT64...); 0 when not a tensor or undeclared."""
+    shape: tuple[int | str | None, ...] | None
+    """Fixed dims as ``int``, named ones as ``str``, unknown ones ``None``; ``None`` = no shape."""
+
+
+@dataclass(frozen=True, slots=True)
+class GraphIO:
+    """The graph's real inputs (initializers excluded) and its outputs, in file order."""
+
+    inputs: tuple[ValueInfo, ...]
+    outputs: tuple[ValueInfo, ...]
+
+
+def read_graph_io(path: Path) -> GraphIO:
+    """Read the inputs and outputs of the ONNX model at ``path``.
+
+    Inputs that are also initializers (IR version 3 files list every weight as an input) are left
+    out, as ONNX Runtime does.
+
+    Raises:
+        OnnxFormatError: the file is empty, truncated or not an ONNX model.
+    """
+    with path.open("rb") as file:
+        if path.stat().st_size == 0:
+            raise OnnxFormatError("the file is empty")
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            return _read_model(buf)
+
+
+def _read_model(buf: mmap.mmap) -> GraphIO:
+    graphs = [(a, b) for number, wire, a, b in _fields(buf, 0, len(buf)) if number == _MODEL_GRAPH]
+    if not graphs:
+        raise OnnxFormatError("it holds no graph")
+    inputs: list[ValueInfo] = []
+    outputs: list[ValueInfo] = []
+    initializers: set[str] = set()
+    # A message field repeated on the wire is merged by protobuf; for the repeated fields read
+    # here that means appending, so every occurrence of the graph is read in order.
+    for start, end in graphs:
+        for number, wire, a, b in _fields(buf, start, end):
+            if wire != _LEN:
+                continue
+            if number == _GRAPH_INPUT:
+                inputs.append(_value_info(buf, a, b))
+            elif number == _GRAPH_OUTPUT:
+                outputs.append(_value_info(buf, a, b))
+            elif number == _GRAPH_INITIALIZER:
+                initializers.add(_tensor_name(buf, a, b))
+            elif number == _GRAPH_SPARSE_INITIALIZER:
+                for n, w, va, vb in _fields(buf, a, b):
+                    if n == _SPARSE_VALUES and w == _LEN:
+                        initializers.add(_tensor_name(buf, va, vb))
+    return GraphIO(
+        inputs=tuple(v for v in inputs if v.name not in initializers), outputs=tuple(outputs)
+    )
+
+
+def _tensor_name(buf: mmap.mmap, start: int, end: int) -> str:
+    name = ""
+    for number, wire, a, b in _fields(buf, start, end):
+        if number == _TENSOR_NAME and wire == _LEN:
+            name = _text(buf, a, b)
+    return name
+
+
+def _value_info(buf: mmap.mmap, start: int, end: int) -> ValueInfo:
+    name = ""
+    kind = "undeclared"
+    elem_type = 0
+    shape: tuple[int | str | None, ...] | None = None
+    for number, wire, a, b in _fields(buf, start, end):
+        if wire != _LEN:
+            continue
+        if number == _VALUE_NAME:
+            name = _text(buf, a, b)
+        elif number == _VALUE_TYPE:
+            for type_number, type_wire, ta, tb in _fields(buf, a, b):
+                if type_wire != _LEN or type_number not in _TYPE_KINDS:
+                    continue
+                kind = _TYPE_KINDS[type_number]
+                if type_number == _TYPE_TENSOR:
+                    elem_type, shape = _tensor_type(buf, ta, tb)
+    return ValueInfo(name, kind, elem_type, shape)
+
+
+def _tensor_type(
+    buf: mmap.mmap, start: int, end: int
+) -> tuple[int, tuple[int | str | None, ...] | None]:
+    elem_type = 0
+    shape: tuple[int | str | None, ...] | None = None
+    for number, wire, a, b in _fields(buf, start, end):
+        if number == _TENSOR_ELEM_TYPE and wire == _VARINT:
+            elem_type = a
+        elif number == _TENSOR_SHAPE and wire == _LEN:
+            dims = tuple(
+                _dim(buf, da, db)
+                for n, w, da, db in _fields(buf, a, b)
+                if n == _SHAPE_DIM and w == _LEN
+            )
+            shape = (shape or ()) + dims  # a repeated shape message merges by appending dims
+    return elem_type, shape
+
+
+def _dim(buf: mmap.mmap, start: int, end: int) -> int | str | None:
+    dim: int | str | None = None
+    for number, wire, a, b in _fields(buf, start, end):
+        if number == _DIM_VALUE and wire == _VARINT:
+            value = a - (1 << 64) if a >= 1 << 63 else a  # int64 is two's complement on the wire
+            dim = value if value >= 0 else None  # some exporters write -1 for "unknown"
+        elif number == _DIM_PARAM and wire == _LEN:
+            dim = _text(buf, a, b) or None
+    return dim
+
+
+def _text(buf: mmap.mmap, start: int, end: int) -> str:
+    try:
+        return buf[start:end].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise OnnxFormatError(f"a name at byte {start} is not UTF-8") from exc
+
+
+def _varint(buf: mmap.mmap, pos: int, end: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        if pos >= end:
+            raise OnnxFormatError(f"a number runs past the end of its message at byte {pos}")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift >= 70:
+            raise OnnxFormatError(f"a number at byte {pos} is longer than 10 bytes")
+
+
+def _fields(buf: mmap.mmap, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """Yield ``(field number, wire type, a, b)`` for each field of the message in [start, end).
+
+    For a varint ``a`` is its value; for a length-delimited field ``[a, b)`` is its payload; fixed
+    32/64-bit fields are skipped with ``a = b = 0``.
+    """
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise OnnxFormatError(f"field number 0 at byte {pos}: not a protobuf message")
+        if wire == _VARINT:
+            value, pos = _varint(buf, pos, end)
+            yield number, wire, value, 0
+        elif wire == _LEN:
+            length, pos = _varint(buf, pos, end)
+            if pos + length > end:
+                raise OnnxFormatError(
+                    f"field {number} at byte {pos} claims {length} bytes but its message ends "
+                    f"{end - pos} bytes later (the file looks truncated)"
+                )
+            yield number, wire, pos, pos + length
+            pos += length
+        elif wire in (_FIXED64, _FIXED32):
+            pos += 8 if wire == _FIXED64 else 4
+            if pos > end:
+                raise OnnxFormatError(f"field {number} runs past the end of its message")
+            yield number, wire, 0, 0
+        else:  # 3 and 4 are the deprecated groups, which onnx.proto never uses; 6 and 7 are invalid
+            raise OnnxFormatError(f"wire type {wire} at byte {pos}: not an ONNX protobuf message")

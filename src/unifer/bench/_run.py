@@ -1,0 +1,529 @@
+"""Run a benchmark: one fresh worker process per configuration, integrity against a reference.
+
+The parent never opens a model itself (its own memory and thread pools would then be in every
+figure). It resolves the model once, runs the reference backend's worker for the integrity
+outputs, then each configuration's worker in turn, and assembles the records with the machine
+fingerprint into a :class:`Result`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from .. import models
+from .._engine import readers
+from .._errors import ModelFormatError, ModelNotFoundError, UniferError
+from .._hardware import fingerprint, fingerprint_digest
+from .._preprocess import Preprocess, load_sidecar
+from . import _energy
+from ._grid import (
+    DEFAULT,
+    DEFAULT_MODEL,
+    Config,
+    Settings,
+    default_threads,
+    needs_conversion,
+    plan,
+    select_backends,
+)
+from ._integrity import TOLERANCES, compare
+from ._worker import PROGRESS_PREFIX
+
+#: The version of the results.json layout (see docs/bench.md); bumped on incompatible changes.
+SCHEMA: Final = "unifer.bench/1"
+#: The cache directory of the conversion jobs, beside the workers' own (see _spawn).
+SHARED_CACHE: Final = "shared-cache"
+#: The preferred reference for integrity: the ONNX project's own runtime.
+PREFERRED_REFERENCE: Final = "onnxruntime"
+#: Environment variables that change thread pools behind a runtime's back; recorded with results.
+THREAD_ENV: Final = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "UNIFER_NUM_THREADS",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """One progress event: which configuration (1-based ``index`` of ``total``), doing what.
+
+    ``config`` is None for the reference run. ``record`` is set when a configuration is finished.
+    """
+
+    index: int
+    total: int
+    config: Config | None
+    phase: str
+    detail: Mapping[str, object] = field(default_factory=dict)
+    record: Mapping[str, Any] | None = None
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(slots=True, kw_only=True)
+class Result:
+    """Everything one benchmark run measured; ``to_dict()`` is the results.json document."""
+
+    model: dict[str, Any]
+    settings: dict[str, Any]
+    machine: dict[str, Any]
+    reference: dict[str, Any]
+    records: list[dict[str, Any]]
+    skipped: dict[str, str] = field(default_factory=dict)
+    conditions: dict[str, Any] = field(default_factory=dict)
+    energy: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    unifer_version: str = ""
+    command: str | None = None
+    schema: str = SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "created": self.created,
+            "unifer_version": self.unifer_version,
+            "command": self.command,
+            "model": self.model,
+            "settings": self.settings,
+            "machine": self.machine,
+            "conditions": self.conditions,
+            "energy": self.energy,
+            "reference": self.reference,
+            "skipped": self.skipped,
+            "records": self.records,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Result:
+        """Read a results.json document back (same schema major version only)."""
+        schema = data.get("schema")
+        if not isinstance(schema, str) or schema.split("/")[0] != SCHEMA.split("/")[0]:
+            raise ModelFormatError(f"not a unifer bench results document (schema {schema!r})")
+        if schema != SCHEMA:
+            raise ModelFormatError(
+                f"results written with schema {schema!r}; this unifer reads {SCHEMA!r}"
+            )
+        return cls(
+            schema=schema,
+            created=data.get("created", ""),
+            unifer_version=data.get("unifer_version", ""),
+            command=data.get("command"),
+            model=dict(data["model"]),
+            settings=dict(data["settings"]),
+            machine=dict(data["machine"]),
+            conditions=dict(data.get("conditions", {})),
+            energy=dict(data.get("energy", {})),
+            reference=dict(data["reference"]),
+            skipped=dict(data.get("skipped", {})),
+            records=list(data["records"]),
+        )
+
+    def ok_records(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["status"] == "ok"]
+
+
+def run(
+    model: str | os.PathLike[str] = DEFAULT_MODEL,
+    *,
+    backends: Sequence[str] | None = None,
+    threads: Sequence[int | None] | None = None,
+    batches: Sequence[int] = (1,),
+    precisions: Sequence[str] = ("fp32",),
+    settings: Settings = DEFAULT,
+    reference: str | None = None,
+    preprocess: Preprocess | None = None,
+    backend_options: Mapping[str, Mapping[str, object]] | None = None,
+    progress: ProgressCallback | None = None,
+    command: str | None = None,
+) -> Result:
+    """Measure ``model`` with every configuration; see docs/bench.md for what each figure means.
+
+    Args:
+        model: A model file or built-in model spec (default ``builtin:arcface-r100``). A built-in
+            model is measured in its dynamic-batch variant when a batch above 1 is asked for.
+        backends: Backend names; default every installed backend that reads the model, or
+            converts it into its own format, and can run here (the others are listed in
+            ``Result.skipped`` with the reason). A converting backend's conversion runs once, in a
+            process of its own, and is timed apart (``record["conversion"]["seconds"]``).
+        threads: Thread counts, ``None`` meaning the runtime's default; default
+            ``1..physical cores`` and ``None``.
+        batches: Batch sizes (default ``(1,)``).
+        precisions: Precisions (default ``("fp32",)``); a backend that cannot honour one gets a
+            failed record saying why, the others go on.
+        settings: How long to measure each configuration (:data:`DEFAULT`, :data:`QUICK`, ...).
+        reference: The backend whose fp32 outputs the integrity check compares with; default
+            onnxruntime when available, else the first backend measured.
+        preprocess: Preprocessing for ``predict`` (default: the built-in model's own, or the
+            model's sidecar). Without one, only the model-only latency is measured.
+        backend_options: Passed to ``Engine.load`` in every worker.
+        progress: Called with a :class:`Progress` for every step; runs for minutes otherwise silent.
+        command: The command line to record in the results, if any.
+
+    Raises:
+        ModelNotFoundError, ModelFormatError: the model cannot be found or no backend reads it.
+        BackendNotFoundError, BackendUnavailableError: a named backend is missing or broken.
+        UnsupportedOptionError: a bad thread count, batch size, precision or setting.
+    """
+    started = time.time()
+    path, preprocess, model_info = _resolve_model(model, preprocess, batches)
+    suffix = path.suffix.lower()
+    names, skipped = select_backends(suffix, backends)
+    configs = plan(names, default_threads() if threads is None else threads, batches, precisions)
+    ref_name = _reference(names, suffix, reference)
+    notify = progress or (lambda _event: None)
+    total = len(configs)
+    base_job = {
+        "model": str(path),
+        "preprocess": preprocess.to_dict() if preprocess is not None else None,
+        "seed": settings.seed,
+        "integrity_samples": settings.integrity_samples,
+        "settings": {"rounds": settings.rounds, "per_round": settings.per_round()},
+        "backend_options": {k: dict(v) for k, v in (backend_options or {}).items()},
+    }
+    load_before = _loadavg()
+    records: list[dict[str, Any]] = []
+    reference_info: dict[str, Any] = {"backend": ref_name, "precision": "fp32", "threads": None}
+    with tempfile.TemporaryDirectory(prefix="unifer-bench-") as tmp:
+        root = Path(tmp)
+        # Backends that run the model only after converting it (ncnn, LiteRT from ONNX): convert
+        # once, in a process of its own, into the cache whose converted/ every worker shares.
+        shared = root / SHARED_CACHE
+        conversions: dict[str, dict[str, Any]] = {}
+        for name in [n for n in dict.fromkeys([*names, ref_name]) if needs_conversion(n, suffix)]:
+            notify(Progress(0, total, None, f"convert for {name}"))
+            done = _spawn(
+                {**base_job, "backend": name, "mode": "convert"},
+                root / f"convert-{name}",
+                lambda phase, detail: notify(Progress(0, total, None, phase, detail)),
+                settings.worker_timeout_s,
+                cache=shared,
+            )
+            conversions[name] = (
+                done["conversion"]
+                if done["status"] == "ok"
+                else {"error": f"converting the model for {name} failed: {done['error']}"}
+            )
+        ref_outputs: dict[int, dict[str, np.ndarray] | str] = {}
+        for batch in dict.fromkeys(c.batch for c in configs):
+            ref_config = Config(backend=ref_name, threads=None, batch=batch, precision="fp32")
+            notify(Progress(0, total, None, f"reference ({ref_config.label})"))
+            ref = _spawn(
+                {**base_job, **ref_config.to_dict(), "mode": "reference"},
+                root / f"reference-{batch}",
+                lambda phase, detail: notify(Progress(0, total, None, phase, detail)),
+                settings.worker_timeout_s,
+            )
+            if ref["status"] == "ok":
+                ref_outputs[batch] = ref.pop("outputs")
+            else:
+                ref_outputs[batch] = (
+                    f"the reference run ({ref_config.label}) failed: {ref['error']}"
+                )
+            reference_info.setdefault("runtime_version", ref.get("runtime_version"))
+            reference_info.setdefault("runs", []).append(
+                {"batch": batch, "status": ref["status"], "error": ref.get("error")}
+            )
+        for index, config in enumerate(configs, start=1):
+            notify(Progress(index, total, config, "starting"))
+            conversion = conversions.get(config.backend)
+            if conversion is not None and "error" in conversion:
+                record = _record(config, {"status": "error", "error": conversion["error"]}, "")
+                record["conversion"] = conversion
+                records.append(record)
+                notify(Progress(index, total, config, "done", record=record))
+                continue
+
+            def on_phase(phase: str, detail: Mapping[str, object], i: int = index) -> None:
+                notify(Progress(i, total, configs[i - 1], phase, detail))
+
+            raw = _spawn(
+                {**base_job, **config.to_dict(), "mode": "measure"},
+                root / f"config-{index}",
+                on_phase,
+                settings.worker_timeout_s,
+            )
+            record = _record(config, raw, ref_outputs.get(config.batch, "no reference run"))
+            record["conversion"] = conversion
+            records.append(record)
+            notify(Progress(index, total, config, "done", record=record))
+    finished = time.time()
+    machine = fingerprint()
+    machine["digest"] = fingerprint_digest()
+    return Result(
+        created=datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        ),
+        unifer_version=_unifer_version(),
+        command=command,
+        model=model_info,
+        settings={
+            **settings.to_dict(),
+            "per_round": settings.per_round(),
+            "backends": names,
+            "threads": list(dict.fromkeys(c.threads for c in configs)),
+            "batches": list(dict.fromkeys(batches)),
+            "precisions": list(dict.fromkeys(precisions)),
+            "integrity_tolerances": {p: t.to_dict() for p, t in TOLERANCES.items()},
+        },
+        machine=machine,
+        conditions={
+            "loadavg_before": load_before,
+            "loadavg_after": _loadavg(),
+            "wall_s": finished - started,
+            "thread_env": {k: os.environ.get(k) for k in THREAD_ENV},
+        },
+        energy=_energy.Meter().describe(),
+        reference=reference_info,
+        skipped=skipped,
+        records=records,
+    )
+
+
+# -- model -----------------------------------------------------------------------------------------
+
+
+def _resolve_model(
+    model: str | os.PathLike[str], preprocess: Preprocess | None, batches: Sequence[int]
+) -> tuple[Path, Preprocess | None, dict[str, Any]]:
+    """The file to measure, its preprocessing, and what the report says about it."""
+    spec = os.fspath(model)
+    if isinstance(model, str) and model.startswith(models.PREFIX):
+        if any(b > 1 for b in batches) and "?" not in model:
+            spec = model + "?batch=dynamic"  # batch > 1 needs a symbolic batch dimension
+        resolved = models.resolve(spec)
+        assert resolved is not None  # noqa: S101 - the prefix was checked above
+        path, preset = resolved
+        info: dict[str, Any] = {"spec": spec, "path": str(path), "builtin": True}
+        name = spec[len(models.PREFIX) :].partition("?")[0]
+        try:
+            described = models.info(name)
+        except UniferError:  # counting needs onnx; the file itself is fine without it
+            described = None
+        if described is not None:
+            cached = next((f for f in described.files if f.path == path), None)
+            info.update(
+                name=name,
+                description=described.description,
+                params=described.params,
+                gflops=round(described.gflops, 3),
+                input=str(described.input),
+                output=str(described.output),
+                sha256=cached.sha256 if cached else None,
+            )
+        preprocess = preprocess or preset
+    else:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ModelNotFoundError(f"model file {spec!r} does not exist; check the path")
+        info = {
+            "spec": spec,
+            "path": str(path.resolve()),
+            "builtin": False,
+            "sha256": _sha256(path),
+        }
+        preprocess = preprocess or load_sidecar(path)
+    info["size_bytes"] = path.stat().st_size
+    info["preprocess"] = preprocess.to_dict() if preprocess is not None else None
+    if not info.get("sha256"):
+        info["sha256"] = _sha256(path)
+    return path, preprocess, info
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _reference(names: Sequence[str], suffix: str, requested: str | None) -> str:
+    """The reference backend: the one asked for, else onnxruntime, else one that reads the file."""
+    if requested:
+        select_backends(suffix, [requested])  # raises if it cannot serve as the reference
+        return requested
+    for candidate in (PREFERRED_REFERENCE, *readers(suffix)):
+        if candidate in names or candidate == PREFERRED_REFERENCE:
+            try:
+                select_backends(suffix, [candidate])
+            except UniferError:
+                continue
+            if not needs_conversion(candidate, suffix):
+                return candidate
+    return names[0]
+
+
+# -- workers ---------------------------------------------------------------------------------------
+
+
+def _spawn(
+    job: dict[str, Any],
+    workdir: Path,
+    on_phase: Callable[[str, Mapping[str, object]], None],
+    timeout_s: float,
+    *,
+    cache: Path | None = None,
+) -> dict[str, Any]:
+    """Run one job in a fresh interpreter; the result, with the outputs loaded, or an error.
+
+    The worker's cache directory is ``cache`` when given (conversions), else a new empty one whose
+    ``converted/`` is the shared conversion cache beside ``workdir``.
+    """
+    workdir.mkdir(parents=True)
+    if cache is None:
+        cache = workdir / "cache"
+        cache.mkdir()
+        shared = workdir.parent / SHARED_CACHE / "converted"
+        shared.mkdir(parents=True, exist_ok=True)
+        (cache / "converted").symlink_to(shared, target_is_directory=True)
+    job = {
+        **job,
+        "result_path": str(workdir / "result.json"),
+        "outputs_path": str(workdir / "outputs.npz"),
+    }
+    job_path = workdir / "job.json"
+    job_path.write_text(json.dumps(job))
+    env = dict(os.environ)
+    # An empty cache directory of its own: the first load really is cold (OpenVINO's compiled
+    # model cache lives there), and the second one finds what the first wrote. Only converted
+    # models are shared: converting is measured once, by its own job.
+    env["UNIFER_CACHE_DIR"] = str(cache)
+    # threads=None must mean the runtime's own default, not a value from the user's shell.
+    env.pop("UNIFER_NUM_THREADS", None)
+    stderr_path = workdir / "stderr.txt"
+    other_output: deque[str] = deque(maxlen=20)
+    started = time.perf_counter()
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "unifer.bench._worker", str(job_path)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=env,
+            text=True,
+            errors="replace",
+        )
+
+        def pump() -> None:
+            assert proc.stdout is not None  # noqa: S101 - stdout=PIPE above
+            for line in proc.stdout:
+                if line.startswith(PROGRESS_PREFIX):
+                    try:
+                        event = json.loads(line[len(PROGRESS_PREFIX) :])
+                    except ValueError:
+                        continue
+                    phase = str(event.pop("phase", "?"))
+                    on_phase(phase, event)
+                else:
+                    other_output.append(line.rstrip())
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=10)
+    wall_s = time.perf_counter() - started
+    worker = {"exit_code": proc.returncode, "wall_s": wall_s}
+    result_path = Path(job["result_path"])
+    if timed_out:
+        return {
+            "status": "error",
+            "error": f"the worker ran longer than {timeout_s:.0f} s and was stopped",
+            "worker": worker,
+        }
+    if not result_path.is_file():
+        tail = "\n".join([*_tail(stderr_path), *other_output][-12:])
+        return {
+            "status": "error",
+            "error": (
+                f"the worker process died with exit code {proc.returncode} before writing a "
+                f"result (a crash or the out-of-memory killer?)"
+                + (f"; output:\n{tail}" if tail else "")
+            ),
+            "worker": worker,
+        }
+    result: dict[str, Any] = json.loads(result_path.read_text())
+    worker["pid"] = result.pop("pid", None)
+    result["worker"] = worker
+    if result["status"] == "ok" and job["mode"] != "convert":
+        with np.load(job["outputs_path"], allow_pickle=False) as archive:
+            result["outputs"] = {name: archive[name] for name in archive.files}
+    return result
+
+
+def _tail(path: Path, lines: int = 12) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+def _record(
+    config: Config, raw: dict[str, Any], reference: dict[str, np.ndarray] | str
+) -> dict[str, Any]:
+    """A results.json record: the configuration, what the worker measured, and the integrity."""
+    record: dict[str, Any] = {
+        **config.to_dict(),
+        "threads_label": config.threads_label,
+        "status": raw["status"],
+        "error": raw.get("error"),
+        "runtime_version": raw.get("runtime_version"),
+    }
+    for key in ("settings", "load", "latency", "throughput", "memory", "dependencies", "energy"):
+        record[key] = raw.get(key)
+    outputs = raw.pop("outputs", None)
+    if outputs is None:
+        record["integrity"] = None
+    elif isinstance(reference, str):
+        record["integrity"] = {"ok": None, "problem": reference}
+    else:
+        record["integrity"] = compare(outputs, reference, TOLERANCES[config.precision])
+    record["worker"] = raw.get("worker")
+    if raw.get("traceback"):
+        record["traceback"] = raw["traceback"]
+    return record
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return list(os.getloadavg())
+    except (AttributeError, OSError):
+        return None
+
+
+def _unifer_version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def available_backends(model_suffix: str = ".onnx") -> list[str]:
+    """The backends a default run would measure for a model with this suffix (may be empty)."""
+    try:
+        return select_backends(model_suffix, None)[0]
+    except UniferError:
+        return []
+
+
+__all__ = ["SCHEMA", "Progress", "ProgressCallback", "Result", "available_backends", "run"]

@@ -1,0 +1,351 @@
+"""One configuration, measured in a fresh process: ``python -m unifer.bench._worker JOB.json``.
+
+A fresh process per (backend, configuration) keeps backends from polluting each other's memory
+figures, loaded libraries and thread pools, and makes the "cold" load really the first one. The
+parent writes the job as JSON; this process writes the result as JSON to ``job["result_path"]`` and
+the integrity outputs as ``.npz`` to ``job["outputs_path"]``, and reports its progress as lines on
+stdout that start with :data:`PROGRESS_PREFIX` (a runtime printing to stdout cannot be mistaken for
+one). The backend is driven only through :class:`unifer.Engine`, and every timing goes through
+:mod:`unifer._timing`.
+
+Order of work, so that each figure means one thing:
+
+1. memory and loaded libraries before the backend (Python, numpy and unifer only);
+2. runtime import (the backend's probe, which imports the runtime), timed;
+3. cold load: the first ``Engine.load`` in this process, with an empty cache directory (except
+   for models converted beforehand by a ``"convert"`` job), timed;
+4. first inference, timed; then the libraries the backend brought in;
+5. the seeded integrity inputs, outputs saved for the parent to compare;
+6. end-to-end and model-only latency in interleaved rounds (package energy around end-to-end);
+7. peak RSS, then the engine is closed;
+8. warm load: a second ``Engine.load`` of the same configuration (compiled-model caches now
+   populated), timed and closed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.random  # loaded before the library snapshot: the seeded inputs use it
+
+from .. import _convert, _registry
+from .._cache import cache_dir
+from .._engine import Engine
+from .._errors import PreprocessError, UniferError
+from .._preprocess import Preprocess
+from .._timing import Stats, measure, time_once
+from ..backend import SessionOptions
+from . import _deps, _energy
+from ._integrity import seeded_feeds, seeded_images
+
+PROGRESS_PREFIX: Final = "@@unifer-bench "
+_MIB: Final = 1024 * 1024
+
+
+def progress(phase: str, **detail: object) -> None:
+    """Tell the parent what this worker is doing (one protocol line on stdout)."""
+    sys.stdout.write(PROGRESS_PREFIX + json.dumps({"phase": phase, **detail}) + "\n")
+    sys.stdout.flush()
+
+
+def memory_mib() -> dict[str, float | None]:
+    """Current and peak resident set size of this process, in MiB (None where unreadable)."""
+    current = peak = None
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        status = ""
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            mib = int(value.split()[0]) / 1024  # the kernel reports kB
+            current, peak = (mib, peak) if key == "VmRSS" else (current, mib)
+    if peak is None:
+        try:
+            import resource
+
+            maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            # Linux reports KiB, macOS bytes.
+            peak = maxrss / _MIB if sys.platform == "darwin" else maxrss / 1024
+        except (ImportError, OSError):
+            peak = None
+    return {"rss_mib": current, "peak_rss_mib": peak}
+
+
+class Inputs:
+    """The timed inputs and the integrity cases of one job, the same in every process."""
+
+    def __init__(self, engine: Engine, job: Mapping[str, Any]) -> None:
+        self.batch = int(job["batch"])
+        seed = int(job["seed"])
+        count = int(job["integrity_samples"])
+        self.preprocess = engine.preprocess
+        self.input_name = engine.inputs[0].name
+        if self.preprocess is not None:
+            height, width = _image_size(engine, self.preprocess)
+            images = seeded_images(count * self.batch, height, width, seed)
+            # One HxWx3 image for batch 1 (what a user passes), NxHxWx3 otherwise.
+            self.cases: list[Any] = [
+                images[i * self.batch : (i + 1) * self.batch] if self.batch > 1 else images[i]
+                for i in range(count)
+            ]
+            self.image = self.cases[0]
+            self.feeds = {self.input_name: self.preprocess(self.image)}
+        else:
+            self.cases = [seeded_feeds(engine.inputs, self.batch, seed + i) for i in range(count)]
+            self.image = None
+            self.feeds = self.cases[0]
+
+    def end_to_end(self, engine: Engine) -> Callable[[], object]:
+        """uint8 RGB image -> preprocessing -> inference -> output, as ``engine.predict`` does."""
+        image = self.image
+        return lambda: engine.predict(image)
+
+    def model_only(self, engine: Engine) -> Callable[[], object]:
+        """The prepared input tensor -> inference -> outputs, as ``engine.run`` does."""
+        feeds = self.feeds
+        return lambda: engine.run(feeds)
+
+    def first_call(self, engine: Engine) -> Callable[[], object]:
+        return self.end_to_end(engine) if self.image is not None else self.model_only(engine)
+
+    def outputs(self, engine: Engine) -> dict[str, np.ndarray]:
+        """Every integrity case's outputs, stacked along the first axis."""
+        per_case: list[dict[str, np.ndarray]] = []
+        for case in self.cases:
+            if self.preprocess is not None:
+                per_case.append({engine.outputs[0].name: engine.predict(case)})
+            else:
+                per_case.append(engine.run(case))
+        return {
+            name: np.concatenate([np.atleast_1d(c[name]) for c in per_case]) for name in per_case[0]
+        }
+
+
+def _image_size(engine: Engine, preprocess: Preprocess) -> tuple[int, int]:
+    if preprocess.size is not None:
+        return preprocess.size
+    shape = engine.inputs[0].shape
+    dims = shape[2:4] if preprocess.layout == "nchw" else shape[1:3]
+    if len(dims) == 2 and all(isinstance(d, int) for d in dims):
+        return int(dims[0]), int(dims[1])  # type: ignore[arg-type]
+    raise PreprocessError(
+        f"cannot tell the image size for input {engine.inputs[0]}: give the preprocessing a "
+        "size (Preprocess(size=(h, w), ...))"
+    )
+
+
+def _json_safe(value: object) -> Any:
+    """``engine.settings`` as JSON: nested mappings and sequences kept, anything else as str."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return str(value)
+
+
+def _max(a: float | None, b: float | None) -> float | None:
+    return max(a, b) if a is not None and b is not None else a if b is None else b
+
+
+def _latency(parts: list[Stats], batch: int) -> dict[str, Any]:
+    """The pooled statistics of the rounds, plus each round's median (their spread shows noise)."""
+    stats = Stats.pooled(parts)
+    return {
+        "n": stats.n,
+        "mean_ms": stats.mean_ms,
+        "median_ms": stats.median_ms,
+        "p90_ms": stats.percentile_ms(90),
+        "p99_ms": stats.percentile_ms(99),
+        "min_ms": stats.min_ms,
+        "max_ms": max(stats.samples_ms),
+        "stdev_ms": stats.stdev_ms,
+        "median_ci_rel": stats.median_ci_rel if stats.n > 1 else None,
+        "per_sample_median_ms": stats.median_ms / batch,
+        "round_medians_ms": [p.median_ms for p in parts],
+        "stop": "/".join(dict.fromkeys(p.stop for p in parts)),
+    }
+
+
+def convert_job(job: Mapping[str, Any]) -> dict[str, Any]:
+    """Convert the model for a backend that cannot read its format, into the shared cache.
+
+    The core's own conversion (what ``Engine.load`` does on first use: convert, check against
+    another backend, cache) in a process of its own, so that neither its time nor its memory, nor
+    the reference backend it runs for the check, lands in a configuration's figures.
+    """
+    backend = str(job["backend"])
+    plugin = _registry.get_backend(backend)
+    availability = _registry.require_available(plugin)
+    options = SessionOptions(
+        precision="fp32",
+        cache_dir=cache_dir("backends", backend),
+        extra=(job.get("backend_options") or {}).get(backend, {}),
+    )
+    progress("convert")
+    conversion, seconds = time_once(lambda: _convert.convert(plugin, Path(job["model"]), options))
+    return {
+        "pid": os.getpid(),
+        "status": "ok",
+        "runtime_version": availability.version,
+        "conversion": {**conversion.to_dict(), "seconds": seconds},
+    }
+
+
+def measure_job(job: Mapping[str, Any]) -> dict[str, Any]:
+    """Run one job (mode ``"measure"`` or ``"reference"``) and return its JSON-ready result."""
+    if job["mode"] == "convert":
+        return convert_job(job)
+    result: dict[str, Any] = {"pid": os.getpid(), "status": "ok"}
+    model = Path(job["model"])
+    backend = str(job["backend"])
+    preprocess = Preprocess.from_dict(job["preprocess"]) if job.get("preprocess") else None
+    reference_only = job["mode"] == "reference"
+    memory_before = memory_mib()
+    libraries_before = _deps.loaded_libraries()
+
+    progress("runtime import")
+    plugin = _registry.get_backend(backend)
+    availability, import_s = time_once(lambda: _registry.require_available(plugin))
+    result["runtime_version"] = availability.version
+
+    def load() -> Engine:
+        return Engine.load(
+            model,
+            backend=backend,
+            threads=job["threads"],
+            precision=job["precision"],
+            preprocess=preprocess,
+            backend_options=job.get("backend_options") or None,
+        )
+
+    progress("cold load")
+    engine, cold_s = time_once(load)
+    result["settings"] = _json_safe(engine.settings)
+    inputs = Inputs(engine, job)
+    progress("first inference")
+    _, first_s = time_once(inputs.first_call(engine))
+    libraries_after = _deps.loaded_libraries()
+    memory_loaded = memory_mib()
+
+    progress("integrity")
+    outputs = inputs.outputs(engine)
+    np.savez(job["outputs_path"], **outputs)  # type: ignore[arg-type]
+    if reference_only:
+        engine.close()
+        return result
+
+    meter = _energy.Meter()
+    energy_j = 0.0
+    energy_calls = 0
+    energy_s = 0.0
+    rounds = int(job["settings"]["rounds"])
+    per_round = dict(job["settings"]["per_round"])
+    e2e_parts: list[Stats] = []
+    model_parts: list[Stats] = []
+    has_e2e = inputs.image is not None
+    for index in range(rounds):
+        if has_e2e:
+            progress("end-to-end", round=index + 1, rounds=rounds)
+            before = meter.read() if meter.available else []
+            start = time.perf_counter()
+            stats = measure(inputs.end_to_end(engine), **per_round)
+            if meter.available:
+                energy_s += time.perf_counter() - start
+                energy_j += meter.joules(before, meter.read())
+                energy_calls += stats.n + int(per_round["warmup"])
+            e2e_parts.append(stats)
+        progress("model-only", round=index + 1, rounds=rounds)
+        model_parts.append(measure(inputs.model_only(engine), **per_round))
+    memory_measured = memory_mib()
+    engine.close()
+
+    progress("warm load")
+    warm, warm_s = time_once(load)
+    warm_settings = dict(warm.settings)
+    warm.close()
+    memory_end = memory_mib()
+
+    batch = int(job["batch"])
+    model_stats = Stats.pooled(model_parts)
+    e2e_stats = Stats.pooled(e2e_parts) if has_e2e else None
+    headline = e2e_stats or model_stats
+    result["load"] = {
+        "runtime_import_s": import_s,
+        "cold_s": cold_s,
+        "warm_s": warm_s,
+        "first_inference_ms": first_s * 1e3,
+        "cold_loaded_from_cache": engine.settings.get("loaded_from_cache"),
+        "warm_loaded_from_cache": warm_settings.get("loaded_from_cache"),
+    }
+    result["latency"] = {
+        "end_to_end": _latency(e2e_parts, batch) if e2e_stats is not None else None,
+        "model_only": _latency(model_parts, batch),
+        "preprocess_ms": (
+            e2e_stats.median_ms - model_stats.median_ms if e2e_stats is not None else None
+        ),
+    }
+    result["throughput"] = {
+        "inferences_per_s": 1e3 / headline.mean_ms,
+        "samples_per_s": batch * 1e3 / headline.mean_ms,
+        "model_only_samples_per_s": batch * 1e3 / model_stats.mean_ms,
+    }
+    result["memory"] = {
+        "baseline_rss_mib": memory_before["rss_mib"],
+        "loaded_rss_mib": memory_loaded["rss_mib"],
+        "peak_rss_mib": memory_measured["peak_rss_mib"],
+        # The kernel syncs per-thread RSS counters lazily, so a later VmHWM can read a little
+        # lower than an earlier one; the process's peak is the larger of the two readings.
+        "process_peak_rss_mib": _max(memory_measured["peak_rss_mib"], memory_end["peak_rss_mib"]),
+    }
+    if _deps.available():
+        result["dependencies"] = _deps.new_libraries(libraries_before, libraries_after)
+    else:
+        result["dependencies"] = _deps.unavailable("this OS has no /proc/self/maps")
+    if meter.available and energy_calls:
+        result["energy"] = {
+            **meter.describe(),
+            "joules_per_inference": energy_j / energy_calls,
+            "joules_per_sample": energy_j / energy_calls / batch,
+            "average_watts": energy_j / energy_s if energy_s > 0 else None,
+        }
+    else:
+        result["energy"] = {**meter.describe(), "joules_per_inference": None}
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.stderr.write("usage: python -m unifer.bench._worker JOB.json\n")
+        return 2
+    job = json.loads(Path(args[0]).read_text())
+    try:
+        result = measure_job(job)
+    except UniferError as exc:
+        result = {"pid": os.getpid(), "status": "error", "error": f"{type(exc).__name__}: {exc}"}
+    except Exception as exc:  # a runtime's own exception escaping Engine is still a result
+        result = {
+            "pid": os.getpid(),
+            "status": "error",
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(limit=8),
+        }
+    tmp = Path(job["result_path"] + ".tmp")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, job["result_path"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

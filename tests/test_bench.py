@@ -1,0 +1,589 @@
+"""``unifer.bench``: grid, integrity, libraries, energy and reports; then real runs on arcface-tiny.
+
+The first half needs no inference runtime. The second half runs the real bench (fresh worker
+processes, real backends) on the tiny model with a handful of calls per latency, and checks that
+every figure is present and sane; it never asserts speed. It is skipped where no backend that reads
+ONNX is installed (the core-only CI job) or ``onnx`` is missing to generate the model.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from unifer import BackendNotFoundError, ModelFormatError, UnsupportedOptionError, bench
+from unifer.backend import TensorSpec
+from unifer.bench import _deps, _energy
+from unifer.bench._grid import needs_conversion, select_backends
+from unifer.bench._integrity import TOLERANCES, compare, seeded_feeds, seeded_images
+from unifer.bench._run import Progress, Result
+from unifer.cli import main
+
+# Tiny iteration counts: these tests check the machinery, never the speed.
+TINY = bench.Settings(warmup=1, min_runs=3, min_time_s=0.0, rounds=1, integrity_samples=2)
+
+
+# -- the grid --------------------------------------------------------------------------------------
+
+
+def test_default_threads_are_one_to_physical_cores_then_the_runtime_default():
+    threads = bench.default_threads()
+    assert threads[0] == 1 and threads[-1] is None
+    assert threads[:-1] == list(range(1, len(threads)))
+
+
+def test_parse_threads():
+    assert bench.parse_threads(["1", "2", "default", "2", None]) == [1, 2, None]
+    for bad in ("0", "two"):
+        with pytest.raises(UnsupportedOptionError):
+            bench.parse_threads([bad])
+
+
+def test_plan_is_grouped_by_backend_and_validated():
+    configs = bench.plan(["a", "b"], [1, None], batches=[1, 4], precisions=["fp32"])
+    assert len(configs) == 8
+    assert [c.backend for c in configs[:4]] == ["a"] * 4
+    assert configs[1].label == "a threads=default fp32 batch=1"
+    with pytest.raises(UnsupportedOptionError, match="batch"):
+        bench.plan(["a"], [1], batches=[0])
+    with pytest.raises(UnsupportedOptionError, match="precision"):
+        bench.plan(["a"], [1], precisions=["fp64"])
+
+
+def test_settings_split_into_rounds_and_validate():
+    per_round = bench.Settings(min_runs=5, min_time_s=10, max_time_s=60, rounds=2).per_round()
+    assert per_round == {
+        "warmup": 3,
+        "min_runs": 3,
+        "min_time_s": 5.0,
+        "max_time_s": 30.0,
+        "stable": None,
+    }
+    with pytest.raises(UnsupportedOptionError):
+        bench.Settings(min_runs=0)
+    with pytest.raises(UnsupportedOptionError):
+        bench.Settings(stable=2.0)
+
+
+def test_select_backends(fake_backend):
+    assert select_backends(".fake", None) == (["fake"], {})
+    assert select_backends(".fake", ["fake"]) == (["fake"], {})
+    with pytest.raises(BackendNotFoundError):
+        select_backends(".fake", ["nosuchbackend"])
+    fake_backend.available = False
+    with pytest.raises(ModelFormatError, match="fakeruntime is not installed"):
+        select_backends(".fake", None)
+
+
+# -- integrity -------------------------------------------------------------------------------------
+
+
+def test_seeded_inputs_are_deterministic():
+    assert np.array_equal(seeded_images(2, 4, 5, seed=3), seeded_images(2, 4, 5, seed=3))
+    assert seeded_images(2, 4, 5, seed=3).dtype == np.uint8
+    spec = TensorSpec("x", ("N", 3), np.dtype(np.float32))
+    feeds = seeded_feeds([spec], batch=2, seed=1)
+    assert feeds["x"].shape == (2, 3)
+    assert np.array_equal(feeds["x"], seeded_feeds([spec], batch=2, seed=1)["x"])
+
+
+def test_integrity_verdicts():
+    rng = np.random.default_rng(0)
+    ref = {"y": rng.standard_normal((4, 512)).astype(np.float32) * 2}
+    same = compare(ref, ref, TOLERANCES["fp32"])
+    assert same["ok"] is True and same["cosine_min"] == pytest.approx(1.0)
+    assert same["max_abs_diff"] == 0.0 and same["samples"] == 4
+    close = {"y": ref["y"] + 1e-5}
+    assert compare(close, ref, TOLERANCES["fp32"])["ok"] is True
+    # bf16-like error: outside the fp32 tolerance, inside the bf16 one.
+    rounded = {"y": ref["y"] * (1 + rng.uniform(-4e-3, 4e-3, ref["y"].shape)).astype(np.float32)}
+    assert compare(rounded, ref, TOLERANCES["fp32"])["ok"] is False
+    assert compare(rounded, ref, TOLERANCES["bf16"])["ok"] is True
+    flipped = compare({"y": -ref["y"]}, ref, TOLERANCES["fp32"])
+    assert flipped["ok"] is False and flipped["cosine_min"] == pytest.approx(-1.0)
+    shape = compare({"y": ref["y"][:2]}, ref, TOLERANCES["fp32"])
+    assert shape["ok"] is False and "shape" in shape["problem"]
+    nan = compare({"y": np.full_like(ref["y"], np.nan)}, ref, TOLERANCES["fp32"])
+    assert nan["ok"] is False and "NaN" in nan["problem"]
+    assert "missing" in compare({}, ref, TOLERANCES["fp32"])["problem"]
+
+
+# -- runtime libraries and energy ------------------------------------------------------------------
+
+MAPS = """\
+7f0000000000-7f0000001000 r--p 00000000 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f0000001000-7f0000002000 r-xp 00001000 08:01 2 /v/site-packages/openvino/libs/libopenvino.so.2641
+7f0000002000-7f0000003000 r--p 00000000 08:01 3 /v/site-packages/numpy.libs/libopenblas.so
+7f0000003000-7f0000004000 r--p 00000000 08:01 4 /opt/vendor/lib/libvendor.so (deleted)
+7f0000004000-7f0000005000 rw-p 00000000 00:00 0
+7f0000005000-7f0000006000 r--p 00000000 08:01 5 /usr/share/fonts/font.ttf
+7f0000006000-7f0000007000 r--p 00000000 00:00 0 [heap]
+"""
+
+
+def test_parse_maps_and_classify():
+    libraries = _deps.parse_maps(MAPS)
+    assert libraries == {
+        "/usr/lib/x86_64-linux-gnu/libc.so.6",
+        "/v/site-packages/openvino/libs/libopenvino.so.2641",
+        "/v/site-packages/numpy.libs/libopenblas.so",
+        "/opt/vendor/lib/libvendor.so",
+    }
+    new = _deps.new_libraries({"/usr/lib/x86_64-linux-gnu/libc.so.6"}, libraries)
+    packages = {lib["name"]: (lib["kind"], lib["package"]) for lib in new["non_system"]}
+    assert packages == {
+        "libopenvino.so.2641": ("package", "openvino"),
+        "libopenblas.so": ("package", "numpy"),
+        "libvendor.so": ("other", None),
+    }
+    assert new["system"] == []
+    assert _deps.classify("/usr/lib/x86_64-linux-gnu/libm.so.6")["kind"] == "system"
+
+
+def test_this_process_maps_are_read():
+    if not _deps.available():
+        pytest.skip("no /proc/self/maps on this OS")
+    assert any("libc" in p or "python" in p for p in _deps.loaded_libraries())
+
+
+def _rapl(root: Path, name: str, energy: int, max_range: int = 1_000_000) -> Path:
+    domain = root / name
+    domain.mkdir(parents=True)
+    (domain / "energy_uj").write_text(f"{energy}\n")
+    (domain / "max_energy_range_uj").write_text(f"{max_range}\n")
+    return domain
+
+
+def test_energy_meter_sums_packages_and_handles_wraparound(tmp_path):
+    package0 = _rapl(tmp_path, "intel-rapl:0", 900_000)
+    _rapl(tmp_path, "intel-rapl:1", 100)
+    _rapl(tmp_path, "intel-rapl:0:0", 5)  # the core domain inside package 0: not counted again
+    meter = _energy.Meter(tmp_path)
+    assert meter.available and [d.name for d in meter.domains] == ["intel-rapl:0", "intel-rapl:1"]
+    before = meter.read()
+    (package0 / "energy_uj").write_text("100000\n")  # wrapped past max_energy_range_uj
+    (tmp_path / "intel-rapl:1" / "energy_uj").write_text("2000100\n")
+    assert meter.joules(before, meter.read()) == pytest.approx((200_001 + 2_000_000) / 1e6)
+    assert meter.describe()["domains"] == ["intel-rapl:0", "intel-rapl:1"]
+
+
+def test_energy_is_unavailable_with_a_reason_not_a_number(tmp_path):
+    missing = _energy.Meter(tmp_path / "nothing")
+    assert not missing.available and "does not exist" in str(missing.reason)
+    assert missing.describe() == {"available": False, "reason": missing.reason}
+    empty = _energy.Meter(tmp_path)
+    assert not empty.available and "no RAPL package domain" in str(empty.reason)
+    (tmp_path / "intel-rapl:0" / "energy_uj").mkdir(parents=True)  # unreadable as a number
+    broken = _energy.Meter(tmp_path)
+    assert not broken.available and "could not be read" in str(broken.reason)
+
+
+# -- reports from a synthetic result ---------------------------------------------------------------
+
+
+def _latency(mean: float) -> dict[str, Any]:
+    return {
+        "n": 100,
+        "mean_ms": mean,
+        "median_ms": mean * 0.98,
+        "p90_ms": mean * 1.1,
+        "p99_ms": mean * 1.3,
+        "min_ms": mean * 0.9,
+        "max_ms": mean * 1.5,
+        "stdev_ms": mean * 0.05,
+        "median_ci_rel": 0.01,
+        "per_sample_median_ms": mean * 0.98,
+        "stop": "pooled",
+    }
+
+
+def _record(backend: str, threads: int | None, mean: float) -> dict[str, Any]:
+    return {
+        "backend": backend,
+        "threads": threads,
+        "threads_label": "default" if threads is None else str(threads),
+        "batch": 1,
+        "precision": "fp32",
+        "status": "ok",
+        "error": None,
+        "runtime_version": "1.0",
+        "settings": {"threads": threads or 2},
+        "load": {
+            "runtime_import_s": 0.2,
+            "cold_s": 1.5,
+            "warm_s": 0.3,
+            "first_inference_ms": mean * 2,
+            "cold_loaded_from_cache": False,
+            "warm_loaded_from_cache": True,
+        },
+        "latency": {
+            "end_to_end": _latency(mean),
+            "model_only": _latency(mean - 0.5),
+            "preprocess_ms": 0.5,
+        },
+        "throughput": {
+            "inferences_per_s": 1e3 / mean,
+            "samples_per_s": 1e3 / mean,
+            "model_only_samples_per_s": 1e3 / (mean - 0.5),
+        },
+        "memory": {
+            "baseline_rss_mib": 40.0,
+            "loaded_rss_mib": 600.0,
+            "peak_rss_mib": 666.0,
+            "process_peak_rss_mib": 700.0,
+        },
+        "integrity": {"ok": True, "cosine_min": 1.0, "max_abs_diff": 2e-5, "problem": None},
+        "dependencies": {
+            "available": True,
+            "non_system": [
+                {
+                    "path": f"/sp/{backend}/lib{backend}.so",
+                    "name": f"lib{backend}.so",
+                    "kind": "package",
+                    "package": backend,
+                    "size": 2**20,
+                }
+            ],
+            "system": [],
+            "python": [],
+        },
+        "energy": {"available": False, "reason": "no RAPL", "joules_per_inference": None},
+        "worker": {"pid": 123, "exit_code": 0, "wall_s": 30.0},
+    }
+
+
+def synthetic_result() -> Result:
+    failed = {
+        **_record("beta", 1, 1.0),
+        "status": "error",
+        "error": "UnsupportedOptionError: nope",
+        "latency": None,
+        "memory": None,
+        "integrity": None,
+    }
+    return Result(
+        created="2026-11-27T00:00:00+00:00",
+        unifer_version="0.1.0",
+        command="unifer bench --out x",
+        model={
+            "spec": "m.onnx",
+            "path": "/m.onnx",
+            "builtin": False,
+            "sha256": "ab" * 32,
+            "size_bytes": 2**20,
+            "preprocess": None,
+        },
+        settings={
+            **bench.DEFAULT.to_dict(),
+            "per_round": bench.DEFAULT.per_round(),
+            "integrity_tolerances": {p: t.to_dict() for p, t in TOLERANCES.items()},
+        },
+        machine={
+            "cpu": {
+                "model": "Test CPU",
+                "avx512": True,
+                "physical_cores": 2,
+                "logical_cores": 2,
+                "usable_cpus": 2,
+            },
+            "memory": {"total_bytes": 2**34},
+            "os": {"system": "Linux"},
+            "gpus": [],
+            "python": {"version": "3.11"},
+            "runtimes": {"alpha": {"version": "1.0", "available": True}},
+        },
+        conditions={"wall_s": 100.0, "loadavg_before": [0.1, 0.1, 0.1]},
+        energy={"available": False, "reason": "no RAPL here"},
+        reference={"backend": "alpha", "runtime_version": "1.0"},
+        skipped={"gamma": "gamma is not installed"},
+        records=[_record("alpha", 1, 200.0), _record("alpha", None, 110.0), failed],
+    )
+
+
+def test_report_files_and_json_schema(tmp_path):
+    result = synthetic_result()
+    written = bench.write_report(result, tmp_path / "out")
+    names = {p.name for p in written["files"]}
+    assert {"results.json", "results.csv", "report.md"} <= names
+    if importlib.util.find_spec("matplotlib") is None:
+        assert "unifer[plot]" in written["plots"]
+    else:
+        assert written["plots"] == "written"
+        for plot in bench.PLOTS:
+            assert (tmp_path / "out" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert data["schema"] == bench.SCHEMA
+    for key in (
+        "created",
+        "unifer_version",
+        "model",
+        "settings",
+        "machine",
+        "conditions",
+        "energy",
+        "reference",
+        "skipped",
+        "records",
+    ):
+        assert key in data
+    assert bench.read_results(tmp_path / "out" / "results.json").to_dict() == result.to_dict()
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "results.csv").read_text())))
+    assert [r["backend"] for r in rows] == ["alpha", "alpha", "beta"]
+    assert rows[0]["e2e_mean_ms"] == "200.0" and rows[2]["status"] == "error"
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| threads | average latency (ms) | memory (MiB) |" in report
+    assert "| 1 | 200.0 | 666 |" in report and "| default (2) | 110.0 | 666 |" in report
+    assert "UnsupportedOptionError: nope" in report
+    assert "libalpha.so" in report and "gamma is not installed" in report
+    assert "Unavailable: no RAPL here" in report
+
+
+def test_results_of_another_schema_are_refused():
+    data = synthetic_result().to_dict()
+    with pytest.raises(ModelFormatError, match="schema"):
+        Result.from_dict({**data, "schema": "unifer.bench/99"})
+    with pytest.raises(ModelFormatError, match="not a unifer bench"):
+        Result.from_dict({**data, "schema": "something"})
+
+
+def test_terminal_table():
+    table = bench.format_table(synthetic_result())
+    lines = table.splitlines()
+    assert lines[0].split()[:3] == ["backend", "version", "threads"]
+    assert "default (2)" in table and "failed" in table
+    assert "skipped gamma" in table and "FAILED beta" in table
+
+
+def test_progress_lines():
+    stream = io.StringIO()
+    show = bench.TerminalProgress(stream, live=False)
+    config = bench.Config(backend="alpha", threads=1)
+    show(Progress(1, 2, config, "starting"))
+    show(Progress(1, 2, config, "end-to-end", {"round": 1, "rounds": 2}))
+    show(Progress(1, 2, config, "done", record=_record("alpha", 1, 200.0)))
+    lines = stream.getvalue().splitlines()
+    assert "[1/2] alpha threads=1 fp32 batch=1 end-to-end (round 1/2)" in lines[1]
+    assert "mean 200.00 ms" in lines[2] and "integrity yes" in lines[2]
+    live = io.StringIO()
+    bench.TerminalProgress(live, live=True)(Progress(0, 2, None, "cold load"))
+    assert live.getvalue().startswith("\r[ref]")
+
+
+# -- real backends on arcface-tiny -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_backends() -> list[str]:
+    if importlib.util.find_spec("onnx") is None:
+        pytest.skip("generating the built-in model needs onnx")
+    names = bench.available_backends(".onnx")
+    if not names:
+        pytest.skip("no available backend reads ONNX")
+    return names
+
+
+@pytest.fixture(scope="module")
+def module_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One private cache for the module's runs (the autouse one is per test)."""
+    path = tmp_path_factory.mktemp("bench-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("UNIFER_CACHE_DIR", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(onnx_backends: list[str], module_cache: Path) -> tuple[Result, list[Progress]]:
+    events: list[Progress] = []
+    result = bench.run("builtin:arcface-tiny", threads=[1], settings=TINY, progress=events.append)
+    return result, events
+
+
+def test_every_backend_is_measured_with_sane_figures(tiny_run, onnx_backends):
+    result, _ = tiny_run
+    assert [r["backend"] for r in result.records] == onnx_backends
+    for record in result.records:
+        assert record["status"] == "ok", record["error"]
+        assert record["runtime_version"]
+        assert record["settings"]["threads"] in (1, None)  # None: the runtime does not say
+        for kind in ("end_to_end", "model_only"):
+            latency = record["latency"][kind]
+            assert latency["n"] >= TINY.min_runs
+            assert 0 < latency["min_ms"] <= latency["median_ms"] <= latency["p99_ms"]
+            assert latency["min_ms"] <= latency["mean_ms"] <= latency["max_ms"]
+            assert latency["stdev_ms"] >= 0
+        load = record["load"]
+        assert load["runtime_import_s"] >= 0 and load["cold_s"] > 0 and load["warm_s"] > 0
+        assert load["first_inference_ms"] > 0
+        throughput = record["throughput"]
+        assert throughput["samples_per_s"] == pytest.approx(throughput["inferences_per_s"])
+        assert throughput["inferences_per_s"] == pytest.approx(
+            1e3 / record["latency"]["end_to_end"]["mean_ms"]
+        )
+
+
+def test_converting_backends_convert_once_in_their_own_process(tiny_run):
+    result, events = tiny_run
+    converting = [n for n in result.settings["backends"] if needs_conversion(n, ".onnx")]
+    if not converting:
+        pytest.skip("no installed backend runs ONNX through a conversion")
+    assert [e.phase for e in events if e.phase.startswith("convert for ")] == [
+        f"convert for {n}" for n in converting
+    ]
+    for record in result.records:
+        conversion = record["conversion"]
+        if record["backend"] in converting:
+            assert conversion["seconds"] > 0 and conversion["check"]["passed"] is True
+            # The worker loaded the very conversion the convert job wrote (through its cache).
+            used = Path(record["settings"]["conversion"]["path"])
+            assert used.parts[-2:] == Path(conversion["path"]).parts[-2:]
+        else:
+            assert conversion is None
+
+
+def test_each_configuration_ran_in_its_own_fresh_process(tiny_run):
+    result, _ = tiny_run
+    pids = [r["worker"]["pid"] for r in result.records]
+    assert os.getpid() not in pids and len(set(pids)) == len(pids)
+    for record in result.records:
+        memory = record["memory"]
+        assert 0 < memory["baseline_rss_mib"] < memory["peak_rss_mib"]
+        assert memory["peak_rss_mib"] <= memory["process_peak_rss_mib"]
+
+
+def test_integrity_is_computed_against_the_reference(tiny_run):
+    result, _ = tiny_run
+    assert result.reference["backend"] in result.settings["backends"]
+    assert result.reference["runs"] == [{"batch": 1, "status": "ok", "error": None}]
+    for record in result.records:
+        integrity = record["integrity"]
+        assert integrity["samples"] == TINY.integrity_samples
+        assert integrity["ok"] is True, integrity
+        assert integrity["cosine_min"] > 0.9999 and integrity["max_abs_diff"] < 1e-3
+
+
+def test_dependencies_energy_and_fingerprint_are_recorded(tiny_run):
+    result, _ = tiny_run
+    for record in result.records:
+        deps = record["dependencies"]
+        if deps["available"]:
+            # Every backend loads at least its runtime's own library from a package.
+            assert any(lib["kind"] in ("package", "other") for lib in deps["non_system"])
+            assert not any(
+                lib["package"] == "numpy" for lib in deps["non_system"] if "random" in lib["path"]
+            )
+        energy = record["energy"]
+        if energy["available"]:
+            assert energy["joules_per_inference"] > 0
+        else:
+            assert energy["joules_per_inference"] is None and energy["reason"]
+    machine = result.machine
+    assert machine["cpu"]["physical_cores"] >= 1 and len(machine["digest"]) == 64
+    for name in result.settings["backends"]:
+        assert machine["runtimes"][name]["available"] is True
+
+
+def test_progress_reports_every_phase(tiny_run):
+    result, events = tiny_run
+    phases = [e.phase for e in events if e.index == 1]
+    for phase in (
+        "starting",
+        "runtime import",
+        "cold load",
+        "first inference",
+        "integrity",
+        "end-to-end",
+        "model-only",
+        "warm load",
+        "done",
+    ):
+        assert phase in phases
+    assert events[-1].record is not None and events[-1].total == len(result.records)
+
+
+def test_report_of_a_real_run(tiny_run, tmp_path):
+    result, _ = tiny_run
+    written = bench.write_report(result, tmp_path, plots=False)
+    assert written["plots"] == "disabled"
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["schema"] == bench.SCHEMA and len(data["records"]) == len(result.records)
+    report = (tmp_path / "report.md").read_text()
+    for name in result.settings["backends"]:
+        assert f"## {name} " in report
+    assert "maintains output integrity" in report
+
+
+def test_batch_above_one_uses_the_dynamic_model(onnx_backends, module_cache, monkeypatch):
+    monkeypatch.setenv("UNIFER_CACHE_DIR", str(module_cache))
+    result = bench.run(
+        "builtin:arcface-tiny", backends=onnx_backends[:1], threads=[1], batches=[2], settings=TINY
+    )
+    assert result.model["spec"] == "builtin:arcface-tiny?batch=dynamic"
+    (record,) = result.records
+    assert record["status"] == "ok", record["error"]
+    assert record["throughput"]["samples_per_s"] == pytest.approx(
+        2 * record["throughput"]["inferences_per_s"]
+    )
+    assert record["integrity"]["samples"] == 2 * TINY.integrity_samples
+    assert record["integrity"]["ok"] is True
+
+
+def test_a_failing_configuration_is_a_record_not_a_crash(onnx_backends, tmp_path):
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"this is not a model")
+    result = bench.run(corrupt, backends=onnx_backends[:1], threads=[1], settings=TINY)
+    (record,) = result.records
+    assert record["status"] == "error"
+    assert "ModelLoadError" in record["error"]
+    assert result.reference["runs"][0]["status"] == "error"
+    assert "failed" in bench.format_table(result)
+
+
+def test_cli_bench_json_and_out(onnx_backends, module_cache, tmp_path):
+    out = tmp_path / "report"
+    args = [
+        "bench",
+        "builtin:arcface-tiny",
+        "--backend",
+        onnx_backends[0],
+        "--threads",
+        "1",
+        "--warmup",
+        "0",
+        "--min-runs",
+        "2",
+        "--min-time",
+        "0",
+        "--rounds",
+        "1",
+        "--out",
+        str(out),
+        "--no-plots",
+        "--json",
+    ]
+    runner = CliRunner()
+    result = runner.invoke(main, args, env={"UNIFER_CACHE_DIR": str(module_cache)})
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["schema"] == bench.SCHEMA
+    (record,) = data["records"]
+    assert record["backend"] == onnx_backends[0] and record["status"] == "ok"
+    assert record["latency"]["end_to_end"]["n"] >= 2
+    assert (out / "results.json").is_file() and (out / "report.md").is_file()
+    assert "cold load" in result.stderr  # the live progress went to stderr
+    text = runner.invoke(main, [*args[:-1]], env={"UNIFER_CACHE_DIR": str(module_cache)})
+    assert text.exit_code == 0, text.output
+    assert "integrity" in text.stdout and onnx_backends[0] in text.stdout
+
+
+def test_cli_bench_reports_bad_options():
+    result = CliRunner().invoke(main, ["bench", "--threads", "zero"])
+    assert result.exit_code != 0 and "zero" in result.output
