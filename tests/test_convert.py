@@ -152,3 +152,16 @@ def test_cli_convert(converter, fake_model, tmp_path):
     assert (out / "model.fake2").is_file()
     refused = CliRunner().invoke(main, ["convert", str(fake_model), "--to", "fake"])
     assert refused.exit_code == 1 and "reads .fake files directly" in refused.output
+
+
+def test_auto_considers_conversions_only_when_cached_or_allowed(converter, fake_model):
+    def candidates(engine):
+        return {t.candidate.backend for t in engine.selection.trials}
+
+    assert candidates(Engine.load(fake_model, budget_s=0.05)) == {"fake"}
+    allowed = Engine.load(fake_model, budget_s=0.05, allow_conversion=True)
+    assert candidates(allowed) == {"fake", "fake2"}
+    if allowed.backend == "fake2":
+        assert allowed.settings["conversion"]["check"]["passed"] is True
+    # The conversion is cached now, so it competes without being allowed again.
+    assert candidates(Engine.load(fake_model, threads=1, budget_s=0.05)) == {"fake", "fake2"}

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from . import _autocache, _hardware, _registry
+from . import _autocache, _convert, _hardware, _registry
 from ._cache import content_digest
 from ._errors import ModelFormatError, ModelLoadError, UniferError, UnsupportedOptionError
 from ._select import (
@@ -83,13 +83,26 @@ def open_auto(
     budget_s: float | None,
     open_candidate: Callable[[Candidate], Session],
     options_digest: str,
+    allow_conversion: bool = False,
 ) -> tuple[Selection, Session]:
-    """Choose and open a backend for ``path``; see the module docstring for the policy."""
+    """Choose and open a backend for ``path``; see the module docstring for the policy.
+
+    ``open_candidate`` opens the model with one candidate, converting it first when the backend
+    does not read the format (only backends whose conversion is cached, or any converting backend
+    with ``allow_conversion``, are candidates then).
+    """
     from ._engine import readers  # the engine imports this module
 
     suffix = path.suffix.lower()
     disabled = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
-    names = [n for n in readers(suffix) if n not in disabled]
+    # Backends that would need a conversion compete only when it is already cached (it was asked
+    # for once) or the caller allows converting now.
+    converting = [
+        n
+        for n in _convert.converters(suffix)
+        if allow_conversion or _convert.cached(_registry.get_backend(n), path) is not None
+    ]
+    names = [n for n in _registry.auto_order([*readers(suffix), *converting]) if n not in disabled]
     if not names:
         raise ModelFormatError(
             f"no installed backend reads {suffix!r} files like {path.name!r}"

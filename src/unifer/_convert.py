@@ -97,11 +97,7 @@ def convert(
     """
     if not isinstance(backend, Converter):  # callers check can_convert() first
         raise TypeError(f"{backend.name} cannot convert models")
-    digest = content_digest(source)
-    version = backend.converter_version()
-    key = _key(digest, backend.name, version)
-    root = cache_dir("converted", backend.name)
-    final = root / f"{source.stem}-{key}"
+    root, final, digest, version = _location(backend, source)
     conversion = _read(final)
     if conversion is None:
         conversion = _convert_into(backend, source, options, root, final, digest, version)
@@ -115,6 +111,21 @@ def convert(
             f"{backend.name} --accept-mismatch, then load the converted file"
         )
     return conversion
+
+
+def cached(backend: Backend, source: Path) -> Conversion | None:
+    """The conversion of ``source`` for ``backend`` if it is already in the cache, else None."""
+    if not isinstance(backend, Converter) or source.suffix.lower() not in backend.converts_from:
+        return None
+    return _read(_location(backend, source)[1])
+
+
+def _location(backend: Converter, source: Path) -> tuple[Path, Path, str, str]:
+    """The cache root, the entry's directory, the source digest and the converter version."""
+    digest = content_digest(source)
+    version = backend.converter_version()
+    root = cache_dir("converted", backend.name)
+    return root, root / f"{source.stem}-{_key(digest, backend.name, version)}", digest, version
 
 
 def _key(digest: str, target: str, version: str) -> str:

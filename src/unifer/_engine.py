@@ -93,6 +93,7 @@ class Engine:
         backend_options: Mapping[str, Mapping[str, object]] | None = None,
         objective: str = "latency",
         budget_s: float | None = None,
+        allow_conversion: bool = False,
     ) -> Engine:
         """Open ``model`` with one backend.
 
@@ -117,6 +118,9 @@ class Engine:
             objective: What ``"auto"`` optimises: ``"latency"`` or ``"throughput"``.
             budget_s: Seconds ``"auto"`` may spend measuring (default: proportionate to the
                 model, at most 20 s); ``0`` picks from the hardware without measuring.
+            allow_conversion: Let ``"auto"`` also try backends that must first convert the model
+                into their own format (ONNX to ncnn or TFLite, cached and checked). Without it,
+                only backends whose conversion is already cached compete.
 
         Raises:
             ModelNotFoundError: ``model`` does not exist.
@@ -146,12 +150,16 @@ class Engine:
             )
 
         if backend == AUTO and _auto.environment_backend() is None:
+            conversions: dict[str, _convert.Conversion] = {}
 
             def open_candidate(candidate: _select.Candidate) -> Session:
                 plugin = _registry.get_backend(candidate.backend)
-                return plugin.open(
-                    path, session_options(plugin, candidate.precision, candidate.threads)
-                )
+                chosen = session_options(plugin, candidate.precision, candidate.threads)
+                opened = path
+                if _suffix(path) not in plugin.suffixes:  # a converting candidate
+                    conversions[plugin.name] = _convert.convert(plugin, path, chosen)
+                    opened = conversions[plugin.name].path
+                return plugin.open(opened, chosen)
 
             selection, session = _auto.open_auto(
                 path,
@@ -161,8 +169,10 @@ class Engine:
                 budget_s=budget_s,
                 open_candidate=open_candidate,
                 options_digest=repr(sorted((k, sorted(v.items())) for k, v in options.items())),
+                allow_conversion=allow_conversion,
             )
-            return cls._wrap(session, path, preprocess, selection=selection)
+            conversion = conversions.get(selection.chosen.backend)
+            return cls._wrap(session, path, preprocess, selection=selection, conversion=conversion)
 
         source: _select.Source = "explicit"
         if backend == AUTO:
