@@ -223,7 +223,7 @@ def test_precision_choices(two_fakes, fake_model):
     engine = Engine.load(fake_model, precision=("fp32", "bf16"), budget_s=0.1)
     reasons = {str(t.candidate): t.reason for t in engine.selection.trials}
     assert any("cannot run precision='bf16'" in (r or "") for r in reasons.values())
-    with pytest.raises(UnsupportedOptionError, match="needs backend='auto'"):
+    with pytest.raises(UnsupportedOptionError, match="need backend='auto'"):
         Engine.load(fake_model, backend="fake", precision=("fp32", "bf16"))
     with pytest.raises(UnsupportedOptionError, match="objective"):
         Engine.load(fake_model, objective="speed")
@@ -245,3 +245,20 @@ def test_concurrent_writers_keep_every_entry():
         list(pool.map(_store, keys))
     assert set(_autocache.entries()) == set(keys)
     assert _autocache.clear() == 8 and _autocache.entries() == {}
+
+
+def test_a_thread_sweep_measures_each_count(two_fakes, fake_model):
+    engine = Engine.load(fake_model, threads=(1, 2), budget_s=0.2)
+    measured = {
+        (t.candidate.backend, t.candidate.threads)
+        for t in engine.selection.trials
+        if t.status == "measured"
+    }
+    assert measured == {("fake", 1), ("fake", 2), ("slowfake", 1), ("slowfake", 2)}
+    assert engine.settings["threads"] == engine.selection.chosen.threads
+    with pytest.raises(UnsupportedOptionError, match="need backend='auto'"):
+        Engine.load(fake_model, backend="fake", threads=(1, 2))
+    with pytest.raises(UnsupportedOptionError, match="empty"):
+        Engine.load(fake_model, threads=())
+    with pytest.raises(UnsupportedOptionError, match="positive integer"):
+        Engine.load(fake_model, threads=(1, 0))

@@ -77,7 +77,7 @@ def allowed_precisions(precision: str | Sequence[str]) -> tuple[Precision, ...]:
 def open_auto(
     path: Path,
     *,
-    threads: int | None,
+    threads: Sequence[int] | None,
     precisions: tuple[Precision, ...],
     objective: Objective,
     budget_s: float | None,
@@ -109,19 +109,21 @@ def open_auto(
             + (f" (disabled by ${DISABLE_ENV}: {', '.join(sorted(disabled))})" if disabled else "")
             + '. For ONNX models install one with: pip install "unifer[onnxruntime]"'
         )
-    thread_options = [threads if threads is not None else _hardware.physical_cores()]
+    # None: the physical cores this process may use (runtime defaults vary and oversubscribe).
+    thread_options = list(threads) if threads else [_hardware.physical_cores()]
     unavailable: list[Trial] = []
     versions: dict[str, str | None] = {}
     for name in names:
-        availability = _registry.probe(_registry.get_backend(name))
+        availability = _registry.cached_probe(name)
         if availability.ok:
             versions[name] = availability.version
         else:
             reason = f"unavailable: {availability.reason}"
             unavailable += [
-                Trial(Candidate(name, threads, p), "failed", reason=reason) for p in precisions
+                Trial(Candidate(name, t, p), "failed", reason=reason)
+                for p in precisions
+                for t in thread_options
             ]
-    thread_options = [threads if threads is not None else _hardware.physical_cores()]
     pool = candidates(_prefer(list(versions)), thread_options, precisions)
     mode = os.environ.get(MODE_ENV, "measure")
     if budget_s == 0 or mode == "static":
@@ -183,7 +185,7 @@ def _cache_key(
     path: Path,
     objective: Objective,
     precisions: Sequence[str],
-    threads: int | None,
+    threads: Sequence[int] | None,
     versions: Mapping[str, str | None],
     options_digest: str,
 ) -> str:
@@ -194,7 +196,7 @@ def _cache_key(
         "model": [content_digest(f) for f in files if f.exists()],
         "objective": objective,
         "precisions": list(precisions),
-        "threads": threads,
+        "threads": None if threads is None else list(threads),
         "runtimes": dict(sorted(versions.items())),
         "unifer": __version__,
         "machine": _hardware.fingerprint_digest(runtimes=False),

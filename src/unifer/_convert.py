@@ -236,7 +236,6 @@ def _reference_backend(suffix: str, *, exclude: str) -> Backend | None:
     for name in readers(suffix):
         if name == exclude:
             continue
-        candidate = _registry.get_backend(name)
-        if _registry.probe(candidate).ok:
-            return candidate
+        if _registry.cached_probe(name).ok:
+            return _registry.get_backend(name)
     return None

@@ -30,7 +30,7 @@ from ._errors import (
     UnsupportedOptionError,
 )
 from ._feeds import check_feeds
-from ._options import check_precision, resolve_threads, split_backend_options
+from ._options import check_precision, resolve_thread_choices, split_backend_options
 from ._preprocess import Preprocess, load_sidecar
 from .backend import Backend, Precision, Session, SessionOptions, TensorSpec
 
@@ -87,7 +87,7 @@ class Engine:
         /,
         *,
         backend: str = AUTO,
-        threads: int | None = None,
+        threads: int | Sequence[int] | None = None,
         precision: str | Sequence[str] = "fp32",
         preprocess: Preprocess | None = None,
         backend_options: Mapping[str, Mapping[str, object]] | None = None,
@@ -107,7 +107,8 @@ class Engine:
                 An explicit name is never replaced by another backend.
             threads: Threads inside one inference, mapped to each runtime's own knob; ``None``
                 takes ``$UNIFER_NUM_THREADS``, else the runtime's default (``"auto"``: the
-                number of physical cores).
+                number of physical cores). With ``backend="auto"`` also a sequence of thread
+                counts to sweep, e.g. ``(1, 2, 4)``.
             precision: ``"fp32"`` (faithful, the default), ``"bf16"``, ``"fp16"`` or ``"int8"``;
                 a backend that cannot honour it raises. With ``backend="auto"`` also a tuple of
                 allowed precisions, or ``"fastest"``: any precision within its tolerance.
@@ -134,7 +135,7 @@ class Engine:
             PreprocessError: ``preprocess`` does not fit the model's input.
         """
         path, preset = resolve_model(model)
-        threads = resolve_threads(threads)
+        thread_counts = resolve_thread_choices(threads)
         options = split_backend_options(backend_options, _registry.backend_names())
         if preprocess is None:
             preprocess = preset or load_sidecar(path)
@@ -163,7 +164,7 @@ class Engine:
 
             selection, session = _auto.open_auto(
                 path,
-                threads=threads,
+                threads=thread_counts,
                 precisions=_auto.allowed_precisions(precision),
                 objective=_auto.check_objective(objective),
                 budget_s=budget_s,
@@ -177,22 +178,23 @@ class Engine:
         source: _select.Source = "explicit"
         if backend == AUTO:
             backend, source = _auto.environment_backend() or backend, "environment"
-        if not isinstance(precision, str):
+        if not isinstance(precision, str) or (thread_counts and len(thread_counts) > 1):
             raise UnsupportedOptionError(
-                f"precision={precision!r}: a choice of precisions needs backend='auto'; with "
-                f"backend={backend!r} pass one precision"
+                f"precision={precision!r}, threads={threads!r}: choices of precisions or thread "
+                f"counts need backend='auto'; with backend={backend!r} pass one of each"
             )
         checked = check_precision(precision)
+        single = thread_counts[0] if thread_counts else None
         plugin = _registry.get_backend(backend)
         _registry.require_available(plugin)
         opened, conversion = path, None
         if _suffix(path) not in plugin.suffixes and _convert.can_convert(plugin, _suffix(path)):
-            conversion = _convert.convert(plugin, path, session_options(plugin, checked, threads))
+            conversion = _convert.convert(plugin, path, session_options(plugin, checked, single))
             opened = conversion.path
         else:
             _check_suffix(plugin, path)
-        session = plugin.open(opened, session_options(plugin, checked, threads))
-        selection = _select.Selection(_select.Candidate(backend, threads, checked), source)
+        session = plugin.open(opened, session_options(plugin, checked, single))
+        selection = _select.Selection(_select.Candidate(backend, single, checked), source)
         return cls._wrap(session, path, preprocess, selection=selection, conversion=conversion)
 
     @classmethod

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from ._errors import UniferWarning, UnsupportedOptionError
@@ -34,6 +34,24 @@ def resolve_threads(threads: int | None) -> int | None:
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise UnsupportedOptionError(
             f"{source} must be a positive integer or None (the runtime's default), got {threads!r}"
+        )
+    return threads
+
+
+def resolve_thread_choices(threads: int | Sequence[int] | None) -> tuple[int, ...] | None:
+    """:func:`resolve_threads` for one count, or each of a sequence (an ``"auto"`` sweep)."""
+    if isinstance(threads, Sequence) and not isinstance(threads, str):
+        if not threads:
+            raise UnsupportedOptionError("threads must not be an empty sequence")
+        return tuple(dict.fromkeys(_positive(t) for t in threads))
+    single = resolve_threads(threads)
+    return None if single is None else (single,)
+
+
+def _positive(threads: object) -> int:
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise UnsupportedOptionError(
+            f"each thread count must be a positive integer, got {threads!r}"
         )
     return threads
 

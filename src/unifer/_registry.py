@@ -85,12 +85,14 @@ def register_backend(cls: type[Backend]) -> None:
     _validate(cls, expected_name=cls.name, origin=f"{cls.__module__}.{cls.__qualname__}")
     _registered[cls.name] = cls
     _load.cache_clear()
+    cached_probe.cache_clear()
 
 
 def unregister_backend(name: str) -> None:
     """Undo :func:`register_backend`."""
     _registered.pop(name, None)
     _load.cache_clear()
+    cached_probe.cache_clear()
 
 
 def backend_names() -> list[str]:
@@ -194,6 +196,16 @@ def probe(backend: Backend) -> Availability:
         return backend.probe()
     except Exception as exc:  # the contract says probe never raises; keep the cause visible anyway
         return Availability(ok=False, reason=f"probe() raised {type(exc).__name__}: {exc}")
+
+
+@functools.cache
+def cached_probe(name: str) -> Availability:
+    """:func:`probe` of the backend called ``name``, once per process.
+
+    ``backend="auto"`` asks every candidate on every load; a runtime's availability does not
+    change while the process runs, and probing imports the runtime.
+    """
+    return probe(get_backend(name))
 
 
 def describe_backends() -> list[BackendInfo]:
