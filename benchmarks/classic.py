@@ -8,7 +8,7 @@ exactly ``unifer bench --out DIR`` (same code, same report files). After the run
 raw-runtime medians that the design notes (``shared/design/BASELINE.md``) recorded on the
 development machine.
 
-    uv run python benchmarks/classic.py                     # full run, ~10 min on 2 cores
+    uv run python benchmarks/classic.py                     # full run, ~12 min on 2 cores
     uv run python benchmarks/classic.py --compare-only      # redo the comparison from results.json
     uv run python benchmarks/classic.py --quick --out /tmp/classic-quick   # smoke test, r18
 """

@@ -20,9 +20,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from unifer import BackendNotFoundError, ModelFormatError, UnsupportedOptionError, bench
+from unifer import (
+    BackendNotFoundError,
+    ModelFormatError,
+    UniferError,
+    UnsupportedOptionError,
+    bench,
+)
 from unifer.backend import TensorSpec
-from unifer.bench import _deps, _energy
+from unifer.bench import _background, _deps, _energy
 from unifer.bench._grid import needs_conversion, select_backends
 from unifer.bench._integrity import TOLERANCES, compare, seeded_feeds, seeded_images
 from unifer.bench._run import Progress, Result
@@ -155,6 +161,27 @@ def test_this_process_maps_are_read():
     assert any("libc" in p or "python" in p for p in _deps.loaded_libraries())
 
 
+def test_background_load_is_the_cpu_time_of_other_processes(tmp_path):
+    before = _background.Sample(wall_s=0.0, busy_s=100.0, steal_s=1.0, self_s=10.0)
+    # 10 s on 2 CPUs: 20 CPU-seconds; we used 9, everyone together 14, the hypervisor stole 1.
+    after = _background.Sample(wall_s=10.0, busy_s=114.0, steal_s=2.0, self_s=19.0)
+    load = _background.between(before, after, cpu_count=2)
+    assert load["other_cpu"] == pytest.approx(0.25) and load["steal"] == pytest.approx(0.05)
+    assert load["disturbed"] is True
+    quiet = _background.Sample(wall_s=10.0, busy_s=109.5, steal_s=1.0, self_s=19.0)
+    assert _background.between(before, quiet, cpu_count=2)["disturbed"] is False
+    assert _background.between(None, after, 2)["available"] is False
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  200 0 100 5000 10 0 0 7 0 0\ncpu0 100 0 50 2500 5 0 0 3 0 0\ncpu1 1\n")
+    sample = _background.sample(stat)
+    if sample is not None:  # None off Linux-like systems
+        tick = os.sysconf("SC_CLK_TCK")
+        assert sample.busy_s == pytest.approx(300 / tick) and sample.steal_s == pytest.approx(
+            7 / tick
+        )
+    assert _background.cpus(stat) == 2
+
+
 def _rapl(root: Path, name: str, energy: int, max_range: int = 1_000_000) -> Path:
     domain = root / name
     domain.mkdir(parents=True)
@@ -257,6 +284,7 @@ def _record(backend: str, threads: int | None, mean: float) -> dict[str, Any]:
             "python": [],
         },
         "energy": {"available": False, "reason": "no RAPL", "joules_per_inference": None},
+        "background": {"available": True, "other_cpu": 0.02, "steal": 0.0, "disturbed": False},
         "worker": {"pid": 123, "exit_code": 0, "wall_s": 30.0},
     }
 
@@ -270,6 +298,8 @@ def synthetic_result() -> Result:
         "memory": None,
         "integrity": None,
     }
+    busy = _record("alpha", None, 110.0)
+    busy["background"] = {"available": True, "other_cpu": 0.4, "steal": 0.0, "disturbed": True}
     return Result(
         created="2026-11-27T00:00:00+00:00",
         unifer_version="0.1.0",
@@ -305,7 +335,7 @@ def synthetic_result() -> Result:
         energy={"available": False, "reason": "no RAPL here"},
         reference={"backend": "alpha", "runtime_version": "1.0"},
         skipped={"gamma": "gamma is not installed"},
-        records=[_record("alpha", 1, 200.0), _record("alpha", None, 110.0), failed],
+        records=[_record("alpha", 1, 200.0), busy, failed],
     )
 
 
@@ -345,13 +375,15 @@ def test_report_files_and_json_schema(tmp_path):
     assert "UnsupportedOptionError: nope" in report
     assert "libalpha.so" in report and "gamma is not installed" in report
     assert "Unavailable: no RAPL here" in report
+    assert "| 2% |" in report and "| 40% ! |" in report
+    assert "**Disturbed**" in report and "alpha threads=default" in report
 
 
 def test_results_of_another_schema_are_refused():
     data = synthetic_result().to_dict()
-    with pytest.raises(ModelFormatError, match="schema"):
+    with pytest.raises(UniferError, match="schema"):
         Result.from_dict({**data, "schema": "unifer.bench/99"})
-    with pytest.raises(ModelFormatError, match="not a unifer bench"):
+    with pytest.raises(UniferError, match="not a unifer bench"):
         Result.from_dict({**data, "schema": "something"})
 
 
@@ -361,6 +393,7 @@ def test_terminal_table():
     assert lines[0].split()[:3] == ["backend", "version", "threads"]
     assert "default (2)" in table and "failed" in table
     assert "skipped gamma" in table and "FAILED beta" in table
+    assert "disturbed: alpha threads=default" in table
 
 
 def test_progress_lines():
@@ -480,6 +513,9 @@ def test_dependencies_energy_and_fingerprint_are_recorded(tiny_run):
             assert not any(
                 lib["package"] == "numpy" for lib in deps["non_system"] if "random" in lib["path"]
             )
+        background = record["background"]
+        if background["available"]:
+            assert background["other_cpu"] >= 0 and background["steal"] >= 0
         energy = record["energy"]
         if energy["available"]:
             assert energy["joules_per_inference"] > 0

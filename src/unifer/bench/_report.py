@@ -56,6 +56,22 @@ def threads_text(record: dict[str, Any]) -> str:
     return f"default ({applied})" if isinstance(applied, int) and applied > 0 else "default"
 
 
+def _other_load(record: dict[str, Any]) -> str:
+    """Other processes' share of the CPUs while the record was timed, e.g. ``"3%"``."""
+    background = record.get("background") or {}
+    if not background.get("available"):
+        return "-"
+    text = f"{background['other_cpu']:.0%}"
+    if background.get("steal", 0) >= 0.01:
+        text += f" (+{background['steal']:.0%} steal)"
+    return text + (" !" if background.get("disturbed") else "")
+
+
+def disturbed(result: Result) -> list[dict[str, Any]]:
+    """The records timed while other processes used much of the machine (see _background)."""
+    return [r for r in result.ok_records() if _get(r, "background", "disturbed")]
+
+
 def _integrity_text(record: dict[str, Any]) -> str:
     integrity = record.get("integrity")
     if not integrity:
@@ -175,6 +191,12 @@ def format_table(result: Result) -> str:
     )
     for name, reason in result.skipped.items():
         out.append(f"skipped {name}: {reason}")
+    for r in disturbed(result):
+        out.append(
+            f"disturbed: {r['backend']} threads={r['threads_label']} {r['precision']} "
+            f"batch={r['batch']}: other processes used {_other_load(r).removesuffix(' !')} of "
+            "the CPUs while it was timed; its figures are not representative, run it again"
+        )
     out.extend(f"FAILED {e}" for e in errors)
     return "\n".join(out)
 
@@ -209,6 +231,8 @@ CSV_COLUMNS: Final[tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...]] = (
         for k in ("n", "mean_ms", "median_ms", "p90_ms", "p99_ms", "min_ms", "stdev_ms")
     ),
     ("preprocess_ms", lambda r: _get(r, "latency", "preprocess_ms")),
+    ("other_cpu", lambda r: _get(r, "background", "other_cpu")),
+    ("steal", lambda r: _get(r, "background", "steal")),
     ("inferences_per_s", lambda r: _get(r, "throughput", "inferences_per_s")),
     ("samples_per_s", lambda r: _get(r, "throughput", "samples_per_s")),
     ("peak_rss_mib", lambda r: _get(r, "memory", "peak_rss_mib")),
@@ -323,6 +347,14 @@ def markdown(result: Result, plots: Sequence[str] = ()) -> str:
 
     groups = _by_backend(result)
     out.extend(_summary(result, groups))
+    noisy = disturbed(result)
+    if noisy:
+        out.append(
+            "**Disturbed**: other processes used more than 10% of the CPUs while "
+            + ", ".join(f"{r['backend']} threads={r['threads_label']}" for r in noisy)
+            + " ran (see 'other load' below); read those figures as upper bounds."
+        )
+        out.append("")
     for name in plots:
         out.append(f"![{name}]({name})")
     if plots:
@@ -401,8 +433,9 @@ def _backend_section(backend: str, records: list[dict[str, Any]], result: Result
         return out
 
     out.append(
-        "Latency (ms): end-to-end, its median in each round (a wide spread means the machine was "
-        "busy), and model-only (inference alone) beside it."
+        "Latency (ms): end-to-end, its median in each round, the share of the CPUs other "
+        "processes used while it was timed ('!' above 10%: disturbed, not representative), and "
+        "model-only (inference alone) beside it."
     )
     out.append("")
     out.extend(
@@ -418,6 +451,7 @@ def _backend_section(backend: str, records: list[dict[str, Any]], result: Result
                 "stdev",
                 "n",
                 "round medians",
+                "other load",
                 "model-only mean",
                 "model-only median",
                 "preprocessing",
@@ -435,6 +469,7 @@ def _backend_section(backend: str, records: list[dict[str, Any]], result: Result
                         _ms(m) for m in _get(r, "latency", "end_to_end", "round_medians_ms") or []
                     )
                     or "-",
+                    _other_load(r),
                     _ms(_get(r, "latency", "model_only", "mean_ms")),
                     _ms(_get(r, "latency", "model_only", "median_ms")),
                     _ms(_get(r, "latency", "preprocess_ms")),

@@ -8,6 +8,7 @@ fingerprint into a :class:`Result`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -27,7 +28,7 @@ import numpy as np
 
 from .. import models
 from .._engine import readers
-from .._errors import ModelFormatError, ModelNotFoundError, UniferError
+from .._errors import ModelNotFoundError, UniferError
 from .._hardware import fingerprint, fingerprint_digest
 from .._preprocess import Preprocess, load_sidecar
 from . import _energy
@@ -115,10 +116,14 @@ class Result:
         """Read a results.json document back (same schema major version only)."""
         schema = data.get("schema")
         if not isinstance(schema, str) or schema.split("/")[0] != SCHEMA.split("/")[0]:
-            raise ModelFormatError(f"not a unifer bench results document (schema {schema!r})")
+            raise UniferError(
+                f"this is not a unifer bench results document (schema {schema!r}); pass the "
+                "results.json that `unifer bench --out DIR` wrote"
+            )
         if schema != SCHEMA:
-            raise ModelFormatError(
-                f"results written with schema {schema!r}; this unifer reads {SCHEMA!r}"
+            raise UniferError(
+                f"these results were written with schema {schema!r}, and this unifer reads "
+                f"{SCHEMA!r}; read them with the unifer version that wrote them"
             )
         return cls(
             schema=schema,
@@ -182,9 +187,13 @@ def run(
         UnsupportedOptionError: a bad thread count, batch size, precision or setting.
     """
     started = time.time()
+    builtin = isinstance(model, str) and model.startswith(models.PREFIX)
+    if builtin:  # built-in models are ONNX: find the backends before generating one (seconds)
+        names, skipped = select_backends(".onnx", backends)
     path, preprocess, model_info = _resolve_model(model, preprocess, batches)
     suffix = path.suffix.lower()
-    names, skipped = select_backends(suffix, backends)
+    if not builtin:
+        names, skipped = select_backends(suffix, backends)
     configs = plan(names, default_threads() if threads is None else threads, batches, precisions)
     ref_name = _reference(names, suffix, reference)
     notify = progress or (lambda _event: None)
@@ -392,7 +401,10 @@ def _spawn(
         cache.mkdir()
         shared = workdir.parent / SHARED_CACHE / "converted"
         shared.mkdir(parents=True, exist_ok=True)
-        (cache / "converted").symlink_to(shared, target_is_directory=True)
+        # Without symlinks (Windows without the privilege) the worker converts again, inside its
+        # cold load.
+        with contextlib.suppress(OSError):
+            (cache / "converted").symlink_to(shared, target_is_directory=True)
     job = {
         **job,
         "result_path": str(workdir / "result.json"),
@@ -490,7 +502,16 @@ def _record(
         "error": raw.get("error"),
         "runtime_version": raw.get("runtime_version"),
     }
-    for key in ("settings", "load", "latency", "throughput", "memory", "dependencies", "energy"):
+    for key in (
+        "settings",
+        "load",
+        "latency",
+        "background",
+        "throughput",
+        "memory",
+        "dependencies",
+        "energy",
+    ):
         record[key] = raw.get(key)
     outputs = raw.pop("outputs", None)
     if outputs is None:

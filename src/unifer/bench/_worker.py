@@ -16,7 +16,8 @@ Order of work, so that each figure means one thing:
    for models converted beforehand by a ``"convert"`` job), timed;
 4. first inference, timed; then the libraries the backend brought in;
 5. the seeded integrity inputs, outputs saved for the parent to compare;
-6. end-to-end and model-only latency in interleaved rounds (package energy around end-to-end);
+6. end-to-end and model-only latency in interleaved rounds (package energy around end-to-end,
+   and the CPU time other processes used meanwhile);
 7. peak RSS, then the engine is closed;
 8. warm load: a second ``Engine.load`` of the same configuration (compiled-model caches now
    populated), timed and closed.
@@ -27,9 +28,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 import traceback
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -43,7 +44,7 @@ from .._errors import PreprocessError, UniferError
 from .._preprocess import Preprocess
 from .._timing import Stats, measure, time_once
 from ..backend import SessionOptions
-from . import _deps, _energy
+from . import _background, _deps, _energy
 from ._integrity import seeded_feeds, seeded_images
 
 PROGRESS_PREFIX: Final = "@@unifer-bench "
@@ -254,19 +255,20 @@ def measure_job(job: Mapping[str, Any]) -> dict[str, Any]:
     e2e_parts: list[Stats] = []
     model_parts: list[Stats] = []
     has_e2e = inputs.image is not None
+    background_before = _background.sample()
     for index in range(rounds):
         if has_e2e:
             progress("end-to-end", round=index + 1, rounds=rounds)
             before = meter.read() if meter.available else []
-            start = time.perf_counter()
-            stats = measure(inputs.end_to_end(engine), **per_round)
+            stats, seconds = time_once(partial(measure, inputs.end_to_end(engine), **per_round))
             if meter.available:
-                energy_s += time.perf_counter() - start
+                energy_s += seconds
                 energy_j += meter.joules(before, meter.read())
                 energy_calls += stats.n + int(per_round["warmup"])
             e2e_parts.append(stats)
         progress("model-only", round=index + 1, rounds=rounds)
         model_parts.append(measure(inputs.model_only(engine), **per_round))
+    background = _background.between(background_before, _background.sample(), _background.cpus())
     memory_measured = memory_mib()
     engine.close()
 
@@ -295,6 +297,7 @@ def measure_job(job: Mapping[str, Any]) -> dict[str, Any]:
             e2e_stats.median_ms - model_stats.median_ms if e2e_stats is not None else None
         ),
     }
+    result["background"] = background
     result["throughput"] = {
         "inferences_per_s": 1e3 / headline.mean_ms,
         "samples_per_s": batch * 1e3 / headline.mean_ms,

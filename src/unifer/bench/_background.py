@@ -1,0 +1,79 @@
+"""How busy the rest of the machine was while a configuration was being timed.
+
+On a shared machine another job can take a core for a minute and double one configuration's
+latency. The worker reads the system-wide CPU counters (``/proc/stat``) and its own CPU time
+before and after its timed rounds; the difference is the CPU time everyone else used. Reported as a
+fraction of the machine's capacity over that interval, with the hypervisor's steal time apart, so
+a report can say which figures were disturbed instead of leaving the reader to guess.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+_STAT: Final = Path("/proc/stat")
+#: Above this fraction of the machine used by other processes, a figure is marked as disturbed.
+DISTURBED: Final = 0.10
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    wall_s: float
+    busy_s: float
+    """CPU time of every process on every CPU (user, nice, system, irq, softirq), in seconds."""
+    steal_s: float
+    self_s: float
+    """This process's own user + system CPU time."""
+
+
+def sample(stat: Path = _STAT) -> Sample | None:
+    """The counters now, or None where ``/proc/stat`` cannot be read (not Linux)."""
+    try:
+        import resource  # Unix only, like /proc/stat
+
+        first = stat.read_text().splitlines()[0].split()
+        tick = os.sysconf("SC_CLK_TCK")
+    except (ImportError, OSError, IndexError, ValueError, AttributeError):
+        return None
+    if first[0] != "cpu" or len(first) < 8:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in first[1:8])
+    steal = int(first[8]) if len(first) > 8 else 0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return Sample(
+        wall_s=time.monotonic(),
+        busy_s=(user + nice + system + irq + softirq) / tick,
+        steal_s=steal / tick,
+        self_s=usage.ru_utime + usage.ru_stime,
+    )
+
+
+def cpus(stat: Path = _STAT) -> int:
+    """The CPUs ``/proc/stat`` counts in its aggregate line."""
+    try:
+        lines = stat.read_text().splitlines()
+    except OSError:
+        return os.cpu_count() or 1
+    return sum(1 for line in lines if line[:3] == "cpu" and line[3:4].isdigit()) or 1
+
+
+def between(before: Sample | None, after: Sample | None, cpu_count: int) -> dict[str, Any]:
+    """Other processes' share of the machine between two samples (JSON-ready)."""
+    if before is None or after is None:
+        return {"available": False, "reason": "no /proc/stat on this OS"}
+    capacity = (after.wall_s - before.wall_s) * max(cpu_count, 1)
+    if capacity <= 0:
+        return {"available": False, "reason": "no time elapsed"}
+    others = (after.busy_s - before.busy_s) - (after.self_s - before.self_s)
+    other = max(0.0, others / capacity)
+    steal = max(0.0, (after.steal_s - before.steal_s) / capacity)
+    return {
+        "available": True,
+        "other_cpu": other,
+        "steal": steal,
+        "disturbed": other + steal > DISTURBED,
+    }
