@@ -117,7 +117,7 @@ def test_concurrent_conversions_publish_one_result(converter, fake_model):
         t.start()
     for t in threads:
         t.join()
-    assert len(set(results)) == 1 and results[0].is_file()
+    assert len(results) == 4 and len(set(results)) == 1 and results[0].is_file()
     leftovers = [p for p in results[0].parent.parent.iterdir() if p.name.startswith(".tmp-")]
     assert leftovers == []
 

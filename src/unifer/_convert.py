@@ -186,12 +186,14 @@ def _convert_into(
             "created": created,
         }
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if final.exists():
-            shutil.rmtree(final)  # an unreadable or outdated entry
+        # Another process may have published the same conversion meanwhile: use theirs. Only an
+        # unreadable leftover is removed, never an entry that someone else may be reading.
+        if (done := _read(final)) is not None:
+            return done
+        shutil.rmtree(final, ignore_errors=True)
         try:
             os.rename(work, final)
         except OSError:
-            # Another process finished the same conversion first: use theirs.
             if (done := _read(final)) is not None:
                 return done
             raise
