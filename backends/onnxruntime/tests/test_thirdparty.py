@@ -8,7 +8,6 @@ state, an int64 scalar input) and the ``light_*`` CNNs the onnx wheel ships for 
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -18,33 +17,11 @@ import pytest
 
 from unifer import Engine
 from unifer.backend import SessionOptions
+from unifer.testing.thirdparty import light, silero
 from unifer_onnxruntime import OnnxRuntimeBackend
 
 TOLERANCE = 1e-5
 SR_16K = np.array(16000, dtype=np.int64)
-
-
-def package_dir(name: str) -> Path:
-    # find_spec locates the package without importing it: `import silero_vad` needs torch, which
-    # the test environment deliberately lacks (only the ONNX files are used).
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip(f"{name} is not installed")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def silero(filename: str) -> Path:
-    path = package_dir("silero_vad") / "data" / filename
-    if not path.is_file():
-        pytest.skip(f"this silero-vad release does not ship {filename}")
-    return path
-
-
-def light(name: str) -> Path:
-    path = package_dir("onnx") / "backend" / "test" / "data" / "light" / f"light_{name}.onnx"
-    if not path.is_file():
-        pytest.skip(f"this onnx release does not ship {path.name}")
-    return path
 
 
 def reference(model: Path) -> ort.InferenceSession:
