@@ -27,10 +27,11 @@ from unifer import (
     UnsupportedOptionError,
     bench,
 )
+from unifer._parity import seeded_feeds
 from unifer.backend import TensorSpec
 from unifer.bench import _background, _deps, _energy
 from unifer.bench._grid import needs_conversion, select_backends
-from unifer.bench._integrity import TOLERANCES, compare, seeded_feeds, seeded_images
+from unifer.bench._integrity import TOLERANCES, compare, seeded_images
 from unifer.bench._run import Progress, Result
 from unifer.cli import main
 

@@ -42,12 +42,19 @@ class Parity:
         )
 
 
-def seeded_feeds(inputs: Sequence[TensorSpec], *, seed: int = 0) -> dict[str, np.ndarray]:
-    """Deterministic feeds for ``inputs``: dynamic dimensions become 1, values are modest."""
+def seeded_feeds(
+    inputs: Sequence[TensorSpec], *, batch: int = 1, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Deterministic feeds for ``inputs``: a dynamic first dimension becomes ``batch``, other
+    dynamic dimensions 1; floats are standard normal, integers small non-negative, booleans random.
+    """
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in inputs:
-        shape = tuple(d if isinstance(d, int) else 1 for d in spec.shape)
+        shape = tuple(
+            d if isinstance(d, int) else (batch if axis == 0 else 1)
+            for axis, d in enumerate(spec.shape)
+        )
         if spec.dtype.kind == "f":
             feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         elif spec.dtype.kind in "iu":

@@ -288,13 +288,7 @@ def _feeds_for(session: Session, objective: Objective) -> tuple[dict[str, np.nda
         and not isinstance(inputs[0].shape[0], int)
     ):
         batch = THROUGHPUT_BATCH
-    feeds = seeded_feeds(inputs)
-    if batch > 1:
-        feeds = {
-            name: np.repeat(a, batch, axis=0) if not isinstance(spec.shape[0], int) else a
-            for (name, a), spec in zip(feeds.items(), inputs, strict=True)
-        }
-    return feeds, batch
+    return seeded_feeds(inputs, batch=batch), batch
 
 
 def no_candidate_error(trials: Sequence[Trial], what: str) -> NoBackendAvailableError:

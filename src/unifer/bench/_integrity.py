@@ -1,8 +1,9 @@
 """Output integrity: does a backend give the reference backend's answer on the same inputs?
 
-Both runs see the same seeded inputs (see :func:`seeded_images`, :func:`seeded_feeds`). Each output
-of each case is compared as a flat vector per sample (row of the batch): the cosine similarity
-(direction, what an embedding is used for) and the largest absolute difference (scale). The verdict
+Both runs see the same seeded inputs (:func:`seeded_images`, ``_parity.seeded_feeds``). Each
+output of each case is compared as a flat vector per sample (row of the batch): the cosine
+similarity (direction, what an embedding is used for) and the largest absolute difference (scale).
+The verdict
 is "yes" when, over every sample and output, the smallest cosine is at least ``cosine`` and the
 largest difference at most ``atol + rtol * max|reference|``. The thresholds depend on the precision
 asked for (:data:`TOLERANCES`), since bf16 is expected to differ from fp32 in the third digit.
@@ -11,14 +12,13 @@ asked for (:data:`TOLERANCES`), since bf16 is expected to differ from fp32 in th
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 import numpy as np
 
 from .. import _select
-from ..backend import TensorSpec
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,29 +49,6 @@ def seeded_images(count: int, height: int, width: int, seed: int) -> np.ndarray:
     """``count`` HxWx3 uint8 RGB images, the same for every backend and run with this seed."""
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, size=(count, height, width, 3), dtype=np.uint8)
-
-
-def seeded_feeds(specs: Sequence[TensorSpec], batch: int, seed: int) -> dict[str, np.ndarray]:
-    """One feed per input, seeded; symbolic dimensions become ``batch`` (first) or 1.
-
-    Floats are standard normal, integers small non-negative values, booleans random.
-    """
-    rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
-    for spec in specs:
-        shape = tuple(
-            d if isinstance(d, int) else (batch if i == 0 else 1) for i, d in enumerate(spec.shape)
-        )
-        dtype = spec.dtype
-        if dtype.kind == "f":
-            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype.kind in "iu":
-            feeds[spec.name] = rng.integers(0, 8, size=shape).astype(dtype)
-        elif dtype.kind == "b":
-            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
-        else:
-            raise TypeError(f"cannot make seeded data for input {spec} of dtype {dtype}")
-    return feeds
 
 
 def compare(

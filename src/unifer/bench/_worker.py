@@ -41,11 +41,12 @@ from .. import _convert, _registry
 from .._cache import cache_dir
 from .._engine import Engine
 from .._errors import PreprocessError, UniferError
+from .._parity import seeded_feeds
 from .._preprocess import Preprocess
 from .._timing import Stats, measure, time_once
 from ..backend import SessionOptions
 from . import _background, _deps, _energy
-from ._integrity import seeded_feeds, seeded_images
+from ._integrity import seeded_images
 
 PROGRESS_PREFIX: Final = "@@unifer-bench "
 _MIB: Final = 1024 * 1024
@@ -101,7 +102,9 @@ class Inputs:
             self.image = self.cases[0]
             self.feeds = {self.input_name: self.preprocess(self.image)}
         else:
-            self.cases = [seeded_feeds(engine.inputs, self.batch, seed + i) for i in range(count)]
+            self.cases = [
+                seeded_feeds(engine.inputs, batch=self.batch, seed=seed + i) for i in range(count)
+            ]
             self.image = None
             self.feeds = self.cases[0]
 
