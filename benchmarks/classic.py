@@ -3,10 +3,11 @@
 ArcFace IResNet100 on every installed backend that reads ONNX, for each thread count from 1 to the
 physical cores plus the runtime default: average latency and peak memory per thread count, output
 integrity against onnxruntime, the runtime libraries, load time, throughput and energy. It is
-exactly ``unifer bench --out DIR`` (same code, same report files). After the run it writes
-``baseline_comparison.md``, which sets the medians measured through ``Engine`` beside the
-raw-runtime medians that the design notes (``shared/design/BASELINE.md``) recorded on the
-development machine.
+exactly ``unifer bench --out DIR`` (same code, same report files), plus mxnet from its own
+environment when ``backends/mxnet/.venv`` exists (``unifer bench --python mxnet=...``). After the
+run it writes ``baseline_comparison.md``, which sets the medians measured through ``Engine``
+beside the raw-runtime medians that the design notes (``shared/design/BASELINE.md``) recorded on
+the development machine.
 
     uv run python benchmarks/classic.py                     # full run, ~12 min on 2 cores
     uv run python benchmarks/classic.py --compare-only      # redo the comparison from results.json
@@ -25,6 +26,8 @@ from typing import Any
 from unifer import bench
 
 OUT = Path(__file__).parent / "results" / "classic"
+#: mxnet needs numpy < 1.24, so it runs in its own environment: `uv sync --project backends/mxnet`.
+MXNET_PYTHON = Path(__file__).parents[1] / "backends" / "mxnet" / ".venv" / "bin" / "python"
 
 #: Raw-runtime medians (ms) of IResNet100, batch 1, fp32, from BASELINE.md (measured 2026-11 on
 #: the development machine: fresh process per config, 3 rounds x 20 runs, "copy in, run, copy out").
@@ -98,6 +101,12 @@ def main() -> None:
     parser.add_argument("--compare-only", action="store_true", help="reuse OUT/results.json")
     parser.add_argument("--min-runs", type=int)
     parser.add_argument("--min-time", type=float)
+    parser.add_argument(
+        "--mxnet-python",
+        type=Path,
+        default=MXNET_PYTHON if MXNET_PYTHON.exists() else None,
+        help="python of the mxnet environment (default: backends/mxnet/.venv, when it exists)",
+    )
     args = parser.parse_args()
 
     if args.compare_only:
@@ -118,6 +127,7 @@ def main() -> None:
             settings=settings,
             progress=bench.TerminalProgress(sys.stderr),
             command=shlex.join(["python", "benchmarks/classic.py", *sys.argv[1:]]),
+            interpreters={"mxnet": args.mxnet_python} if args.mxnet_python else None,
         )
         written = bench.write_report(result, args.out)
         print(bench.format_table(result))

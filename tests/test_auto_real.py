@@ -5,10 +5,12 @@ Skipped where the plugins are not installed (the core-only CI environment).
 
 from __future__ import annotations
 
+import importlib.metadata as metadata
+
 import numpy as np
 import pytest
 
-from unifer import Engine
+from unifer import Engine, _registry
 
 pytest.importorskip("unifer_onnxruntime")
 pytest.importorskip("unifer_openvino")
@@ -33,6 +35,25 @@ def test_auto_measures_real_backends_and_caches(monkeypatch):
     again = Engine.load("builtin:arcface-tiny", threads=1, budget_s=0.5)
     assert again.selection.source == "cache"
     assert again.backend == engine.backend
+
+
+def test_a_cached_decision_probes_only_the_winner(monkeypatch):
+    """Probing imports a runtime; a cached load keys on package metadata and probes no loser."""
+    monkeypatch.setenv("UNIFER_DISABLE_BACKENDS", "ncnn,litert,opencv,mxnet")
+    chosen = Engine.load("builtin:arcface-tiny", threads=1, budget_s=0.5).backend
+    _registry.cached_probe.cache_clear()  # as in a new process
+    probed = []
+    real_probe = _registry.probe
+    monkeypatch.setattr(_registry, "probe", lambda b: probed.append(b.name) or real_probe(b))
+    again = Engine.load("builtin:arcface-tiny", threads=1, budget_s=0.5)
+    assert again.selection.source == "cache"
+    assert not set(probed) - {chosen}, probed
+
+
+def test_installed_versions_come_from_package_metadata():
+    versions = _registry.installed_versions("onnxruntime")
+    assert versions["unifer-onnxruntime"] == metadata.version("unifer-onnxruntime")
+    assert versions["onnxruntime"] == metadata.version("onnxruntime")
 
 
 def test_auto_with_bf16_allowed_reports_its_accuracy(monkeypatch):

@@ -13,6 +13,7 @@ import importlib.util
 import io
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from click.testing import CliRunner
 
 from unifer import (
     BackendNotFoundError,
+    BackendUnavailableError,
     ModelFormatError,
     UniferError,
     UnsupportedOptionError,
@@ -624,3 +626,41 @@ def test_cli_bench_json_and_out(onnx_backends, module_cache, tmp_path):
 def test_cli_bench_reports_bad_options():
     result = CliRunner().invoke(main, ["bench", "--threads", "zero"])
     assert result.exit_code != 0 and "zero" in result.output
+
+
+# -- backends in another Python environment ----------------------------------------------------
+
+#: The mxnet plugin's own environment (backends/mxnet/README.md); .ci/run creates it before the
+#: main test run.
+MXNET_PYTHON = Path(__file__).parents[1] / "backends/mxnet/.venv/bin/python"
+
+
+def test_a_backend_in_another_environment_is_measured_there(onnx_backends, module_cache):
+    if not MXNET_PYTHON.exists():
+        pytest.skip(f"no mxnet environment at {MXNET_PYTHON} (uv sync --project backends/mxnet)")
+    result = bench.run(
+        "builtin:arcface-tiny",
+        backends=["onnxruntime", "mxnet"],
+        threads=[1],
+        settings=TINY,
+        interpreters={"mxnet": MXNET_PYTHON},
+    )
+    records = {r["backend"]: r for r in result.records}
+    assert records["mxnet"]["status"] == "ok", records["mxnet"]["error"]
+    assert records["mxnet"]["python"] == str(MXNET_PYTHON)
+    assert records["mxnet"]["runtime_version"] == "1.9.1"
+    assert records["mxnet"]["conversion"]["seconds"] > 0  # converted once, in that environment
+    assert records["mxnet"]["integrity"]["ok"] is True
+    assert records["onnxruntime"]["python"] == sys.executable
+    assert result.settings["interpreters"] == {"mxnet": str(MXNET_PYTHON)}
+
+
+def test_a_backend_another_environment_cannot_run_is_refused(onnx_backends, module_cache):
+    with pytest.raises(BackendUnavailableError, match=r"'elsewhere' in .*no backend named"):
+        bench.run(
+            "builtin:arcface-tiny",
+            backends=["onnxruntime", "elsewhere"],
+            threads=[1],
+            settings=TINY,
+            interpreters={"elsewhere": sys.executable},  # this python has no such backend
+        )

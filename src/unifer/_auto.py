@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from . import _autocache, _convert, _hardware, _registry
-from ._cache import content_digest
+from ._digest import content_digest
 from ._errors import ModelFormatError, ModelLoadError, UniferError, UnsupportedOptionError
 from ._select import (
     Candidate,
@@ -111,12 +111,24 @@ def open_auto(
         )
     # None: the physical cores this process may use (runtime defaults vary and oversubscribe).
     thread_options = list(threads) if threads else [_hardware.physical_cores()]
+    mode = os.environ.get(MODE_ENV, "measure")
+    if mode not in {"measure", "static"}:
+        raise UnsupportedOptionError(f"${MODE_ENV} must be 'measure' or 'static', got {mode!r}")
+    measure = mode == "measure" and budget_s != 0
+    if measure:
+        # Before any probe: probing imports every candidate runtime, which a cached decision
+        # must not pay for. The key names runtimes by their installed distributions instead.
+        versions = {name: _registry.installed_versions(name) for name in names}
+        key = _cache_key(path, objective, precisions, threads, versions, options_digest)
+        cached = _open_cached(key, objective, open_candidate)
+        if cached is not None:
+            return cached
     unavailable: list[Trial] = []
-    versions: dict[str, str | None] = {}
+    available: list[str] = []
     for name in names:
         availability = _registry.cached_probe(name)
         if availability.ok:
-            versions[name] = availability.version
+            available.append(name)
         else:
             reason = f"unavailable: {availability.reason}"
             unavailable += [
@@ -124,16 +136,9 @@ def open_auto(
                 for p in precisions
                 for t in thread_options
             ]
-    pool = candidates(_prefer(list(versions)), thread_options, precisions)
-    mode = os.environ.get(MODE_ENV, "measure")
-    if budget_s == 0 or mode == "static":
+    pool = candidates(_prefer(available), thread_options, precisions)
+    if not measure:
         return _open_static(pool, unavailable, objective, open_candidate, path)
-    if mode != "measure":
-        raise UnsupportedOptionError(f"${MODE_ENV} must be 'measure' or 'static', got {mode!r}")
-    key = _cache_key(path, objective, precisions, threads, versions, options_digest)
-    cached = _open_cached(key, objective, open_candidate)
-    if cached is not None:
-        return cached
     load_errors: list[ModelLoadError] = []
 
     def open_noting_load_errors(candidate: Candidate) -> Session:
@@ -186,7 +191,7 @@ def _cache_key(
     objective: Objective,
     precisions: Sequence[str],
     threads: Sequence[int] | None,
-    versions: Mapping[str, str | None],
+    versions: Mapping[str, Mapping[str, str]],
     options_digest: str,
 ) -> str:
     from . import __version__
@@ -197,7 +202,7 @@ def _cache_key(
         "objective": objective,
         "precisions": list(precisions),
         "threads": None if threads is None else list(threads),
-        "runtimes": dict(sorted(versions.items())),
+        "runtimes": versions,
         "unifer": __version__,
         "machine": _hardware.fingerprint_digest(runtimes=False),
         "options": options_digest,

@@ -53,19 +53,3 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-_digests: dict[tuple[str, int, int], str] = {}
-
-
-def content_digest(path: Path) -> str:
-    """:func:`sha256_file`, memoised per (path, size, mtime) in this process.
-
-    Cache keys need the digest of models that can be hundreds of MB; a process that loads the same
-    file again should not read it again.
-    """
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _digests:
-        _digests[key] = sha256_file(path)
-    return _digests[key]

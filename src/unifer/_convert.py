@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from . import _registry
-from ._cache import cache_dir, content_digest
+from ._cache import cache_dir
+from ._digest import content_digest
 from ._errors import ConversionMismatchError, ModelLoadError, UniferError
 from ._parity import FP32_MAX_RELATIVE_DIFF, compare, seeded_feeds
 from .backend import Backend, Converter, SessionOptions

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib.metadata as metadata
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -206,6 +207,36 @@ def cached_probe(name: str) -> Availability:
     change while the process runs, and probing imports the runtime.
     """
     return probe(get_backend(name))
+
+
+def installed_versions(name: str) -> dict[str, str]:
+    """The versions of backend ``name``'s distribution and of what it requires, from package
+    metadata: unlike :func:`probe`, this imports no runtime (``backend="auto"`` keys its cached
+    decisions on these, and a cached load must stay cheap).
+
+    A backend registered in-process has no distribution: its probed version stands in.
+    """
+    eps = _entry_points().get(name)
+    if name in _registered or not eps or eps[0].dist is None:
+        return {name: str(cached_probe(name).version)}
+    dist = eps[0].dist
+    versions = {dist.name: dist.version}
+    for requirement in dist.requires or ():
+        if _EXTRA_MARKER.search(requirement):
+            continue  # optional extras (converters) do not change what runs
+        match = _REQUIREMENT_NAME.match(requirement)
+        if match is None:
+            continue
+        try:
+            versions[match.group(0)] = metadata.version(match.group(0))
+        except metadata.PackageNotFoundError:
+            versions[match.group(0)] = "not installed"
+    return versions
+
+
+#: The project name at the start of a requirement string (PEP 508).
+_REQUIREMENT_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_EXTRA_MARKER: Final = re.compile(r";.*\bextra\s*==")
 
 
 def describe_backends() -> list[BackendInfo]:

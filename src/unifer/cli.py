@@ -475,6 +475,14 @@ def _write_outputs(out: Path, outputs: Mapping[str, np.ndarray]) -> None:
 @click.option("--rounds", type=click.IntRange(min=1), help="Interleaved rounds per latency.")
 @click.option("--stable", type=float, help="Stop a latency early once its median is this stable.")
 @click.option("--reference", help="Backend for the integrity check (default: onnxruntime).")
+@click.option(
+    "--python",
+    "python_args",
+    metavar="BACKEND=PYTHON",
+    multiple=True,
+    help="Measure BACKEND in another Python environment, e.g. "
+    "mxnet=backends/mxnet/.venv/bin/python (repeatable).",
+)
 @click.option("--no-plots", is_flag=True, help="Do not write PNG plots.")
 @json_option
 def bench(
@@ -492,6 +500,7 @@ def bench(
     rounds: int | None,
     stable: float | None,
     reference: str | None,
+    python_args: tuple[str, ...],
     no_plots: bool,
     as_json: bool,
 ) -> None:
@@ -526,6 +535,12 @@ def bench(
         raise click.BadParameter(
             f"{batch_arg!r} is not a list of integers", param_hint="--batch"
         ) from None
+    interpreters = {}
+    for arg in python_args:
+        name, sep, python = arg.partition("=")
+        if not sep or not name or not python:
+            raise click.BadParameter(f"expected BACKEND=PYTHON, got {arg!r}", param_hint="--python")
+        interpreters[name.strip()] = python.strip()
     argv0 = Path(sys.argv[0])
     command = (
         shlex.join(["unifer", *sys.argv[1:]])
@@ -542,6 +557,7 @@ def bench(
         reference=reference,
         progress=benchmark.TerminalProgress(sys.stderr),
         command=command,
+        interpreters=interpreters,
     )
     written = benchmark.write_report(result, out, plots=not no_plots) if out else None
     if as_json:

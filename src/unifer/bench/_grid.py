@@ -16,7 +16,7 @@ from .._engine import readers
 from .._errors import ModelFormatError, UniferError, UnsupportedOptionError
 from .._hardware import physical_cores
 from .._options import check_precision
-from ..backend import Precision
+from ..backend import Availability, Precision
 
 #: The thread setting that leaves the choice to the runtime, as reports spell it.
 DEFAULT_LABEL: Final = "default"
@@ -142,14 +142,7 @@ def select_backends(
     if requested:
         chosen: list[str] = []
         for name in requested:
-            plugin = _registry.get_backend(name)  # BackendNotFoundError names the installed ones
-            if suffix not in plugin.suffixes and not _convert.can_convert(plugin, suffix):
-                raise ModelFormatError(
-                    f"backend {name!r} reads {', '.join(plugin.suffixes)} files, not {suffix!r}, "
-                    f"and cannot convert them; backends that read {suffix!r}: "
-                    f"{', '.join(readers(suffix)) or 'none'}"
-                )
-            _registry.require_available(plugin)
+            check_backend(name, suffix)
             if name not in chosen:
                 chosen.append(name)
         return chosen, {}
@@ -172,6 +165,23 @@ def select_backends(
             + '. Install one, e.g.: pip install "unifer[onnxruntime]"'
         )
     return chosen, skipped
+
+
+def check_backend(name: str, suffix: str) -> Availability:
+    """That backend ``name`` is installed, can run here, and reads or converts ``suffix`` files.
+
+    Raises:
+        BackendNotFoundError, BackendUnavailableError, PluginError: it cannot run here.
+        ModelFormatError: it neither reads nor converts the format.
+    """
+    plugin = _registry.get_backend(name)  # BackendNotFoundError names the installed ones
+    if suffix not in plugin.suffixes and not _convert.can_convert(plugin, suffix):
+        raise ModelFormatError(
+            f"backend {name!r} reads {', '.join(plugin.suffixes)} files, not {suffix!r}, "
+            f"and cannot convert them; backends that read {suffix!r}: "
+            f"{', '.join(readers(suffix)) or 'none'}"
+        )
+    return _registry.require_available(plugin)
 
 
 def needs_conversion(backend: str, suffix: str) -> bool:

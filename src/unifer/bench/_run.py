@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import os
 import subprocess
@@ -27,8 +26,9 @@ from typing import Any, Final
 import numpy as np
 
 from .. import models
+from .._digest import content_digest
 from .._engine import readers
-from .._errors import ModelNotFoundError, UniferError
+from .._errors import BackendUnavailableError, ModelNotFoundError, UniferError
 from .._hardware import fingerprint, fingerprint_digest
 from .._preprocess import Preprocess, load_sidecar
 from . import _energy
@@ -157,6 +157,7 @@ def run(
     backend_options: Mapping[str, Mapping[str, object]] | None = None,
     progress: ProgressCallback | None = None,
     command: str | None = None,
+    interpreters: Mapping[str, str | os.PathLike[str]] | None = None,
 ) -> Result:
     """Measure ``model`` with every configuration; see docs/bench.md for what each figure means.
 
@@ -180,6 +181,10 @@ def run(
         backend_options: Passed to ``Engine.load`` in every worker.
         progress: Called with a :class:`Progress` for every step; runs for minutes otherwise silent.
         command: The command line to record in the results, if any.
+        interpreters: Backends installed in another Python environment, by name: that
+            environment's python, e.g. ``{"mxnet": "backends/mxnet/.venv/bin/python"}`` (mxnet
+            needs numpy < 1.24). Their conversion and measurement workers run there, and they are
+            measured by default; the reference, the integrity check and the report stay here.
 
     Raises:
         ModelNotFoundError, ModelFormatError: the model cannot be found or no backend reads it.
@@ -187,17 +192,21 @@ def run(
         UnsupportedOptionError: a bad thread count, batch size, precision or setting.
     """
     started = time.time()
+    elsewhere = {name: Path(python) for name, python in (interpreters or {}).items()}
+    here = None if backends is None else [b for b in backends if b not in elsewhere]
+    if backends is not None:
+        elsewhere = {n: p for n, p in elsewhere.items() if n in backends}
     builtin = isinstance(model, str) and model.startswith(models.PREFIX)
     if builtin:  # built-in models are ONNX: find the backends before generating one (seconds)
-        names, skipped = select_backends(".onnx", backends)
+        names, skipped = _select_here(".onnx", here)
     path, preprocess, model_info = _resolve_model(model, preprocess, batches)
     suffix = path.suffix.lower()
     if not builtin:
-        names, skipped = select_backends(suffix, backends)
-    configs = plan(names, default_threads() if threads is None else threads, batches, precisions)
+        names, skipped = _select_here(suffix, here)
+    thread_counts = default_threads() if threads is None else threads
+    configs = plan(names, thread_counts, batches, precisions)  # checks them before any work
     ref_name = _reference(names, suffix, reference)
     notify = progress or (lambda _event: None)
-    total = len(configs)
     base_job = {
         "model": str(path),
         "preprocess": preprocess.to_dict() if preprocess is not None else None,
@@ -211,11 +220,39 @@ def run(
     reference_info: dict[str, Any] = {"backend": ref_name, "precision": "fp32", "threads": None}
     with tempfile.TemporaryDirectory(prefix="unifer-bench-") as tmp:
         root = Path(tmp)
+        converting = {n for n in dict.fromkeys([*names, ref_name]) if needs_conversion(n, suffix)}
+        for name, python in elsewhere.items():
+            notify(Progress(0, len(configs), None, f"probe {name} in {python}"))
+            found = _spawn(
+                {**base_job, "backend": name, "mode": "probe"},
+                root / f"probe-{name}",
+                lambda phase, detail: None,
+                settings.worker_timeout_s,
+                python=python,
+            )
+            problem = (
+                found.get("error")
+                if found["status"] != "ok"
+                else f"it has unifer {found['unifer_version']}, this one is {_unifer_version()}; "
+                "install the same unifer there"
+                if found["unifer_version"] != _unifer_version()
+                else None
+            )
+            if problem is not None:
+                if backends is not None:  # asked for by name: that must work, as here
+                    raise BackendUnavailableError(f"backend {name!r} in {python}: {problem}")
+                skipped[name] = f"{python}: {problem}"
+                continue
+            names.append(name)
+            if found["needs_conversion"]:
+                converting.add(name)
+        configs = plan(names, thread_counts, batches, precisions)
+        total = len(configs)
         # Backends that run the model only after converting it (ncnn, LiteRT from ONNX): convert
         # once, in a process of its own, into the cache whose converted/ every worker shares.
         shared = root / SHARED_CACHE
         conversions: dict[str, dict[str, Any]] = {}
-        for name in [n for n in dict.fromkeys([*names, ref_name]) if needs_conversion(n, suffix)]:
+        for name in [n for n in dict.fromkeys([*names, ref_name]) if n in converting]:
             notify(Progress(0, total, None, f"convert for {name}"))
             done = _spawn(
                 {**base_job, "backend": name, "mode": "convert"},
@@ -223,6 +260,7 @@ def run(
                 lambda phase, detail: notify(Progress(0, total, None, phase, detail)),
                 settings.worker_timeout_s,
                 cache=shared,
+                python=elsewhere.get(name),
             )
             conversions[name] = (
                 done["conversion"]
@@ -267,6 +305,7 @@ def run(
                 root / f"config-{index}",
                 on_phase,
                 settings.worker_timeout_s,
+                python=elsewhere.get(config.backend),
             )
             record = _record(config, raw, ref_outputs.get(config.batch, "no reference run"))
             record["conversion"] = conversion
@@ -286,6 +325,7 @@ def run(
             **settings.to_dict(),
             "per_round": settings.per_round(),
             "backends": names,
+            "interpreters": {n: str(p) for n, p in elsewhere.items() if n in names},
             "threads": list(dict.fromkeys(c.threads for c in configs)),
             "batches": list(dict.fromkeys(batches)),
             "precisions": list(dict.fromkeys(precisions)),
@@ -303,6 +343,13 @@ def run(
         skipped=skipped,
         records=records,
     )
+
+
+def _select_here(suffix: str, requested: list[str] | None) -> tuple[list[str], dict[str, str]]:
+    """:func:`select_backends` in this environment; ``[]``: every backend asked for is elsewhere."""
+    if requested == []:
+        return [], {}
+    return select_backends(suffix, requested)
 
 
 # -- model -----------------------------------------------------------------------------------------
@@ -345,22 +392,14 @@ def _resolve_model(
             "spec": spec,
             "path": str(path.resolve()),
             "builtin": False,
-            "sha256": _sha256(path),
+            "sha256": content_digest(path),
         }
         preprocess = preprocess or load_sidecar(path)
     info["size_bytes"] = path.stat().st_size
     info["preprocess"] = preprocess.to_dict() if preprocess is not None else None
     if not info.get("sha256"):
-        info["sha256"] = _sha256(path)
+        info["sha256"] = content_digest(path)
     return path, preprocess, info
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _reference(names: Sequence[str], suffix: str, requested: str | None) -> str:
@@ -389,8 +428,10 @@ def _spawn(
     timeout_s: float,
     *,
     cache: Path | None = None,
+    python: Path | None = None,
 ) -> dict[str, Any]:
-    """Run one job in a fresh interpreter; the result, with the outputs loaded, or an error.
+    """Run one job in a fresh interpreter (``python``, default this one); the result, with the
+    outputs loaded, or an error.
 
     The worker's cache directory is ``cache`` when given (conversions), else a new empty one whose
     ``converted/`` is the shared conversion cache beside ``workdir``.
@@ -424,7 +465,7 @@ def _spawn(
     started = time.perf_counter()
     with stderr_path.open("w") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "unifer.bench._worker", str(job_path)],
+            [str(python or sys.executable), "-m", "unifer.bench._worker", str(job_path)],
             stdout=subprocess.PIPE,
             stderr=stderr,
             env=env,
@@ -478,7 +519,7 @@ def _spawn(
     result: dict[str, Any] = json.loads(result_path.read_text())
     worker["pid"] = result.pop("pid", None)
     result["worker"] = worker
-    if result["status"] == "ok" and job["mode"] != "convert":
+    if result["status"] == "ok" and job["mode"] in {"measure", "reference"}:
         with np.load(job["outputs_path"], allow_pickle=False) as archive:
             result["outputs"] = {name: archive[name] for name in archive.files}
     return result
@@ -501,6 +542,7 @@ def _record(
         "status": raw["status"],
         "error": raw.get("error"),
         "runtime_version": raw.get("runtime_version"),
+        "python": raw.get("python"),
     }
     for key in (
         "settings",

@@ -1,5 +1,9 @@
 """One configuration, measured in a fresh process: ``python -m unifer.bench._worker JOB.json``.
 
+Jobs: ``"probe"`` (can this environment run the backend? for backends installed in another
+Python environment, see ``interpreters`` in :func:`unifer.bench.run`), ``"convert"``,
+``"reference"`` and ``"measure"``.
+
 A fresh process per (backend, configuration) keeps backends from polluting each other's memory
 figures, loaded libraries and thread pools, and makes the "cold" load really the first one. The
 parent writes the job as JSON; this process writes the result as JSON to ``job["result_path"]`` and
@@ -181,6 +185,22 @@ def _latency(parts: list[Stats], batch: int) -> dict[str, Any]:
     }
 
 
+def probe_job(job: Mapping[str, Any]) -> dict[str, Any]:
+    """Whether this environment can run the job's backend on its model, and must convert it."""
+    from .. import __version__
+    from ._grid import check_backend, needs_conversion
+
+    suffix = Path(job["model"]).suffix.lower()
+    availability = check_backend(str(job["backend"]), suffix)
+    return {
+        "pid": os.getpid(),
+        "status": "ok",
+        "runtime_version": availability.version,
+        "unifer_version": __version__,
+        "needs_conversion": needs_conversion(str(job["backend"]), suffix),
+    }
+
+
 def convert_job(job: Mapping[str, Any]) -> dict[str, Any]:
     """Convert the model for a backend that cannot read its format, into the shared cache.
 
@@ -208,9 +228,11 @@ def convert_job(job: Mapping[str, Any]) -> dict[str, Any]:
 
 def measure_job(job: Mapping[str, Any]) -> dict[str, Any]:
     """Run one job (mode ``"measure"`` or ``"reference"``) and return its JSON-ready result."""
+    if job["mode"] == "probe":
+        return probe_job(job)
     if job["mode"] == "convert":
         return convert_job(job)
-    result: dict[str, Any] = {"pid": os.getpid(), "status": "ok"}
+    result: dict[str, Any] = {"pid": os.getpid(), "status": "ok", "python": sys.executable}
     model = Path(job["model"])
     backend = str(job["backend"])
     preprocess = Preprocess.from_dict(job["preprocess"]) if job.get("preprocess") else None

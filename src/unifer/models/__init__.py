@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from .._cache import atomic_write_bytes, cache_dir, sha256_file
+from .._cache import atomic_write_bytes, cache_dir
+from .._digest import content_digest
 from .._errors import ModelNotFoundError
 from .._preprocess import Preprocess
 from ..backend import TensorSpec
@@ -288,7 +289,8 @@ def path(name: str, *, dynamic_batch: bool = False) -> Path:
 
     The file lives in ``cache_dir("models")`` (``$UNIFER_CACHE_DIR/models`` when that is set) as
     ``<name>[-dynamic]-<generator tag>.onnx``, with ``<same>.json`` holding its sha256 and size.
-    The file is re-hashed on every call; a missing, truncated or altered file is regenerated.
+    A missing, truncated or altered file is regenerated; the file is hashed once per version on
+    disk (:func:`unifer._digest.content_digest`), so the check costs nothing after the first.
 
     Raises:
         ModelNotFoundError: ``name`` is not a built-in model.
@@ -297,7 +299,7 @@ def path(name: str, *, dynamic_batch: bool = False) -> Path:
     _arch(name)
     file = _file(name, dynamic=dynamic_batch)
     manifest = _read_manifest(file)
-    if manifest is not None and file.is_file() and manifest.get("sha256") == sha256_file(file):
+    if manifest is not None and file.is_file() and manifest.get("sha256") == content_digest(file):
         return file
     data = build(name, dynamic_batch=dynamic_batch).SerializeToString()
     digest = hashlib.sha256(data).hexdigest()

@@ -1,0 +1,70 @@
+"""Model digests: hashed once per version of a file, remembered across processes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from unifer import _digest
+
+BIG = _digest.REMEMBER_FROM_BYTES
+
+
+@pytest.fixture
+def new_process(monkeypatch):
+    """Forget what this process hashed, as a new process would; return the hashing count."""
+    monkeypatch.setattr(_digest, "_in_process", {})
+    calls = []
+    real = _digest.sha256_file
+    monkeypatch.setattr(_digest, "sha256_file", lambda p: calls.append(p) or real(p))
+    return calls
+
+
+def test_a_new_process_reads_the_remembered_digest(tmp_path, new_process):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"a" * BIG)
+    expected = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert _digest.content_digest(model) == expected
+    assert _digest.content_digest(model) == expected
+    assert len(new_process) == 1
+    _digest._in_process.clear()
+    assert _digest.content_digest(model) == expected
+    assert len(new_process) == 1  # from digests-v1.json
+
+
+def test_a_rewrite_with_the_old_size_and_mtime_is_hashed_again(tmp_path, new_process):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"a" * BIG)
+    before = model.stat()
+    _digest.content_digest(model)
+    model.write_bytes(b"b" * BIG)
+    os.utime(model, ns=(before.st_atime_ns, before.st_mtime_ns))  # ctime still moves
+    _digest._in_process.clear()
+    assert _digest.content_digest(model) == hashlib.sha256(b"b" * BIG).hexdigest()
+    assert len(new_process) == 2
+
+
+def test_a_corrupt_memo_is_rebuilt(tmp_path, new_process):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"a" * BIG)
+    _digest._memo_path().write_text("{not json")
+    assert _digest.content_digest(model) == hashlib.sha256(b"a" * BIG).hexdigest()
+    assert str(model.resolve()) in _digest._read_memo()
+
+
+def test_small_files_are_not_remembered_on_disk(tmp_path, new_process):
+    small = tmp_path / "small.onnx"
+    small.write_bytes(b"x")
+    _digest.content_digest(small)
+    assert not _digest._memo_path().exists()
+
+
+def test_the_memo_keeps_the_newest_entries(tmp_path, new_process, monkeypatch):
+    monkeypatch.setattr(_digest, "MAX_ENTRIES", 2)
+    files = [tmp_path / f"m{i}.onnx" for i in range(3)]
+    for f in files:
+        f.write_bytes(f.name.encode() * BIG)
+        _digest.content_digest(f)
+    assert list(_digest._read_memo()) == [str(f.resolve()) for f in files[1:]]
