@@ -24,7 +24,7 @@ from unifer import (
 )
 from unifer._select import Candidate, Trial, measure_candidates, rank
 from unifer._timing import Stats
-from unifer.backend import TensorSpec
+from unifer.backend import Availability, TensorSpec
 from unifer.testing.fake import FakeBackend
 
 
@@ -204,6 +204,25 @@ def test_static_choice_without_measuring(two_fakes, fake_model, monkeypatch):
     monkeypatch.setenv("UNIFER_AUTO", "sometimes")
     with pytest.raises(UnsupportedOptionError, match="UNIFER_AUTO"):
         Engine.load(fake_model)
+
+
+class GpuFake(FakeBackend):
+    """A fake whose probe says it runs on an NVIDIA GPU by default."""
+
+    name: ClassVar[str] = "zgpu"  # last by name: only the GPU rule can put it first
+
+    def probe(self):
+        return Availability(ok=True, version="1.0", devices=("cuda:0", "cpu"))
+
+
+def test_static_choice_prefers_a_backend_that_runs_on_the_gpu(two_fakes, fake_model):
+    register_backend(GpuFake)
+    try:
+        engine = Engine.load(fake_model, budget_s=0)
+    finally:
+        unregister_backend("zgpu")
+    assert engine.backend == "zgpu"
+    assert "NVIDIA GPU: zgpu first" in engine.selection.explain()
 
 
 def test_every_failure_is_listed(two_fakes, fake_model):

@@ -125,10 +125,13 @@ def open_auto(
             return cached
     unavailable: list[Trial] = []
     available: list[str] = []
+    on_gpu: list[str] = []  # backends that run on an NVIDIA GPU by default
     for name in names:
         availability = _registry.cached_probe(name)
         if availability.ok:
             available.append(name)
+            if availability.devices and availability.devices[0].startswith("cuda"):
+                on_gpu.append(name)
         else:
             reason = f"unavailable: {availability.reason}"
             unavailable += [
@@ -138,7 +141,7 @@ def open_auto(
             ]
     pool = candidates(_prefer(available), thread_options, precisions)
     if not measure:
-        return _open_static(pool, unavailable, objective, open_candidate, path)
+        return _open_static(pool, unavailable, objective, open_candidate, path, on_gpu)
     load_errors: list[ModelLoadError] = []
 
     def open_noting_load_errors(candidate: Candidate) -> Session:
@@ -241,8 +244,13 @@ def _open_static(
     objective: Objective,
     open_candidate: Callable[[Candidate], Session],
     path: Path,
+    on_gpu: Sequence[str] = (),
 ) -> tuple[Selection, Session]:
-    """Without measuring: the first candidate in the documented order for this hardware."""
+    """Without measuring: the first candidate in the documented order for this hardware.
+
+    Backends that run on an NVIDIA GPU by default come first (a GPU runs a CNN like ArcFace r100
+    an order of magnitude faster than these CPUs), in the static order; then the CPU order.
+    """
     x86 = platform.machine().lower() in {"x86_64", "amd64", "i686"}
     if x86:
         order = sorted(pool, key=static_rank)
@@ -257,6 +265,9 @@ def _open_static(
             ),
         )
         rule = f"{platform.machine()} CPU: " + " > ".join(NON_X86_ORDER)
+    if on_gpu:
+        order = sorted(order, key=lambda c: c.backend not in on_gpu)  # stable: keeps the rest
+        rule = f"NVIDIA GPU: {' > '.join(_registry.auto_order(list(on_gpu)))} first; then {rule}"
     trials = list(unavailable)
     for candidate in order:
         try:

@@ -30,11 +30,15 @@ FIRST_PARTY: Final[dict[str, str]] = {
     "ncnn": "ncnn",
     "opencv": "opencv",
     "mxnet": "mxnet",
+    "tensorrt": "tensorrt",
+    "torch": "torch",
 }
 
 #: The one static preference order, owned by the core: it settles near-ties between measured
 #: candidates and is the choice when ``backend="auto"`` may not measure. Unlisted backends follow,
-#: sorted by name.
+#: sorted by name. torch is last: a training framework, the heaviest import, and on CPUs slower than
+#: the inference runtimes; on an NVIDIA GPU the static choice puts the backends that run there by
+#: default (tensorrt, then torch) first anyway (``_auto``).
 STATIC_ORDER: Final[tuple[str, ...]] = (
     "tensorrt",
     "openvino",
@@ -43,6 +47,7 @@ STATIC_ORDER: Final[tuple[str, ...]] = (
     "ncnn",
     "opencv",
     "mxnet",
+    "torch",
 )
 
 _registered: dict[str, type[Backend]] = {}
@@ -56,6 +61,8 @@ def install_hint(name: str) -> str | None:
     line = f'pip install "unifer[{extra}]"'
     if extra == "mxnet":  # mxnet 1.9.1 pins numpy < 1.24, which the other runtimes cannot use
         line += " in an environment of its own (numpy < 1.24; see the unifer-mxnet README)"
+    elif extra == "tensorrt":  # the wheels' libraries come from NVIDIA's index, GPU machines only
+        line += " on a machine with an NVIDIA GPU and driver (see the unifer-tensorrt README)"
     return line
 
 

@@ -83,6 +83,9 @@ class Availability:
     install: str | None = None
     """The command that fixes a missing runtime, e.g. ``pip install "unifer[openvino]"``."""
     devices: tuple[str, ...] = ()
+    """The devices the backend can run on here, the one it uses by default first: ``"cpu"``,
+    ``"cuda:0"``, ... ``backend="auto"`` without measuring prefers, on an NVIDIA GPU, the backends
+    whose default is a ``cuda`` device."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
