@@ -229,7 +229,7 @@ def _check(backend: Converter, source: Path, converted: Path, options: SessionOp
         max_relative_diff=parity.max_relative_diff,
         min_cosine=parity.min_cosine,
         passed=parity.within(),
-        note=None if parity.same_layout else "outputs differ in names, number or size",
+        note=parity.problem,
     )
 
 

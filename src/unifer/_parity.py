@@ -1,11 +1,12 @@
-"""Do two runs of a model give the same answer? Seeded inputs, and one way to compare outputs.
+"""Do two runs of a model give the same answer? Seeded inputs, and the one way to compare outputs.
 
-Used wherever unifer vouches for outputs: checking a converted model against its source, and
-(later) rejecting auto-selection candidates and reporting integrity in benchmarks.
+Used wherever unifer vouches for outputs: checking a converted model against its source,
+rejecting auto-selection candidates, and the benchmark's output integrity.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -23,20 +24,26 @@ FP32_MIN_COSINE: Final = 0.99999
 
 @dataclass(frozen=True, slots=True)
 class Parity:
-    """The worst case over all outputs of one comparison."""
+    """The worst case over all outputs, and all samples of the batch, of one comparison."""
 
     max_abs_diff: float
     max_relative_diff: float
-    """``max_abs_diff`` divided by the largest reference magnitude of that output."""
+    """Per output, the max abs difference divided by that output's largest reference magnitude;
+    the largest over outputs."""
     min_cosine: float
-    same_layout: bool = True
-    """False when the runs returned different output names, counts or sizes."""
+    """The smallest cosine similarity of one sample's output (a row of the batch) with the
+    reference's: the direction of an embedding is what it is used for."""
+    samples: int = 0
+    """Output vectors compared (samples x outputs)."""
+    reference_max_abs: float = 0.0
+    problem: str | None = None
+    """Why the outputs cannot be compared at all (other names, count or shapes; NaN or inf)."""
 
     def within(
         self, max_relative_diff: float = FP32_MAX_RELATIVE_DIFF, min_cosine: float = FP32_MIN_COSINE
     ) -> bool:
         return (
-            self.same_layout
+            self.problem is None
             and self.max_relative_diff <= max_relative_diff
             and self.min_cosine >= min_cosine
         )
@@ -69,25 +76,48 @@ def seeded_feeds(
 
 
 def compare(want: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> Parity:
-    """Compare two runs output by output: by name when the names agree, else by position."""
+    """Compare ``got`` with the reference ``want`` output by output: by name when the names agree,
+    else by position (a converted model may rename its outputs)."""
     if set(want) == set(got):
-        pairs = [(want[name], got[name]) for name in want]
+        pairs = [(name, want[name], got[name]) for name in want]
     else:
-        pairs = list(zip(want.values(), got.values(), strict=False))
-    if len(pairs) != len(want) or len(want) != len(got) or any(a.size != b.size for a, b in pairs):
-        return Parity(float("inf"), float("inf"), -1.0, same_layout=False)
-    max_abs = max_rel = 0.0
+        pairs = [(name, a, b) for (name, a), b in zip(want.items(), got.values(), strict=False)]
+    if len(want) != len(got):
+        missing = [name for name in want if name not in got]
+        return _incomparable(
+            f"{len(got)} outputs, the reference has {len(want)}"
+            + (f"; missing {', '.join(map(repr, missing))}" if missing else "")
+        )
+    max_abs = max_rel = ref_max = 0.0
     min_cos = 1.0
-    for a, b in pairs:
-        ref = a.astype(np.float64).ravel()
-        other = b.astype(np.float64).ravel()
-        if not ref.size:
+    samples = 0
+    for name, a, b in pairs:
+        if a.shape != b.shape:
+            return _incomparable(f"output {name!r} has shape {b.shape}, the reference {a.shape}")
+        if not a.size:
             continue
+        rows = a.shape[0] if a.ndim > 1 else 1  # one vector per sample of the batch
+        ref = a.astype(np.float64).reshape(rows, -1)
+        other = b.astype(np.float64).reshape(rows, -1)
+        if not (np.isfinite(ref).all() and np.isfinite(other).all()):
+            return _incomparable(f"output {name!r} has NaN or infinite values")
         diff = float(np.abs(ref - other).max())
-        scale = max(float(np.abs(ref).max()), np.finfo(np.float32).tiny)
-        norms = float(np.linalg.norm(ref) * np.linalg.norm(other))
-        cosine = float(ref @ other / norms) if norms > 0 else float(diff == 0.0)
+        scale = float(np.abs(ref).max())
         max_abs = max(max_abs, diff)
-        max_rel = max(max_rel, diff / scale)
-        min_cos = min(min_cos, cosine)
-    return Parity(max_abs, max_rel, min_cos)
+        max_rel = max(max_rel, diff / max(scale, np.finfo(np.float32).tiny))
+        ref_max = max(ref_max, scale)
+        min_cos = min([min_cos, *(_cosine(r, o) for r, o in zip(ref, other, strict=True))])
+        samples += rows
+    return Parity(max_abs, max_rel, min_cos, samples=samples, reference_max_abs=ref_max)
+
+
+def _incomparable(problem: str) -> Parity:
+    return Parity(math.inf, math.inf, -1.0, problem=problem)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        # Two zero vectors are the same answer; one zero and one not are not.
+        return 1.0 if na == nb else 0.0
+    return min(1.0, float(np.dot(a, b) / (na * nb)))
