@@ -11,6 +11,7 @@ from unifer._hardware import (
     fingerprint,
     fingerprint_digest,
     gpus,
+    nvml_gpus,
     parse_cpuinfo,
     physical_cores,
     runtime_versions,
@@ -149,4 +150,16 @@ def test_gpus_from_driver_files(tmp_path):
 
 
 def test_no_gpus_without_driver_files(tmp_path: Path):
-    assert gpus(tmp_path / "proc", tmp_path / "sys") == []
+    assert gpus(tmp_path / "proc", tmp_path / "sys", tmp_path / "dev") == []
+
+
+def test_gpus_from_nvml_in_a_container_without_driver_files(tmp_path: Path):
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev/nvidia0").touch()
+    listed = [{"vendor": "nvidia", "name": "NVIDIA H100", "pci": "nvml:0", "driver": "580.1"}]
+    found = gpus(tmp_path / "proc", tmp_path / "sys", tmp_path / "dev", nvml=lambda: listed)
+    assert found == listed
+
+
+def test_nvml_without_the_library_lists_nothing():
+    assert nvml_gpus("libnvidia-ml-that-does-not-exist.so") == []

@@ -19,6 +19,7 @@ import os
 import platform
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -247,10 +248,17 @@ def _sysctl_brand() -> str | None:
 # -- GPUs ------------------------------------------------------------------------------------------
 
 
-def gpus(proc: Path = Path("/proc"), sys_root: Path = Path("/sys")) -> list[dict[str, Any]]:
+def gpus(
+    proc: Path = Path("/proc"),
+    sys_root: Path = Path("/sys"),
+    dev: Path = Path("/dev"),
+    nvml: Callable[[], list[dict[str, Any]]] | None = None,
+) -> list[dict[str, Any]]:
     """GPUs the kernel knows about: NVIDIA's driver files, else each DRM card's PCI ids.
 
-    No external tool (nvidia-smi, lspci) is run; the list is sorted by PCI address.
+    No external tool (nvidia-smi, lspci) is run; the list is sorted by PCI address. GPU
+    containers often expose ``/dev/nvidia0`` and the driver's NVML library without
+    ``/proc/driver/nvidia``: there NVML (``nvml``, default :func:`nvml_gpus`) names them.
     """
     found: dict[str, dict[str, Any]] = {}
     for info in sorted((proc / "driver/nvidia/gpus").glob("*/information")):
@@ -262,6 +270,8 @@ def gpus(proc: Path = Path("/proc"), sys_root: Path = Path("/sys")) -> list[dict
             "pci": address,
             "driver": _nvidia_driver_version(proc),
         }
+    if not found and (dev / "nvidia0").exists():
+        found.update((g["pci"], g) for g in (nvml or nvml_gpus)())
     for card in sorted((sys_root / "class/drm").glob("card[0-9]*")):
         if "-" in card.name:  # card0-HDMI-A-1 and the like are connectors, not devices
             continue
@@ -284,6 +294,36 @@ def gpus(proc: Path = Path("/proc"), sys_root: Path = Path("/sys")) -> list[dict
             "driver": _driver_name(device),
         }
     return [found[k] for k in sorted(found)]
+
+
+def nvml_gpus(library: str = "libnvidia-ml.so.1") -> list[dict[str, Any]]:
+    """NVIDIA GPUs as NVML (the driver's management library) lists them; ``[]`` without it."""
+    import ctypes
+
+    try:
+        nvml = ctypes.CDLL(library)
+        if nvml.nvmlInit_v2() != 0:
+            return []
+    except (OSError, AttributeError):
+        return []
+    try:
+        text = ctypes.create_string_buffer(96)
+        driver = text.value.decode() if nvml.nvmlSystemGetDriverVersion(text, 96) == 0 else None
+        count = ctypes.c_uint(0)
+        if nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0:
+            return []
+        found = []
+        for index in range(count.value):
+            handle = ctypes.c_void_p()
+            if nvml.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(handle)) != 0:
+                continue
+            name = text.value.decode() if nvml.nvmlDeviceGetName(handle, text, 96) == 0 else None
+            found.append(
+                {"vendor": "nvidia", "name": name, "pci": f"nvml:{index}", "driver": driver}
+            )
+        return found
+    finally:
+        nvml.nvmlShutdown()
 
 
 def _nvidia_driver_version(proc: Path) -> str | None:
