@@ -36,7 +36,7 @@ class FakeConverter:
     def probe(self) -> Availability:
         return Availability(ok=True, version="2.0")
 
-    def converter_version(self) -> str:
+    def converter_version(self, options: SessionOptions, /) -> str:
         return "fake2-writer 1"
 
     def convert(self, source: Path, out_dir: Path, options: SessionOptions, /) -> Path:

@@ -35,7 +35,7 @@ from ._select import (
     rank,
     static_rank,
 )
-from .backend import PRECISIONS, Precision, Session
+from .backend import PRECISIONS, Precision, Session, SessionOptions
 
 logger = logging.getLogger("unifer.auto")
 
@@ -82,7 +82,7 @@ def open_auto(
     objective: Objective,
     budget_s: float | None,
     open_candidate: Callable[[Candidate], Session],
-    options_digest: str,
+    backend_options: Mapping[str, Mapping[str, object]],
     allow_conversion: bool = False,
 ) -> tuple[Selection, Session]:
     """Choose and open a backend for ``path``; see the module docstring for the policy.
@@ -100,7 +100,11 @@ def open_auto(
     converting = [
         n
         for n in _convert.converters(suffix)
-        if allow_conversion or _convert.cached(_registry.get_backend(n), path) is not None
+        if allow_conversion
+        or _convert.cached(
+            _registry.get_backend(n), path, SessionOptions(extra=backend_options.get(n, {}))
+        )
+        is not None
     ]
     names = [n for n in _registry.auto_order([*readers(suffix), *converting]) if n not in disabled]
     if not names:
@@ -119,6 +123,7 @@ def open_auto(
         # Before any probe: probing imports every candidate runtime, which a cached decision
         # must not pay for. The key names runtimes by their installed distributions instead.
         versions = {name: _registry.installed_versions(name) for name in names}
+        options_digest = repr(sorted((k, sorted(v.items())) for k, v in backend_options.items()))
         key = _cache_key(path, objective, precisions, threads, versions, options_digest)
         cached = _open_cached(key, objective, open_candidate)
         if cached is not None:

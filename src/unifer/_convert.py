@@ -98,7 +98,7 @@ def convert(
     """
     if not isinstance(backend, Converter):  # callers check can_convert() first
         raise TypeError(f"{backend.name} cannot convert models")
-    root, final, digest, version = _location(backend, source)
+    root, final, digest, version = _location(backend, source, options)
     conversion = _read(final)
     if conversion is None:
         conversion = _convert_into(backend, source, options, root, final, digest, version)
@@ -114,17 +114,20 @@ def convert(
     return conversion
 
 
-def cached(backend: Backend, source: Path) -> Conversion | None:
-    """The conversion of ``source`` for ``backend`` if it is already in the cache, else None."""
+def cached(backend: Backend, source: Path, options: SessionOptions) -> Conversion | None:
+    """The conversion of ``source`` for ``backend`` with these options if it is already in the
+    cache, else None."""
     if not isinstance(backend, Converter) or source.suffix.lower() not in backend.converts_from:
         return None
-    return _read(_location(backend, source)[1])
+    return _read(_location(backend, source, options)[1])
 
 
-def _location(backend: Converter, source: Path) -> tuple[Path, Path, str, str]:
+def _location(
+    backend: Converter, source: Path, options: SessionOptions
+) -> tuple[Path, Path, str, str]:
     """The cache root, the entry's directory, the source digest and the converter version."""
     digest = content_digest(source)
-    version = backend.converter_version()
+    version = backend.converter_version(options)
     root = cache_dir("converted", backend.name)
     return root, root / f"{source.stem}-{_key(digest, backend.name, version)}", digest, version
 

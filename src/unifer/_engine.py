@@ -169,7 +169,7 @@ class Engine:
                 objective=_auto.check_objective(objective),
                 budget_s=budget_s,
                 open_candidate=open_candidate,
-                options_digest=repr(sorted((k, sorted(v.items())) for k, v in options.items())),
+                backend_options=options,
                 allow_conversion=allow_conversion,
             )
             conversion = conversions.get(selection.chosen.backend)

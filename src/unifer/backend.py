@@ -81,7 +81,8 @@ class Availability:
     reason: str | None = None
     """One human sentence when ``ok`` is false."""
     install: str | None = None
-    """The command that fixes a missing runtime, e.g. ``pip install "unifer[openvino]"``."""
+    """What fixes it: the command for a missing runtime, e.g. ``pip install "unifer[openvino]"``,
+    or a plain instruction where no install helps (shown after "Fix it with:")."""
     devices: tuple[str, ...] = ()
     """The devices the backend can run on here, the one it uses by default first: ``"cpu"``,
     ``"cuda:0"``, ... ``backend="auto"`` without measuring prefers, on an NVIDIA GPU, the backends
@@ -160,8 +161,9 @@ class Converter(Backend, Protocol):
     converts_from: ClassVar[tuple[str, ...]]
     """Suffixes of the source formats it converts, lower-case: ``(".onnx",)``."""
 
-    def converter_version(self) -> str:
-        """Identifies the converter and its version (part of the cache key). May import it."""
+    def converter_version(self, options: SessionOptions, /) -> str:
+        """Identifies the converter, its version and any ``options.extra`` setting that changes
+        what it writes (part of the cache key). May import it."""
         ...
 
     def convert(self, source: Path, out_dir: Path, options: SessionOptions, /) -> Path:

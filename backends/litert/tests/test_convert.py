@@ -191,7 +191,7 @@ def test_engine_converts_onnx_when_litert_is_named(tmp_path: Path) -> None:
     with Engine.load(model, backend="litert") as engine:
         conversion = engine.settings["conversion"]
         assert isinstance(conversion, dict)
-        assert conversion["converter"] == LiteRTBackend().converter_version()
+        assert conversion["converter"] == LiteRTBackend().converter_version(SessionOptions())
         assert conversion["check"]["passed"] is True
         assert Path(conversion["path"]).suffix == ".tflite"
         assert engine.run({"input.1": np.zeros((1, 3, 112, 112), F32)})["embedding"].shape == (
@@ -202,7 +202,11 @@ def test_engine_converts_onnx_when_litert_is_named(tmp_path: Path) -> None:
 
 
 def test_converter_version_names_the_writer() -> None:
-    assert LiteRTBackend().converter_version().endswith(f"onnx->tflite {WRITER_VERSION}")
+    assert (
+        LiteRTBackend()
+        .converter_version(SessionOptions())
+        .endswith(f"onnx->tflite {WRITER_VERSION}")
+    )
 
 
 def test_unsupported_operator_is_refused_with_the_list(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """The ncnn plugin against unifer's generic backend conformance kit.
 
 ncnn does not read ONNX, so :meth:`model_file` converts each kit model with the plugin's own
-ONNX -> ncnn writer; the ONNX source goes to a sibling directory, so the model directory holds only
-the ``.param`` and ``.bin`` that are opened.
+ONNX -> ncnn writer (forced: "auto" would hand a model it refuses to pnnx); the ONNX source goes to
+a sibling directory, so the model directory holds only the conversion (``.param``, ``.bin`` and the
+``.converter.json`` record).
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ class TestNcnnContract(BackendContract):
         source_dir = directory.parent / f"{directory.name}-onnx"
         source_dir.mkdir(exist_ok=True)
         source = model.save(source_dir)
-        return NcnnBackend().convert(source, directory, SessionOptions())
+        return NcnnBackend().convert(
+            source, directory, SessionOptions(extra={"converter": "unifer"})
+        )
 
     @pytest.mark.skip(reason=INT64_REASON)
     def test_specs_are_well_formed(self, backend: Backend, model_dir: Path) -> None: ...

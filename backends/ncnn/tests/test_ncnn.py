@@ -183,7 +183,7 @@ def test_engine_converts_an_onnx_file_when_ncnn_is_named(
         conversion = engine.settings["conversion"]
         got = engine.run({"input.1": face})["embedding"]
     assert isinstance(conversion, dict)
-    assert conversion["converter"] == NcnnBackend().converter_version()
+    assert conversion["converter"] == NcnnBackend().converter_version(SessionOptions())
     assert conversion["check"]["passed"] is True
     assert np.abs(got - want).max() < 1e-4
 

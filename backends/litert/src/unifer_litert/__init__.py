@@ -89,8 +89,9 @@ class LiteRTBackend:
 
     # -- Converter ---------------------------------------------------------------------------------
 
-    def converter_version(self) -> str:
-        """The converter's identity (part of the cache key of converted models)."""
+    def converter_version(self, options: SessionOptions, /) -> str:
+        """The converter's identity (part of the cache key of converted models); no option
+        changes what it writes."""
         from ._convert import CONVERTER
 
         return CONVERTER

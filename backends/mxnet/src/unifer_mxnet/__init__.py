@@ -163,8 +163,9 @@ class MXNetBackend:
 
         return MXNetSession.open(checkpoint, options, threads)
 
-    def converter_version(self) -> str:
-        """mxnet.contrib.onnx, onnx and the plugin's fixes: part of the conversion cache key."""
+    def converter_version(self, options: SessionOptions, /) -> str:
+        """mxnet.contrib.onnx, onnx and the plugin's fixes: part of the conversion cache key (no
+        option changes what it writes)."""
         from ._onnx2mx import FIXES_VERSION
 
         found = _mxnet_distribution()

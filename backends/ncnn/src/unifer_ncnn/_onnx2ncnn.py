@@ -1,10 +1,12 @@
 """Convert an ONNX model into an ncnn ``.param`` + ``.bin`` pair with fp32 weights (numpy + onnx).
 
-ncnn's own converters are ``onnx2ncnn`` (a C++ tool the pip wheel does not ship) and ``pnnx``,
-which depends on torch (a multi-GB download). This module covers the operator subset of the CNN
-and MLP graphs unifer ships and tests (the ArcFace IResNets, the conformance kit's toy models),
-writes every weight as fp32 so the runtime's precision flags alone decide the arithmetic, and
-refuses anything else with the operator's name. Imports onnx lazily (the ``convert`` extra).
+ncnn's own converters are ``onnx2ncnn`` (a C++ tool the pip wheel does not ship) and ``pnnx``
+(a standalone binary in the ``pnnx`` wheel, wired in as the second route by ``_pnnx``). This module
+covers the operator subset of the CNN and MLP graphs unifer ships and tests (the ArcFace IResNets,
+the conformance kit's toy models), writes every weight as fp32 so the runtime's precision flags
+alone decide the arithmetic, and refuses anything else with :class:`UnsupportedModel` naming the
+operator (the ``"auto"`` route then hands the model to pnnx). Imports onnx lazily (the ``convert``
+extra).
 
 ncnn has no batch dimension: one ``Input`` blob holds one sample, so every ONNX tensor's first
 dimension is the batch and each layer works on one sample. The supported operators all act on each
@@ -36,9 +38,11 @@ from unifer import MissingDependencyError, ModelLoadError
 #: Bumped whenever the written files change for the same source; part of the conversion cache key.
 WRITER_VERSION: Final = "1"
 
-PNNX_HINT: Final = (
-    "convert it with pnnx instead (an optional route: pip install pnnx torch==2.13.0, then "
-    "`pnnx model.onnx fp16=0` writes model.ncnn.param/.bin with fp32 weights) and load the .param"
+#: What the writer covers, for the refusal message.
+COVERED: Final = (
+    "Conv, BatchNormalization, PRelu, Relu, LeakyRelu, Sigmoid, Tanh, Add/Sub/Mul/Div, Flatten, "
+    "Gemm, MatMul, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Identity and Dropout on "
+    "float32 tensors"
 )
 ONNX_INSTALL: Final = 'pip install "unifer-ncnn[convert]" (or: pip install onnx)'
 
@@ -67,11 +71,31 @@ class _Layer:
 
 
 class _Unsupported(Exception):
-    """The graph uses something this converter does not translate; becomes a ModelLoadError."""
+    """The graph uses something this converter does not translate; becomes UnsupportedModel."""
+
+
+class UnsupportedModel(ModelLoadError):
+    """A valid ONNX model that uses something this writer does not translate.
+
+    ``reason`` names it (operator and node); the backend adds where to go instead (pnnx).
+    """
+
+    def __init__(self, source: Path, reason: str) -> None:
+        self.reason = reason
+        super().__init__(
+            f"unifer's ONNX -> ncnn writer cannot convert {source.name}: {reason}. It covers "
+            f"{COVERED}"
+        )
 
 
 def convert(source: Path, out_dir: Path) -> Path:
-    """Write ``<out_dir>/<source stem>.param`` and ``.bin`` from the ONNX file ``source``."""
+    """Write ``<out_dir>/<source stem>.param`` and ``.bin`` from the ONNX file ``source``.
+
+    Raises:
+        MissingDependencyError: the onnx package is not installed.
+        UnsupportedModel: the model uses an operator or form this writer does not translate.
+        ModelLoadError: the file is not a readable ONNX model.
+    """
     try:
         import onnx
     except ImportError as exc:
@@ -89,12 +113,7 @@ def convert(source: Path, out_dir: Path) -> Path:
     try:
         layers = _Converter(onnx, model).run()
     except _Unsupported as exc:
-        raise ModelLoadError(
-            f"unifer's ONNX -> ncnn converter cannot convert {source.name}: {exc}. It covers Conv, "
-            "BatchNormalization, PRelu, Relu, LeakyRelu, Sigmoid, Tanh, Add/Sub/Mul/Div, Flatten, "
-            "Gemm, MatMul, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Identity and "
-            f"Dropout on float32 tensors. Run the ONNX file with another backend, or {PNNX_HINT}"
-        ) from exc
+        raise UnsupportedModel(source, str(exc)) from exc
     param = out_dir / f"{source.stem}.param"
     _write(layers, param, param.with_suffix(".bin"))
     return param

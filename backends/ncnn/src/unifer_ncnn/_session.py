@@ -28,10 +28,10 @@ from unifer.backend import (
     warn_unknown_options,
 )
 
-from . import _param
+from . import _param, _routes
 
 NAME: Final = "ncnn"
-OPTIONS: Final = ("input_shapes", "sgemm", "winograd")
+OPTIONS: Final = ("converter", "input_shapes", "sgemm", "winograd")
 BATCH: Final = "N"
 
 #: The Option fields that decide the arithmetic, per unifer precision. ncnn's own ``Net().opt``
@@ -188,6 +188,8 @@ class NcnnSession:
         winograd = _flag(extra, "winograd", True)
         sgemm = _flag(extra, "sgemm", True)
         shapes = _input_shapes(extra.get("input_shapes"))
+        _routes.route(extra)  # a bad value is an error here too, not only when converting
+        converted_by = _routes.read_record(model)
         weights = model.with_suffix(".bin")
         if not weights.is_file():
             raise ModelNotFoundError(
@@ -235,6 +237,8 @@ class NcnnSession:
             }
             if shapes:
                 settings["input_shapes"] = {name: list(shape) for name, shape in shapes.items()}
+            if converted_by is not None:
+                settings["converted_by"] = converted_by
             return cls(net, inputs, graph.outputs, settings)
 
     @property
