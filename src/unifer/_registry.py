@@ -63,6 +63,11 @@ def install_hint(name: str) -> str | None:
         line += " in an environment of its own (numpy < 1.24; see the unifer-mxnet README)"
     elif extra == "tensorrt":  # the wheels' libraries come from NVIDIA's index, GPU machines only
         line += " on a machine with an NVIDIA GPU and driver (see the unifer-tensorrt README)"
+    elif extra == "torch":  # a plain `pip install torch` on Linux is the multi-GB CUDA build
+        line += (
+            " beside the torch build for this machine (CPU only: pip install torch --index-url "
+            "https://download.pytorch.org/whl/cpu; see the unifer-torch README)"
+        )
     return line
 
 
@@ -217,9 +222,10 @@ def cached_probe(name: str) -> Availability:
 
 
 def installed_versions(name: str) -> dict[str, str]:
-    """The versions of backend ``name``'s distribution and of what it requires, from package
-    metadata: unlike :func:`probe`, this imports no runtime (``backend="auto"`` keys its cached
-    decisions on these, and a cached load must stay cheap).
+    """The versions of backend ``name``'s distribution and of what it requires (its extras' too,
+    where installed: a runtime may live in one), from package metadata: unlike :func:`probe`, this
+    imports no runtime (``backend="auto"`` keys its cached decisions on these, and a cached load
+    must stay cheap).
 
     A backend registered in-process has no distribution: its probed version stands in.
     """
@@ -229,15 +235,15 @@ def installed_versions(name: str) -> dict[str, str]:
     dist = eps[0].dist
     versions = {dist.name: dist.version}
     for requirement in dist.requires or ():
-        if _EXTRA_MARKER.search(requirement):
-            continue  # optional extras (converters) do not change what runs
         match = _REQUIREMENT_NAME.match(requirement)
         if match is None:
             continue
         try:
             versions[match.group(0)] = metadata.version(match.group(0))
         except metadata.PackageNotFoundError:
-            versions[match.group(0)] = "not installed"
+            # An extra's requirement may be absent (tensorrt keeps its runtime in one).
+            if not _EXTRA_MARKER.search(requirement):
+                versions[match.group(0)] = "not installed"
     return versions
 
 

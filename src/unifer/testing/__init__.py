@@ -60,6 +60,8 @@ class BackendContract:
     unsupported_precision: ClassVar[str | None] = "int8"
     #: Tolerance against the numpy reference at fp32.
     atol: ClassVar[float] = 1e-5
+    #: False where ``threads=`` has nothing to map to (a GPU backend): it must warn and report None.
+    threads_apply: ClassVar[bool] = True
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -213,6 +215,15 @@ class BackendContract:
         session.close()
 
     def test_settings_report_what_was_applied(self, model_dir: Path) -> None:
+        if not self.threads_apply:
+            with (
+                pytest.warns(UniferWarning, match="threads"),
+                self.open_engine(models.mlp(), model_dir, threads=1) as engine,
+            ):
+                assert engine.settings["threads"] is None
+                assert engine.settings["precision"] == "fp32"
+                assert engine.settings["device"]
+            return
         with self.open_engine(models.mlp(), model_dir, threads=1) as engine:
             assert engine.settings["threads"] == 1
             assert engine.settings["precision"] == "fp32"
