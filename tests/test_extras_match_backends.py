@@ -7,6 +7,11 @@ import pathlib
 import tomllib
 
 ROOT = pathlib.Path(__file__).parents[1]
+#: GPU-only plugins and the plugin extra that holds their runtime. Such a plugin installs anywhere
+#: (its probe explains why it cannot run, and the dev group has it so its GPU-free tests run), the
+#: core extra installs it with its runtime extra, and it stays out of "all": TensorRT's libraries
+#: come from NVIDIA's own index and need an NVIDIA GPU.
+GPU_ONLY = {"tensorrt": "runtime"}
 
 
 def load(path: pathlib.Path) -> dict:
@@ -28,11 +33,19 @@ def test_each_plugin_is_wired_into_the_core():
         eps = plugin["project"]["entry-points"]["unifer.backends"]
         assert list(eps) == [folder.name], "entry-point name must equal the folder/backend name"
         assert eps[folder.name].startswith(f"unifer_{folder.name}:")
+        if folder.name in GPU_ONLY:
+            runtime = GPU_ONLY[folder.name]
+            assert runtime in plugin["project"]["optional-dependencies"]
+            assert extras[folder.name] == [f"{dist}[{runtime}]"]
+            assert not any(d.startswith(dist) for d in extras["all"])
+            assert sources[dist] == {"workspace": True}
+            continue
         assert extras[folder.name] == [dist]
         if folder in excluded:
-            # A plugin whose runtime cannot share the workspace lock (mxnet needs numpy < 1.24) is
-            # its own uv project: it keeps its extra, but is not in "all", has no source here, and
-            # is kept out of this lock.
+            # A plugin whose runtime cannot share the workspace lock (mxnet needs numpy < 1.24;
+            # torch would lock a multi-GB CUDA build) has an environment of its own (a uv project
+            # for mxnet, a pip venv for torch): it keeps its extra, but is not in "all", has no
+            # source here, and is kept out of this lock.
             assert dist not in extras["all"]
             assert dist not in sources
             assert dist in core["tool"]["uv"]["exclude-dependencies"]
