@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from unifer.backend import Availability
 from unifer.cli import main
 
 
@@ -37,6 +38,14 @@ def test_backends_shows_why_unavailable(cli, fake_backend):
     text = cli("backends").output
     assert "unavailable: fakeruntime is not installed" in text
     assert "pip install unifer-fake" in text
+
+
+def test_backends_shows_devices_and_notes_of_available_backends(cli, fake_backend, monkeypatch):
+    note = Availability(ok=True, version="1.0", reason="CPU only: a CPU build", devices=("cpu",))
+    monkeypatch.setattr(fake_backend, "probe", lambda self: note)
+    text = cli("backends").output
+    assert "available (cpu)" in text
+    assert "note: CPU only: a CPU build" in text
 
 
 def test_info(cli, fake_backend, fake_model):

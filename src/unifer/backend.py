@@ -79,7 +79,8 @@ class Availability:
     version: str | None = None
     """Version of the runtime library (not of the plugin)."""
     reason: str | None = None
-    """One human sentence when ``ok`` is false."""
+    """One human sentence when ``ok`` is false; when it is true, an optional note (``unifer
+    backends`` shows it), e.g. why a GPU build cannot use the GPU."""
     install: str | None = None
     """What fixes it: the command for a missing runtime, e.g. ``pip install "unifer[openvino]"``,
     or a plain instruction where no install helps (shown after "Fix it with:")."""

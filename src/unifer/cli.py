@@ -101,12 +101,15 @@ def backends(as_json: bool) -> None:
     if not rows:
         click.echo("No backends installed.")
     for row in rows:
-        status = "available" if row["available"] else f"unavailable: {row['reason']}"
+        devices = f" ({', '.join(row['devices'])})" if row["devices"] else ""
+        status = f"available{devices}" if row["available"] else f"unavailable: {row['reason']}"
         plugin = f"{row['plugin']} {row['plugin_version']}" if row["plugin"] else "in-process"
         version = row["runtime_version"] or "-"
         click.echo(f"{row['name']:<12} {version:<12} {plugin:<28} {status}")
         if not row["available"] and row["install"]:
             click.echo(f"{'':<12} fix: {row['install']}")
+        elif row["available"] and row["reason"]:  # e.g. torch: "CPU only: a CPU-only build"
+            click.echo(f"{'':<12} note: {row['reason']}")
     for name in missing:
         click.echo(f"{name:<12} {'-':<12} {'not installed':<28} {_registry.install_hint(name)}")
 
