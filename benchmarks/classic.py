@@ -9,7 +9,7 @@ run it writes ``baseline_comparison.md``, which sets the medians measured throug
 beside the raw-runtime medians that the design notes (``shared/design/BASELINE.md``) recorded on
 the development machine.
 
-    uv run python benchmarks/classic.py                     # full run, ~12 min on 2 cores
+    uv run python benchmarks/classic.py                     # full run, ~15 min on 2 cores
     uv run python benchmarks/classic.py --compare-only      # redo the comparison from results.json
     uv run python benchmarks/classic.py --quick --out /tmp/classic-quick   # smoke test, r18
 """

@@ -10,7 +10,7 @@ import json
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 import numpy as np
@@ -101,7 +101,8 @@ def backends(as_json: bool) -> None:
     if not rows:
         click.echo("No backends installed.")
     for row in rows:
-        devices = f" ({', '.join(row['devices'])})" if row["devices"] else ""
+        listed = cast("list[str]", row["devices"])
+        devices = f" ({', '.join(listed)})" if listed else ""
         status = f"available{devices}" if row["available"] else f"unavailable: {row['reason']}"
         plugin = f"{row['plugin']} {row['plugin_version']}" if row["plugin"] else "in-process"
         version = row["runtime_version"] or "-"

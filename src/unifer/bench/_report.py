@@ -311,10 +311,14 @@ def markdown(result: Result, plots: Sequence[str] = ()) -> str:
     out.append("")
     out.append(f"**Machine**: {_machine_line(result.machine)}")
     out.append("")
-    versions = ", ".join(
-        f"{n} {v.get('version')}" for n, v in runtimes.items() if v.get("available")
-    )
-    out.append(f"**Runtimes**: {versions or 'none'}; unifer {result.unifer_version}")
+    versions = {n: str(v.get("version")) for n, v in runtimes.items() if v.get("available")}
+    elsewhere = settings.get("interpreters") or {}
+    for record in result.records:  # backends measured in another environment: their own versions
+        name = record["backend"]
+        if name in elsewhere and record.get("runtime_version"):
+            versions[name] = f"{record['runtime_version']} (in {elsewhere[name]})"
+    listed = ", ".join(f"{n} {v}" for n, v in versions.items())
+    out.append(f"**Runtimes**: {listed or 'none'}; unifer {result.unifer_version}")
     out.append("")
     max_time = settings.get("max_time_s")
     out.append(
