@@ -210,14 +210,15 @@ def test_converter_version_names_the_writer() -> None:
 
 
 def test_unsupported_operator_is_refused_with_the_list(tmp_path: Path) -> None:
+    # LRN (AlexNet, ZFNet, Inception v1) has no exact TFLite counterpart for ONNX's definition.
     source = save(
-        tmp_path / "softmax.onnx",
-        [helper.make_node("Softmax", ["x"], ["y"])],
-        [f32("x", [1, 4])],
-        [f32("y", [1, 4])],
+        tmp_path / "lrn.onnx",
+        [helper.make_node("LRN", ["x"], ["y"], size=3)],
+        [f32("x", [1, 4, 2, 2])],
+        [f32("y", [1, 4, 2, 2])],
         {},
     )
-    with pytest.raises(ModelLoadError, match="operator Softmax") as info:
+    with pytest.raises(ModelLoadError, match="operator LRN") as info:
         convert(source)
     message = str(info.value)
     assert all(op in message for op in SUPPORTED_OPS)

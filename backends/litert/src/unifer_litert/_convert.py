@@ -1,11 +1,15 @@
-"""Convert an ONNX model into a ``.tflite`` file, for the operators of plain CNNs.
+"""Convert an ONNX model into a ``.tflite`` file, for the operators of plain CNN classifiers.
 
 This is the plugin's half of unifer's conversion (the core decides when to convert, caches the
 result and checks it against the source model). It covers the operator subset of models like
-unifer's built-in ArcFace IResNets and the conformance kit's toy models — Conv (including
-depthwise), BatchNormalization, PRelu, Relu, Add, Mul, Flatten, Gemm, MatMul with constant weights,
-Transpose and Identity — and refuses anything else with the list of what it handles. General models
-need a full converter (onnx2tf, litert-torch).
+unifer's built-in ArcFace IResNets, ResNet-50 and SqueezeNet — convolutions (dense and depthwise),
+BatchNormalization, activations, pooling, Concat, Reshape, Softmax, Pad, elementwise arithmetic,
+Gemm/MatMul with constant weights — and refuses anything else by name, with the list of what it
+handles. General models need a full converter (onnx2tf, litert-torch).
+
+Subgraphs that only compute constants (weights made by ConstantOfShape, shapes passed through
+Reshape/Concat/Cast, ...) are evaluated once at conversion time by onnx's reference implementation,
+so the written model holds their values as plain constant tensors.
 
 The converted model keeps the ONNX model's signature: the same input and output names, shapes
 (NCHW stays NCHW) and dynamic dimensions, so it is a drop-in replacement that the core can verify
@@ -15,13 +19,15 @@ operator needs another layout — once after an NCHW input, once before Flatten 
 Per-channel constants (BatchNormalization folded into MUL + ADD, PRelu slopes) are laid out for the
 channel's physical axis instead of transposing activations. All arithmetic stays float32: weights
 are only rearranged, and a BatchNormalization's scale and shift are computed in float64 once.
+An operator is written only where TFLite computes exactly what ONNX defines (pooling pads, Softmax
+axes, Reshape order); where it cannot, the converter refuses the node instead of approximating.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -32,22 +38,51 @@ from unifer import MissingDependencyError, ModelLoadError
 from ._writer import ModelWriter
 
 #: Bump whenever the bytes written for the same ONNX file change: it is part of the cache key.
-WRITER_VERSION: Final = "1"
+WRITER_VERSION: Final = "2"
 CONVERTER: Final = f"unifer-litert onnx->tflite {WRITER_VERSION}"
 
 SUPPORTED_OPS: Final = (
     "Add",
+    "AveragePool",
     "BatchNormalization",
+    "Clip",
+    "Concat",
     "Constant",
     "Conv",
+    "Div",
+    "Dropout",
     "Flatten",
     "Gemm",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
     "Identity",
+    "LeakyRelu",
     "MatMul",
+    "MaxPool",
     "Mul",
     "PRelu",
+    "Pad",
     "Relu",
+    "Reshape",
+    "Shape",
+    "Sigmoid",
+    "Softmax",
+    "Sub",
+    "Sum",
+    "Tanh",
     "Transpose",
+)
+
+#: Operators never evaluated at conversion time even with constant inputs: their result is random.
+_NEVER_FOLD: Final = frozenset(
+    {
+        "Bernoulli",
+        "Multinomial",
+        "RandomNormal",
+        "RandomNormalLike",
+        "RandomUniform",
+        "RandomUniformLike",
+    }
 )
 
 #: ``logical = physical.transpose(perm)``: an NCHW tensor stored as NHWC.
@@ -72,6 +107,8 @@ class _Value:
     perm: tuple[int, ...] = ()
     const: np.ndarray | None = None
     """The logical value of an initializer or constant (written where an operator uses it)."""
+    nonneg: bool = False
+    """Known to be >= 0 (a Relu's output): a max pool may then pad it with 0 instead of -inf."""
 
 
 def identity(rank: int) -> tuple[int, ...]:
@@ -100,8 +137,8 @@ def convert_onnx(source: Path, destination: Path) -> Path:
     except _Unsupported as exc:
         raise ModelLoadError(
             f"cannot convert {source} to TFLite: {exc}. unifer's converter handles plain CNNs "
-            f"({', '.join(SUPPORTED_OPS)}); convert other models with onnx2tf or litert-torch and "
-            "load the .tflite file they write"
+            f"({', '.join(SUPPORTED_OPS)}, and any node whose inputs are all constants); convert "
+            "other models with onnx2tf or litert-torch and load the .tflite file they write"
         ) from exc
     destination.write_bytes(data)
     return destination
@@ -113,15 +150,19 @@ class _Converter:
 
         self.graph = model.graph
         self.numpy_helper = numpy_helper
+        self.opset = 1
         for opset in model.opset_import:
             if opset.domain not in ("", "ai.onnx"):
                 raise _Unsupported(f"operators of domain {opset.domain!r} are not supported")
+            self.opset = int(opset.version)
         self.writer = ModelWriter(f"Converted from ONNX by {CONVERTER}")
         self.writer.metadata("unifer_converter", CONVERTER.encode())
         self.values: dict[str, _Value] = {}
-        self.infos: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {}
+        self.infos: dict[str, tuple[tuple[int, ...], np.dtype[Any]] | str] = {}
         self.layouts: dict[tuple[str, tuple[int, ...]], int] = {}
         for info in (*self.graph.input, *self.graph.value_info, *self.graph.output):
+            # Unsupported types are an error only where a tensor of that type must be written:
+            # a folded weight subgraph may pass through other types on its way to a constant.
             self.infos[info.name] = _type_info(info)
 
     # -- driver ------------------------------------------------------------------------------------
@@ -134,15 +175,28 @@ class _Converter:
         for info in self.graph.input:
             if info.name in self.values:
                 continue  # an initializer that old exporters also list as an input
-            shape, dtype = self.infos[info.name]
+            shape, dtype = self.info(info.name)
             tensor = self.writer.tensor(info.name, shape, dtype)
             self.values[info.name] = _Value(shape, dtype, tensor, identity(len(shape)))
             inputs[info.name] = tensor
         for node in self.graph.node:
-            handler = getattr(self, f"_op_{node.op_type}", None)
-            if handler is None or node.domain not in ("", "ai.onnx"):
+            if not node.name and node.output:
+                node.name = node.output[0]  # errors name the node; unnamed ones by their output
+            if node.domain not in ("", "ai.onnx"):
                 raise _Unsupported(f"operator {node.op_type} (node {node.name!r}) is not supported")
-            handler(node, _attributes(node))
+            if self.foldable(node):
+                self.fold(node)
+                continue
+            handler = getattr(self, f"_op_{node.op_type}", None)
+            if handler is None:
+                raise _Unsupported(f"operator {node.op_type} (node {node.name!r}) is not supported")
+            try:
+                handler(node, _attributes(node))
+            except KeyError as exc:  # an input no supported node produced (or a missing attribute)
+                raise _Unsupported(
+                    f"node {node.name!r} ({node.op_type}) needs {exc.args[0]!r}, which is neither "
+                    "a tensor with a value in the converted graph nor an attribute it has"
+                ) from exc
         outputs: dict[str, int] = {}
         taken = set(inputs.values())
         for info in self.graph.output:
@@ -162,13 +216,56 @@ class _Converter:
     def info(self, name: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
         if name not in self.infos:
             raise _Unsupported(f"onnx could not infer the shape of tensor {name!r}")
-        return self.infos[name]
+        info = self.infos[name]
+        if isinstance(info, str):
+            raise _Unsupported(info)
+        return info
 
-    def new(self, name: str, perm: tuple[int, ...]) -> tuple[int, _Value]:
+    # -- constant folding --------------------------------------------------------------------------
+
+    def foldable(self, node: Any) -> bool:
+        """Whether every input of ``node`` is a known constant (and the node is deterministic)."""
+        names = [n for n in node.input if n]
+        return (
+            bool(names)
+            and node.op_type not in _NEVER_FOLD
+            and all(n in self.values and self.values[n].const is not None for n in names)
+        )
+
+    def fold(self, node: Any) -> None:
+        """Evaluate ``node`` now with onnx's reference implementation (exact ONNX semantics).
+
+        The node runs alone in a one-node model carrying the source's opset, so the operator's
+        version (attribute vs. input forms of Unsqueeze, Clip, ...) is the one the model meant.
+        """
+        from onnx import TensorProto, helper
+        from onnx.reference import ReferenceEvaluator
+
+        feeds = {n: self.values[n].const for n in node.input if n}
+        graph = helper.make_graph(
+            [node],
+            "fold",
+            [helper.make_tensor_value_info(n, TensorProto.UNDEFINED, None) for n in feeds],
+            [helper.make_tensor_value_info(n, TensorProto.UNDEFINED, None) for n in node.output],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
+        try:
+            results = ReferenceEvaluator(model).run(None, feeds)
+        except Exception as exc:  # the reference raises whatever numpy raises
+            raise _Unsupported(
+                f"could not evaluate the constant node {node.name!r} ({node.op_type}): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        for name, result in zip(node.output, results, strict=True):
+            if name:
+                array = np.asarray(result)
+                self.values[name] = _Value(array.shape, array.dtype, const=array)
+
+    def new(self, name: str, perm: tuple[int, ...], *, nonneg: bool = False) -> tuple[int, _Value]:
         """A fresh TFLite tensor for the ONNX output ``name``, stored with ``perm``."""
         shape, dtype = self.info(name)
         tensor = self.writer.tensor(name, _physical_shape(shape, perm), dtype)
-        value = _Value(shape, dtype, tensor, perm)
+        value = _Value(shape, dtype, tensor, perm, nonneg=nonneg)
         self.values[name] = value
         return tensor, value
 
@@ -255,27 +352,117 @@ class _Converter:
             return
         # No data moves: the output is the same stored tensor, read through one more permutation.
         perm = tuple(value.perm[p] for p in order)
-        self.values[node.output[0]] = _Value(shape, value.dtype, value.tensor, perm)
+        self.values[node.output[0]] = _Value(
+            shape, value.dtype, value.tensor, perm, nonneg=value.nonneg
+        )
 
-    def _op_Relu(self, node: Any, attrs: dict[str, Any]) -> None:
+    def unary(self, node: Any, op: str, options: str | None = None, **fields: object) -> None:
+        """An elementwise operator: computed in whatever layout its input is stored in."""
+        self.float_only(node)
         value = self.values[node.input[0]]
         source = self.physical(node.input[0], value.perm)
-        out, _ = self.new(node.output[0], value.perm)
-        self.writer.op("RELU", [source], [out])
+        out, _ = self.new(node.output[0], value.perm, nonneg=op in _NONNEGATIVE)
+        self.writer.op(op, [source], [out], options, **fields)
+
+    def _op_Relu(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.unary(node, "RELU")
+
+    def _op_Sigmoid(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.unary(node, "LOGISTIC")
+
+    def _op_Tanh(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.unary(node, "TANH")
+
+    def _op_LeakyRelu(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.unary(node, "LEAKY_RELU", "LeakyReluOptions", alpha=float(attrs.get("alpha", 0.01)))
+
+    def _op_Clip(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.float_only(node)
+        if self.opset >= 11:  # bounds became optional inputs in opset 11
+            names = [*node.input[1:3], "", ""][:2]
+            low, high = (
+                float(self.const(n, "Clip bound").reshape(())) if n else None for n in names
+            )
+        else:
+            low, high = attrs.get("min"), attrs.get("max")
+        low = -math.inf if low is None else float(low)
+        high = math.inf if high is None else float(high)
+        named = {(0.0, 6.0): "RELU6", (-1.0, 1.0): "RELU_N1_TO_1", (0.0, math.inf): "RELU"}
+        if (low, high) in named:
+            self.unary(node, named[(low, high)])
+            return
+        value = self.values[node.input[0]]
+        if low == -math.inf and high == math.inf:
+            self.values[node.output[0]] = value
+            return
+        # min(max(x, low), high), as ONNX defines it (so low > high gives high everywhere).
+        source = self.physical(node.input[0], value.perm)
+        name = node.output[0]
+        steps = [(op, b) for op, b in (("MAXIMUM", low), ("MINIMUM", high)) if math.isfinite(b)]
+        for index, (op, bound) in enumerate(steps):
+            last = index == len(steps) - 1
+            if last:
+                out, _ = self.new(name, value.perm)
+            else:
+                out = self.writer.tensor(
+                    f"{name}/{op.lower()}", _physical_shape(value.shape, value.perm), value.dtype
+                )
+            if last and op == "MAXIMUM" and bound >= 0:
+                self.values[name] = replace(self.values[name], nonneg=True)
+            limit = self.writer.constant(
+                f"{name}/{op.lower()}/bound", np.full(1, bound, np.float32)
+            )
+            self.writer.op(op, [source, limit], [out], "MaximumMinimumOptions")
+            source = out
 
     def _op_Add(self, node: Any, attrs: dict[str, Any]) -> None:
-        self.binary(node, "ADD", "AddOptions", np.add)
+        self.binary(node.input, node.output[0], "ADD", "AddOptions")
 
     def _op_Mul(self, node: Any, attrs: dict[str, Any]) -> None:
-        self.binary(node, "MUL", "MulOptions", np.multiply)
+        self.binary(node.input, node.output[0], "MUL", "MulOptions")
 
-    def binary(self, node: Any, op: str, options: str, fold: Any) -> None:
-        a, b = (self.values[n] for n in node.input)
-        if a.const is not None and b.const is not None:
-            result = np.asarray(fold(a.const, b.const)).astype(a.dtype)
-            self.values[node.output[0]] = _Value(result.shape, result.dtype, const=result)
+    def _op_Sub(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.float_only(node)
+        self.binary(node.input, node.output[0], "SUB", "SubOptions")
+
+    def _op_Div(self, node: Any, attrs: dict[str, Any]) -> None:
+        # Integer Div truncates in ONNX; TFLite's integer DIV does not promise that: floats only.
+        self.float_only(node)
+        self.binary(node.input, node.output[0], "DIV", "DivOptions")
+
+    def _op_Sum(self, node: Any, attrs: dict[str, Any]) -> None:
+        names = list(node.input)
+        output = node.output[0]
+        if len(names) == 1:
+            self.values[output] = self.values[names[0]]
             return
-        rank = len(self.info(node.output[0])[0])
+        if len(names) > 2 and any(
+            self.values[n].shape != self.info(output)[0] or self.values[n].const is not None
+            for n in names
+        ):
+            raise _Unsupported(
+                f"Sum {node.name!r} of more than two inputs is supported only for tensors of one "
+                "shape (no broadcasting, no constants)"
+            )
+        # A chain of ADDs, left to right as onnxruntime sums; partial sums have the output's shape.
+        total = names[0]
+        for index, name in enumerate(names[1:], start=1):
+            step = output if index == len(names) - 1 else f"{output}/sum{index}"
+            self.infos[step] = self.info(output)
+            self.binary([total, name], step, "ADD", "AddOptions")
+            total = step
+
+    def float_only(self, node: Any) -> None:
+        for name in node.input:
+            if name and self.values[name].dtype != np.float32:
+                raise _Unsupported(
+                    f"{node.op_type} {node.name!r} on {self.values[name].dtype} tensors is not "
+                    "supported (float32 only)"
+                )
+
+    def binary(self, names: Sequence[str], output: str, op: str, options: str) -> None:
+        a, b = (self.values[n] for n in names)
+        rank = len(self.info(output)[0])
         variables = [v for v in (a, b) if v.const is None and len(v.shape) == rank]
         if len(variables) == 2 - sum(v.const is not None for v in (a, b)):
             # Every operand is a constant or a tensor of the output's rank: compute in the layout
@@ -285,14 +472,14 @@ class _Converter:
             perm = identity(rank)  # mixed ranks: broadcast in ONNX order, as ONNX defines it
         like = _Value((0,) * rank, a.dtype if a.const is None else b.dtype, perm=perm)
         inputs = []
-        for name, value in zip(node.input, (a, b), strict=True):
+        for name, value in zip(names, (a, b), strict=True):
             if value.const is not None:
-                inputs.append(self.broadcast_const(f"{node.output[0]}/{name}", value.const, like))
+                inputs.append(self.broadcast_const(f"{output}/{name}", value.const, like))
             elif len(value.shape) == rank:
                 inputs.append(self.physical(name, perm))
             else:
                 inputs.append(self.physical(name, identity(len(value.shape))))
-        out, _ = self.new(node.output[0], perm)
+        out, _ = self.new(output, perm)
         self.writer.op(op, inputs, [out], options, fusedActivationFunction=0)
 
     def _op_PRelu(self, node: Any, attrs: dict[str, Any]) -> None:
@@ -399,7 +586,7 @@ class _Converter:
         if auto == "SAME_UPPER":
             return 0, None  # TensorFlow's SAME puts the odd pixel at the end, like SAME_UPPER
         if auto != "NOTSET":
-            raise _Unsupported(f"Conv auto_pad={auto} is not supported")
+            raise _Unsupported(f"{node.op_type} auto_pad={auto} is not supported")
         pads = [int(p) for p in attrs.get("pads", (0, 0, 0, 0))]
         if not any(pads):
             return 1, None
@@ -417,20 +604,264 @@ class _Converter:
             same = same and total >= 0 and (pads[axis], pads[axis + 2]) == want
         return (0, None) if same else (1, pads)
 
-    def pad(self, node: Any, source: int, value: _Value, pads: list[int]) -> int:
+    def pad(self, node: Any, source: int, value: _Value, pads: list[int], fill: float = 0.0) -> int:
         """An explicit PAD (NHWC) for ONNX pads that TFLite's SAME does not reproduce."""
         n, c, h, w = value.shape
         top, left, bottom, right = pads
         shape = [n, h + top + bottom if h >= 0 else -1, w + left + right if w >= 0 else -1, c]
         padded = self.writer.tensor(f"{node.output[0]}/padded", shape, value.dtype)
         widths = _i32([[0, 0], [top, bottom], [left, right], [0, 0]])
-        self.writer.op(
-            "PAD",
-            [source, self.writer.constant(f"{node.output[0]}/pads", widths)],
-            [padded],
-            "PadOptions",
-        )
+        inputs = [source, self.writer.constant(f"{node.output[0]}/pads", widths)]
+        if fill == 0.0:
+            self.writer.op("PAD", inputs, [padded], "PadOptions")
+        else:
+            inputs.append(self.writer.constant(f"{node.output[0]}/fill", np.full(1, fill, F32)))
+            self.writer.op("PADV2", inputs, [padded], "PadV2Options")
         return padded
+
+    # -- pooling -----------------------------------------------------------------------------------
+
+    def _op_MaxPool(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.pool(node, attrs, "MAX_POOL_2D")
+
+    def _op_AveragePool(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.pool(node, attrs, "AVERAGE_POOL_2D")
+
+    def pool(self, node: Any, attrs: dict[str, Any], op: str) -> None:
+        self.float_only(node)
+        value = self.values[node.input[0]]
+        if len(value.shape) != 4:
+            raise _Unsupported(f"{node.op_type} {node.name!r} is not a 2-D pooling")
+        if len(node.output) > 1 and node.output[1]:
+            raise _Unsupported(f"{node.op_type} {node.name!r} with an Indices output")
+        kh, kw = (int(k) for k in attrs["kernel_shape"])
+        kernel = (kh, kw)
+        strides = [int(s) for s in attrs.get("strides", (1, 1))]
+        if any(int(d) != 1 for d in attrs.get("dilations", (1, 1))):
+            raise _Unsupported(f"{node.op_type} {node.name!r} with dilations is not supported")
+        self.check_pool_size(node, attrs, value, kernel, strides)
+        padding, pads = self.conv_padding(node, attrs, value, kernel, strides, (1, 1))
+        source = self.physical(node.input[0], NHWC)
+        if op == "MAX_POOL_2D":
+            # ONNX pads a max pool with -inf, TFLite's SAME ignores the pad: the same. Other pads
+            # become an explicit PAD before a VALID pool: with 0 after a Relu (every window holds
+            # a valid pixel >= 0, so the max is unchanged, and XNNPACK takes PAD but not PADV2),
+            # else with -inf.
+            if pads is not None:
+                fill = 0.0 if value.nonneg else -math.inf
+                source = self.pad(node, source, value, pads, fill=fill)
+        elif int(attrs.get("count_include_pad", 0)):
+            # The pads count in the divisor: zero-pad explicitly, then average VALID windows.
+            auto = attrs.get("auto_pad", b"NOTSET")
+            if (auto.decode() if isinstance(auto, bytes) else str(auto)) not in ("NOTSET", "VALID"):
+                raise _Unsupported(
+                    f"AveragePool {node.name!r} with auto_pad and count_include_pad=1 is not "
+                    "supported"
+                )
+            explicit = [int(p) for p in attrs.get("pads", (0, 0, 0, 0))]
+            if padding == 0 or pads is not None:
+                source = self.pad(node, source, value, pads or explicit)
+            padding = 1
+        elif pads is not None:
+            # count_include_pad=0 divides by the valid pixels only, which TFLite does just for the
+            # pads of SAME; other pads would be counted.
+            raise _Unsupported(
+                f"AveragePool {node.name!r} with pads {pads} (count_include_pad=0) is not "
+                "supported: TFLite excludes only the pads of SAME padding from the average"
+            )
+        out, _ = self.new(node.output[0], NHWC, nonneg=value.nonneg)
+        self.writer.op(
+            op,
+            [source],
+            [out],
+            "Pool2DOptions",
+            padding=padding,
+            strideH=strides[0],
+            strideW=strides[1],
+            filterHeight=kernel[0],
+            filterWidth=kernel[1],
+            fusedActivationFunction=0,
+        )
+
+    def check_pool_size(
+        self,
+        node: Any,
+        attrs: dict[str, Any],
+        value: _Value,
+        kernel: tuple[int, ...],
+        strides: Sequence[int],
+    ) -> None:
+        """ceil_mode is exact only where it gives the floor-mode size (TFLite rounds down)."""
+        if not int(attrs.get("ceil_mode", 0)):
+            return
+        auto = attrs.get("auto_pad", b"NOTSET")
+        if (auto.decode() if isinstance(auto, bytes) else str(auto)) != "NOTSET":
+            return  # auto_pad fixes the size without ceil_mode's rounding
+        pads = [int(p) for p in attrs.get("pads", (0, 0, 0, 0))]
+        for axis in range(2):
+            size = value.shape[2 + axis]
+            span = size + pads[axis] + pads[axis + 2] - kernel[axis]
+            if size < 0 or span % strides[axis]:
+                raise _Unsupported(
+                    f"{node.op_type} {node.name!r} with ceil_mode=1 is not supported where it "
+                    "rounds up (TFLite pools round down)"
+                )
+
+    def _op_GlobalAveragePool(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.global_pool(node, "MEAN")
+
+    def _op_GlobalMaxPool(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.global_pool(node, "REDUCE_MAX")
+
+    def global_pool(self, node: Any, op: str) -> None:
+        self.float_only(node)
+        value = self.values[node.input[0]]
+        rank = len(value.shape)
+        if rank < 3:
+            raise _Unsupported(f"{node.op_type} {node.name!r} needs a tensor with spatial axes")
+        # Reduce the spatial axes where they are stored; keep_dims leaves the layout unchanged.
+        axes = sorted(value.perm[a] for a in range(2, rank))
+        source = self.physical(node.input[0], value.perm)
+        out, _ = self.new(node.output[0], value.perm)
+        self.writer.op(
+            op,
+            [source, self.writer.constant(f"{node.output[0]}/axes", _i32(axes))],
+            [out],
+            "ReducerOptions",
+            keepDims=True,
+        )
+
+    # -- shapes ------------------------------------------------------------------------------------
+
+    def _op_Concat(self, node: Any, attrs: dict[str, Any]) -> None:
+        names = [n for n in node.input if n]
+        values = [self.values[n] for n in names]
+        rank = len(self.info(node.output[0])[0])
+        axis = int(attrs["axis"])
+        axis = axis + rank if axis < 0 else axis
+        # Concatenate in the layout the tensors share (the channel axis of NHWC conv outputs).
+        perms = {v.perm for v in values if v.const is None}
+        perm = next(iter(perms)) if len(perms) == 1 else identity(rank)
+        inputs = [self.physical(n, perm) for n in names]
+        nonneg = all(
+            v.nonneg or (v.const is not None and bool((v.const >= 0).all())) for v in values
+        )
+        out, _ = self.new(node.output[0], perm, nonneg=nonneg)
+        self.writer.op(
+            "CONCATENATION",
+            inputs,
+            [out],
+            "ConcatenationOptions",
+            axis=perm[axis],
+            fusedActivationFunction=0,
+        )
+
+    def _op_Reshape(self, node: Any, attrs: dict[str, Any]) -> None:
+        value = self.values[node.input[0]]
+        requested = [int(d) for d in self.const(node.input[1], "Reshape shape").reshape(-1)]
+        if int(attrs.get("allowzero", 0)) and 0 in requested:
+            raise _Unsupported(f"Reshape {node.name!r} to an empty tensor is not supported")
+        # 0 copies the input's dimension (allowzero=0); -1 is inferred.
+        shape = [value.shape[i] if d == 0 else d for i, d in enumerate(requested)]
+        inferred = self.info(node.output[0])[0]
+        if all(d >= 0 for d in inferred):
+            shape = list(inferred)
+        if sum(d < 0 for d in shape) > 1:
+            raise _Unsupported(
+                f"Reshape {node.name!r} has more than one dimension unknown at conversion time"
+            )
+        self.reshape(node, value, shape)
+
+    def _op_Shape(self, node: Any, attrs: dict[str, Any]) -> None:
+        value = self.values[node.input[0]]
+        if any(d < 0 for d in value.shape):
+            raise _Unsupported(
+                f"Shape {node.name!r} of tensor {node.input[0]!r} with dynamic dimensions is not "
+                "supported (only static shapes become constants)"
+            )
+        start, end = attrs.get("start", 0), attrs.get("end")
+        dims = np.asarray(value.shape, np.int64)[int(start) : None if end is None else int(end)]
+        self.values[node.output[0]] = _Value(dims.shape, dims.dtype, const=dims)
+
+    def _op_ConstantOfShape(self, node: Any, attrs: dict[str, Any]) -> None:
+        raise _Unsupported(
+            f"ConstantOfShape {node.name!r} has a shape computed at run time; only constant "
+            "shapes are supported"
+        )
+
+    def _op_Pad(self, node: Any, attrs: dict[str, Any]) -> None:
+        mode = attrs.get("mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        if mode != "constant":
+            raise _Unsupported(f"Pad {node.name!r} in mode {mode!r} is not supported")
+        value = self.values[node.input[0]]
+        rank = len(value.shape)
+        if self.opset >= 11:  # pads and the fill value became inputs in opset 11
+            inputs = [*node.input, "", "", ""]
+            pads = [int(p) for p in self.const(inputs[1], "Pad pads").reshape(-1)]
+            fill = float(self.const(inputs[2], "Pad value").reshape(())) if inputs[2] else 0.0
+            axes = (
+                [int(a) for a in self.const(inputs[3], "Pad axes").reshape(-1)]
+                if inputs[3]
+                else list(range(rank))
+            )
+        else:
+            pads = [int(p) for p in attrs["pads"]]
+            fill = float(attrs.get("value", 0.0))
+            axes = list(range(rank))
+        if any(p < 0 for p in pads):
+            raise _Unsupported(f"Pad {node.name!r} with negative pads (cropping) is not supported")
+        begin, end = [0] * rank, [0] * rank
+        for index, axis in enumerate(axes):
+            axis = axis + rank if axis < 0 else axis
+            begin[axis], end[axis] = pads[index], pads[index + len(axes)]
+        # Pad in the stored layout: the widths follow the axes to where they are stored.
+        order = np.argsort(value.perm).tolist()
+        widths = _i32([[begin[a], end[a]] for a in order])
+        source = self.physical(node.input[0], value.perm)
+        name = node.output[0]
+        out, _ = self.new(name, value.perm)
+        inputs = [source, self.writer.constant(f"{name}/pads", widths)]
+        if fill == 0.0:
+            self.writer.op("PAD", inputs, [out], "PadOptions")
+        else:
+            constant = np.full(1, fill, value.dtype)
+            inputs.append(self.writer.constant(f"{name}/fill", constant))
+            self.writer.op("PADV2", inputs, [out], "PadV2Options")
+
+    def _op_Softmax(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.float_only(node)
+        value = self.values[node.input[0]]
+        rank = len(value.shape)
+        axis = int(attrs.get("axis", -1 if self.opset >= 13 else 1))
+        axis = axis + rank if axis < 0 else axis
+        # Before opset 13 Softmax normalises over all axes from `axis` on (flattened); TFLite's
+        # over the last stored one. They agree when at most one of those axes is not 1.
+        reduced = [axis] if self.opset >= 13 else list(range(axis, rank))
+        wide = [a for a in reduced if value.shape[a] != 1]
+        if len(wide) > 1:
+            raise _Unsupported(
+                f"Softmax {node.name!r} over several axes {wide} (opset {self.opset} flattens "
+                "them) is not supported"
+            )
+        target = wide[0] if wide else axis
+        perm = value.perm
+        if perm[target] != rank - 1:
+            stored = [a for a in np.argsort(perm).tolist() if a != target] + [target]
+            perm = tuple(int(p) for p in np.argsort(stored))
+        source = self.physical(node.input[0], perm)
+        out, _ = self.new(node.output[0], perm)
+        self.writer.op("SOFTMAX", [source], [out], "SoftmaxOptions", beta=1.0)
+
+    def _op_Dropout(self, node: Any, attrs: dict[str, Any]) -> None:
+        inputs = [*node.input, "", ""]
+        if inputs[2] and bool(self.const(inputs[2], "Dropout training_mode").reshape(())):
+            raise _Unsupported(f"Dropout {node.name!r} in training mode is not supported")
+        value = self.values[node.input[0]]
+        self.values[node.output[0]] = value  # inference: the identity
+        if len(node.output) > 1 and node.output[1] and all(d >= 0 for d in value.shape):
+            mask = np.ones(value.shape, np.bool_)
+            self.values[node.output[1]] = _Value(mask.shape, mask.dtype, const=mask)
 
     def _op_Flatten(self, node: Any, attrs: dict[str, Any]) -> None:
         value = self.values[node.input[0]]
@@ -442,8 +873,12 @@ class _Converter:
         self.reshape(node, value, shape)
 
     def reshape(self, node: Any, value: _Value, shape: list[int]) -> None:
-        # Flatten is defined on the ONNX (logical) order, so the data must be in it first.
-        source = self.physical(node.input[0], identity(len(value.shape)))
+        # Reshape and Flatten are defined on the ONNX (logical) order, so the data must be in it
+        # first — unless the stored order differs only by axes of size 1 (an NHWC [N,1,1,C]), whose
+        # elements already lie in logical order.
+        stored = [a for a in np.argsort(value.perm).tolist() if value.shape[a] != 1]
+        perm = value.perm if stored == sorted(stored) else identity(len(value.shape))
+        source = self.physical(node.input[0], perm)
         out, _ = self.new(node.output[0], identity(len(shape)))
         self.writer.op(
             "RESHAPE",
@@ -515,16 +950,17 @@ def _attributes(node: Any) -> dict[str, Any]:
     return attrs
 
 
-def _type_info(info: Any) -> tuple[tuple[int, ...], np.dtype[Any]]:
+def _type_info(info: Any) -> tuple[tuple[int, ...], np.dtype[Any]] | str:
+    """Shape and dtype of a value_info, or why the converter cannot write such a tensor."""
     tensor_type = info.type.tensor_type
     elem = tensor_type.elem_type
     if elem not in _ONNX_DTYPES:
-        raise _Unsupported(
+        return (
             f"tensor {info.name!r} has ONNX element type {elem}; the converter writes float32, "
             "int32, int64 and bool tensors"
         )
     if not tensor_type.HasField("shape"):
-        raise _Unsupported(f"onnx could not infer the rank of tensor {info.name!r}")
+        return f"onnx could not infer the rank of tensor {info.name!r}"
     dims = tuple(
         int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else -1
         for d in tensor_type.shape.dim
@@ -542,6 +978,12 @@ def _suffix(perm: Sequence[int]) -> str:
 
 def _product(dims: Sequence[int]) -> int:
     return -1 if any(d < 0 for d in dims) else math.prod(dims)
+
+
+F32: Final = np.float32
+
+#: Elementwise TFLite operators whose output is never negative.
+_NONNEGATIVE: Final = frozenset({"RELU", "RELU6", "LOGISTIC"})
 
 
 def _i32(values: Any) -> np.ndarray:
