@@ -655,6 +655,15 @@ def test_a_backend_in_another_environment_is_measured_there(onnx_backends, modul
     assert result.settings["interpreters"] == {"mxnet": str(MXNET_PYTHON)}
 
 
+def test_a_missing_interpreter_is_refused_before_any_work(tmp_path):
+    with pytest.raises(UnsupportedOptionError, match=r"'mxnet'.*does not exist.*uv sync"):
+        bench.run(
+            "builtin:arcface-tiny",
+            backends=["mxnet"],
+            interpreters={"mxnet": tmp_path / "no-such-env/bin/python"},
+        )
+
+
 def test_a_backend_another_environment_cannot_run_is_refused(onnx_backends, module_cache):
     with pytest.raises(BackendUnavailableError, match=r"'elsewhere' in .*no backend named"):
         bench.run(

@@ -12,6 +12,7 @@ import difflib
 import functools
 import importlib.metadata as metadata
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -99,6 +100,7 @@ def register_backend(cls: type[Backend]) -> None:
     _registered[cls.name] = cls
     _load.cache_clear()
     cached_probe.cache_clear()
+    installed_versions.cache_clear()
 
 
 def unregister_backend(name: str) -> None:
@@ -106,6 +108,7 @@ def unregister_backend(name: str) -> None:
     _registered.pop(name, None)
     _load.cache_clear()
     cached_probe.cache_clear()
+    installed_versions.cache_clear()
 
 
 def backend_names() -> list[str]:
@@ -221,19 +224,21 @@ def cached_probe(name: str) -> Availability:
     return probe(get_backend(name))
 
 
-def installed_versions(name: str) -> dict[str, str]:
+@functools.cache
+def installed_versions(name: str) -> Mapping[str, str]:
     """The versions of backend ``name``'s distribution and of what it requires (its extras' too,
     where installed: a runtime may live in one), from package metadata: unlike :func:`probe`, this
     imports no runtime (``backend="auto"`` keys its cached decisions on these, and a cached load
     must stay cheap).
 
-    A backend registered in-process has no distribution: its probed version stands in.
+    A backend registered in-process has no distribution: its probed version stands in. Read once
+    per process, like :func:`cached_probe`.
     """
     eps = _entry_points().get(name)
     if name in _registered or not eps or eps[0].dist is None:
         return {name: str(cached_probe(name).version)}
     dist = eps[0].dist
-    versions = {dist.name: dist.version}
+    versions: dict[str, str] = {dist.name: dist.version}
     for requirement in dist.requires or ():
         match = _REQUIREMENT_NAME.match(requirement)
         if match is None:

@@ -28,7 +28,12 @@ import numpy as np
 from .. import models
 from .._digest import content_digest
 from .._engine import readers
-from .._errors import BackendUnavailableError, ModelNotFoundError, UniferError
+from .._errors import (
+    BackendUnavailableError,
+    ModelNotFoundError,
+    UniferError,
+    UnsupportedOptionError,
+)
 from .._hardware import fingerprint, fingerprint_digest
 from .._preprocess import Preprocess, load_sidecar
 from . import _energy
@@ -196,6 +201,13 @@ def run(
     here = None if backends is None else [b for b in backends if b not in elsewhere]
     if backends is not None:
         elsewhere = {n: p for n, p in elsewhere.items() if n in backends}
+    for name, python in elsewhere.items():
+        if not (python.is_file() and os.access(python, os.X_OK)):
+            raise UnsupportedOptionError(
+                f"the Python interpreter given for backend {name!r}, {str(python)!r}, does not "
+                "exist or is not executable; pass that environment's python (for mxnet: "
+                "uv sync --project backends/mxnet, then backends/mxnet/.venv/bin/python)"
+            )
     builtin = isinstance(model, str) and model.startswith(models.PREFIX)
     if builtin:  # built-in models are ONNX: find the backends before generating one (seconds)
         names, skipped = _select_here(".onnx", here)
@@ -246,7 +258,7 @@ def run(
             names.append(name)
             if found["needs_conversion"]:
                 converting.add(name)
-        configs = plan(names, thread_counts, batches, precisions)
+            configs = plan(names, thread_counts, batches, precisions)
         total = len(configs)
         # Backends that run the model only after converting it (ncnn, LiteRT from ONNX): convert
         # once, in a process of its own, into the cache whose converted/ every worker shares.

@@ -53,8 +53,10 @@ def runtime_version() -> str:
 
 
 def runtime_info() -> tuple[str, tuple[str, ...]]:
-    """The runtime version and the devices it sees, in unifer's names (``"cpu"``, ``"gpu:0"``)."""
-    return runtime_version(), tuple(_unifer_device(d) for d in _core().available_devices)
+    """The runtime version and the devices it sees, in unifer's names (``"cpu"``, ``"gpu:0"``),
+    the default (``"cpu"``) first as ``Availability.devices`` requires."""
+    devices = [_unifer_device(d) for d in _core().available_devices]
+    return runtime_version(), tuple(sorted(devices, key=lambda d: d != "cpu"))
 
 
 def _unifer_device(device: str) -> str:
