@@ -8,15 +8,13 @@ converter when it opens them; TorchScript and torch.export files are covered in 
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
+from collections.abc import Mapping
 from typing import ClassVar
 
 import pytest
 
-from unifer import Engine
-from unifer.backend import Backend, Session, SessionOptions
+from unifer.backend import Backend
 from unifer.testing import BackendContract
-from unifer.testing.models import ToyModel
 from unifer_torch import TorchBackend
 
 if importlib.util.find_spec("torch") is None:
@@ -32,27 +30,14 @@ class TestTorchContract(BackendContract):
     runtime_modules = ("torch",)
     dynamic_batch = True
     unsupported_precision = "int8"
-    #: The device every engine and session of the kit is opened on (the default, "auto", would
-    #: pick a GPU where there is one).
-    device: ClassVar[str] = "cpu"
-
-    def open_engine(self, model: ToyModel, directory: Path, **options: object) -> Engine:
-        backend_options = options.pop("backend_options", None) or {"torch": {}}
-        assert isinstance(backend_options, dict)
-        backend_options = {"torch": {"device": self.device, **backend_options["torch"]}}
-        return super().open_engine(model, directory, backend_options=backend_options, **options)
-
-    def open_session(self, backend: Backend, model: ToyModel, directory: Path) -> Session:
-        path = self.model_file(model, directory)
-        options = SessionOptions(
-            cache_dir=directory.parent / "cache", extra={"device": self.device}
-        )
-        return backend.open(path, options)
+    # The kit opens every engine and session on this device (the default, "auto", would pick a GPU
+    # where there is one).
+    backend_options: ClassVar[Mapping[str, object]] = {"device": "cpu"}
 
 
 @pytest.mark.gpu
 class TestTorchContractOnCuda(TestTorchContract):
-    device: ClassVar[str] = "cuda:0"
+    backend_options: ClassVar[Mapping[str, object]] = {"device": "cuda:0"}
 
     @pytest.fixture(autouse=True)
     def _needs_cuda(self) -> None:

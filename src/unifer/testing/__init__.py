@@ -14,7 +14,9 @@ name; the plugin module imports without its runtime; specs are well formed; ``ru
 output with its advertised dtype and the right numbers; ``run`` is safe from 8 threads; results are
 owned by the caller; ``close`` is idempotent; native errors come out as unifer errors with the
 native cause chained; nothing is written next to the model. A backend whose format is not ONNX
-overrides :meth:`BackendContract.model_file` to convert the kit's ONNX models.
+overrides :meth:`BackendContract.model_file` to convert the kit's ONNX models. To run the whole kit
+again on another device, subclass the contract class and set :attr:`BackendContract.backend_options`
+(e.g. ``{"device": "cuda:0"}``), marking the subclass ``gpu`` where it needs one.
 Needs pytest and onnx.
 """
 
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import threading
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
@@ -62,6 +65,9 @@ class BackendContract:
     atol: ClassVar[float] = 1e-5
     #: False where ``threads=`` has nothing to map to (a GPU backend): it must warn and report None.
     threads_apply: ClassVar[bool] = True
+    #: This backend's ``backend_options`` for every engine and session the kit opens: the device
+    #: a subclass runs the kit on, say. Options a test passes itself are merged over them.
+    backend_options: ClassVar[Mapping[str, object]] = {}
 
     # -- hooks ---------------------------------------------------------------------------------
 
@@ -88,12 +94,25 @@ class BackendContract:
         return directory
 
     def open_engine(self, model: ToyModel, directory: Path, **options: object) -> Engine:
-        path = self.model_file(model, directory)
-        return Engine.load(path, backend=self.backend_class.name, **options)  # type: ignore[arg-type]
+        return self.load(self.model_file(model, directory), **options)
+
+    def load(self, path: Path, **options: object) -> Engine:
+        """``Engine.load(path)`` with this backend and :attr:`backend_options` merged in."""
+        name = self.backend_class.name
+        given = options.pop("backend_options", None) or {}
+        assert isinstance(given, Mapping)
+        merged = {name: {**self.backend_options, **given.get(name, {})}}
+        return Engine.load(path, backend=name, backend_options=merged, **options)  # type: ignore[arg-type]
+
+    def session_options(self, directory: Path) -> SessionOptions:
+        """What the kit opens sessions with: a private cache and :attr:`backend_options`."""
+        return SessionOptions(
+            cache_dir=directory.parent / "cache", extra=dict(self.backend_options)
+        )
 
     def open_session(self, backend: Backend, model: ToyModel, directory: Path) -> Session:
         path = self.model_file(model, directory)
-        return backend.open(path, SessionOptions(cache_dir=directory.parent / "cache"))
+        return backend.open(path, self.session_options(directory))
 
     # -- the contract --------------------------------------------------------------------------
 
@@ -245,7 +264,7 @@ class BackendContract:
         data = good.read_bytes()
         good.write_bytes(data[: len(data) // 2])  # truncated, as by an interrupted download
         with pytest.raises(ModelLoadError) as info:
-            backend.open(good, SessionOptions(cache_dir=model_dir.parent / "cache"))
+            backend.open(good, self.session_options(model_dir))
         assert good.name in str(info.value)
         assert info.value.__cause__ is not None
 
@@ -265,6 +284,6 @@ class BackendContract:
         model = models.mlp()
         path = self.model_file(model, model_dir)
         before = sorted(p.name for p in model_dir.iterdir())
-        with Engine.load(path, backend=self.backend_class.name) as engine:
+        with self.load(path) as engine:
             engine.run(model.feeds())
         assert sorted(p.name for p in model_dir.iterdir()) == before
