@@ -34,6 +34,7 @@ from unifer.backend import TensorSpec
 from unifer.bench import _background, _deps, _energy
 from unifer.bench._grid import needs_conversion, select_backends
 from unifer.bench._integrity import TOLERANCES, compare, seeded_images
+from unifer.bench._report import markdown
 from unifer.bench._run import Progress, Result
 from unifer.cli import main
 
@@ -340,6 +341,16 @@ def synthetic_result() -> Result:
         skipped={"gamma": "gamma is not installed"},
         records=[_record("alpha", 1, 200.0), busy, failed],
     )
+
+
+def test_report_says_where_a_backend_ran_and_with_which_options():
+    result = synthetic_result()
+    plain = markdown(result)
+    assert "Ran on" not in plain  # on the CPU with no options: nothing to say
+    result.settings["backend_options"] = {"alpha": {"device": "vulkan"}}
+    for record in result.records:
+        record["settings"] = {**(record.get("settings") or {}), "device": "vulkan:0"}
+    assert "Ran on vulkan:0, with backend options device='vulkan'." in markdown(result)
 
 
 def test_report_files_and_json_schema(tmp_path):

@@ -182,3 +182,27 @@ def test_backends_shows_the_machine(cli, fake_backend):
     data = json.loads(cli("backends", "--json").output)
     assert data["machine"]["cpu"]["logical_cores"] >= 1
     assert cli("backends").output.startswith("machine: ")
+
+
+def test_option_passes_backend_options_to_the_backend(cli, fake_backend, fake_model, tmp_path):
+    x = tmp_path / "x.npy"
+    np.save(x, np.ones((1, 3), np.float32))
+    cli("predict", str(fake_model), str(x), "--backend", "fake", "--option", "fake.mode=fast")
+    cli("info", str(fake_model), "--backend", "fake", "--option", 'fake.mode={"a": [1, true]}')
+    assert [s.options.extra for s in fake_backend.opened] == [
+        {"mode": "fast"},  # not JSON: the text itself
+        {"mode": {"a": [1, True]}},  # JSON: the value it reads as
+    ]
+
+
+@pytest.mark.parametrize("arg", ["fake=1", "mode=1", ".mode=1", "fake.=1", "fake.mode"])
+def test_option_must_name_a_backend_and_a_key(cli, fake_backend, fake_model, arg):
+    result = cli("info", str(fake_model), "--option", arg, code=2)
+    assert "expected BACKEND.KEY=VALUE, e.g. ncnn.device=vulkan" in result.output
+
+
+def test_parse_backend_options_groups_by_backend():
+    from unifer.cli import parse_backend_options
+
+    parsed = parse_backend_options(["ncnn.device=vulkan:0", "ncnn.winograd=false", "torch.x=2"])
+    assert parsed == {"ncnn": {"device": "vulkan:0", "winograd": False}, "torch": {"x": 2}}

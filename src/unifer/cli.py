@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -34,6 +34,37 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(func)
+
+
+def backend_options_option(func: F) -> F:
+    return click.option(
+        "--option",
+        "option_args",
+        metavar="BACKEND.KEY=VALUE",
+        multiple=True,
+        help="A backend option, e.g. ncnn.device=vulkan or torch.device=cuda:0 (repeatable; "
+        "VALUE is read as JSON where it parses, e.g. true or 4, else as text).",
+    )(func)
+
+
+def parse_backend_options(args: Sequence[str]) -> dict[str, dict[str, object]]:
+    """``("ncnn.device=vulkan", "ncnn.winograd=false")`` -> ``{"ncnn": {"device": "vulkan",
+    "winograd": False}}``: the ``backend_options`` argument of ``Engine.load``."""
+    options: dict[str, dict[str, object]] = {}
+    for arg in args:
+        target, sep, text = arg.partition("=")
+        backend, dot, key = target.partition(".")
+        if not sep or not dot or not backend.strip() or not key.strip():
+            raise click.BadParameter(
+                f"expected BACKEND.KEY=VALUE, e.g. ncnn.device=vulkan, got {arg!r}",
+                param_hint="--option",
+            )
+        try:
+            value: object = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        options.setdefault(backend.strip(), {})[key.strip()] = value
+    return options
 
 
 def emit_json(data: object) -> None:
@@ -145,14 +176,22 @@ def list_models(as_json: bool) -> None:
     is_flag=True,
     help="Let backend='auto' measure the candidates and explain its choice.",
 )
+@backend_options_option
 @json_option
-def info(model: str, backend: str, measure: bool, as_json: bool) -> None:
+def info(
+    model: str, backend: str, measure: bool, option_args: tuple[str, ...], as_json: bool
+) -> None:
     """Show a model's inputs and outputs and which backends can read it.
 
     MODEL is a model file or a built-in model such as builtin:arcface-r18. Without --auto, "auto"
     opens the model with the static choice (no measuring).
     """
-    with Engine.load(model, backend=backend, budget_s=None if measure else 0) as engine:
+    with Engine.load(
+        model,
+        backend=backend,
+        budget_s=None if measure else 0,
+        backend_options=parse_backend_options(option_args),
+    ) as engine:
         path = engine.model
         assert path is not None  # noqa: S101 - Engine.load always records the file it opened
         suffix = path.suffix.lower()
@@ -257,9 +296,15 @@ def _tree_size(path: Path) -> int:
     is_flag=True,
     help="Keep a conversion whose outputs differ from the source beyond tolerance.",
 )
+@backend_options_option
 @json_option
 def convert(
-    model: str, target: str, out: Path | None, accept_mismatch: bool, as_json: bool
+    model: str,
+    target: str,
+    out: Path | None,
+    accept_mismatch: bool,
+    option_args: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Convert MODEL to the format TARGET reads, check it against MODEL, and cache it.
 
@@ -279,7 +324,10 @@ def convert(
     result = _convert.convert(
         plugin,
         source,
-        SessionOptions(cache_dir=cache_dir("backends", target)),
+        SessionOptions(
+            cache_dir=cache_dir("backends", target),
+            extra=parse_backend_options(option_args).get(target, {}),
+        ),
         accept_mismatch=accept_mismatch,
     )
     files = sorted(p for p in result.path.parent.iterdir() if p.name != _convert.MANIFEST)
@@ -322,6 +370,7 @@ def convert(
     type=click.Path(path_type=Path, dir_okay=False),
     help="Write outputs to .npy (one output), .npz or .json.",
 )
+@backend_options_option
 @json_option
 def predict(
     model: str,
@@ -331,6 +380,7 @@ def predict(
     precision: str,
     preprocess_arg: str | None,
     out: Path | None,
+    option_args: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Run MODEL on INPUT (.npy, .npz with one array per input name, or an image file).
@@ -339,7 +389,12 @@ def predict(
     """
     preprocess = _preprocess_from(preprocess_arg)
     with Engine.load(
-        model, backend=backend, threads=threads, precision=precision, preprocess=preprocess
+        model,
+        backend=backend,
+        threads=threads,
+        precision=precision,
+        preprocess=preprocess,
+        backend_options=parse_backend_options(option_args),
     ) as engine:
         feeds = _read_input(input_path, engine)
         if isinstance(feeds, np.ndarray):
@@ -487,6 +542,7 @@ def _write_outputs(out: Path, outputs: Mapping[str, np.ndarray]) -> None:
     help="Measure BACKEND in another Python environment, e.g. "
     "mxnet=backends/mxnet/.venv/bin/python (repeatable).",
 )
+@backend_options_option
 @click.option("--no-plots", is_flag=True, help="Do not write PNG plots.")
 @json_option
 def bench(
@@ -505,6 +561,7 @@ def bench(
     stable: float | None,
     reference: str | None,
     python_args: tuple[str, ...],
+    option_args: tuple[str, ...],
     no_plots: bool,
     as_json: bool,
 ) -> None:
@@ -562,6 +619,7 @@ def bench(
         progress=benchmark.TerminalProgress(sys.stderr),
         command=command,
         interpreters=interpreters,
+        backend_options=parse_backend_options(option_args),
     )
     written = benchmark.write_report(result, out, plots=not no_plots) if out else None
     if as_json:

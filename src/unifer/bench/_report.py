@@ -404,6 +404,18 @@ def _summary(result: Result, groups: dict[str, list[dict[str, Any]]]) -> list[st
     return ["## Average end-to-end latency (ms)", "", *_table(header, rows), ""]
 
 
+def _device(backend: str, ok: list[dict[str, Any]], result: Result) -> list[str]:
+    """Where it ran and with which backend options, unless on the CPU with none."""
+    options = (result.settings.get("backend_options") or {}).get(backend)
+    devices = sorted({str(d) for r in ok if (d := _get(r, "settings", "device")) is not None})
+    if not options and devices in ([], ["cpu"]):
+        return []
+    line = f"Ran on {', '.join(devices) or 'an unreported device'}"
+    if options:
+        line += ", with backend options " + ", ".join(f"{k}={v!r}" for k, v in options.items())
+    return [line + ".", ""]
+
+
 def _backend_section(backend: str, records: list[dict[str, Any]], result: Result) -> list[str]:
     show = _variants(records)
     version = next((r["runtime_version"] for r in records if r.get("runtime_version")), None)
@@ -426,6 +438,7 @@ def _backend_section(backend: str, records: list[dict[str, Any]], result: Result
         )
     )
     out.append("")
+    out.extend(_device(backend, ok, result))
     out.extend(_conversion(records))
     for r in records:
         if r["status"] != "ok":

@@ -338,6 +338,7 @@ def run(
             "per_round": settings.per_round(),
             "backends": names,
             "interpreters": {n: str(p) for n, p in elsewhere.items() if n in names},
+            "backend_options": base_job["backend_options"],
             "threads": list(dict.fromkeys(c.threads for c in configs)),
             "batches": list(dict.fromkeys(batches)),
             "precisions": list(dict.fromkeys(precisions)),
