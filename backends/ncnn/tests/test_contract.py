@@ -8,15 +8,18 @@ a sibling directory, so the model directory holds only the conversion (``.param`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
+pytest.importorskip("ncnn")
+
 from unifer.backend import Backend, SessionOptions
 from unifer.testing import BackendContract
 from unifer.testing.models import ToyModel
-from unifer_ncnn import NcnnBackend
+from unifer_ncnn import NcnnBackend, _vulkan
 
 #: Why the kit's two multi_io tests cannot apply: that model has an int64 input and output.
 INT64_REASON = (
@@ -47,3 +50,16 @@ class TestNcnnContract(BackendContract):
 
     @pytest.mark.skip(reason=INT64_REASON)
     def test_run_returns_every_output_with_its_dtype(self, model_dir: Path) -> None: ...
+
+
+VULKAN = _vulkan.enumerate_devices()
+
+
+@pytest.mark.skipif(
+    not VULKAN.devices,
+    reason=f"ncnn finds no Vulkan device here ({VULKAN.why_none}); {_vulkan.INSTALL_HINT}",
+)
+class TestNcnnContractOnVulkan(TestNcnnContract):
+    """The whole kit again, every model opened on ncnn's default Vulkan device (test_vulkan.py)."""
+
+    backend_options: ClassVar[Mapping[str, object]] = {"device": "vulkan"}

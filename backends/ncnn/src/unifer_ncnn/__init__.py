@@ -24,7 +24,11 @@ __all__ = ["NcnnBackend"]
 
 
 class NcnnBackend:
-    """The ``ncnn`` backend (CPU). Options (``backend_options={"ncnn": {...}}``):
+    """The ``ncnn`` backend (CPU or Vulkan). Options (``backend_options={"ncnn": {...}}``):
+
+    - ``device``: ``"cpu"`` (default), ``"vulkan"`` (the Vulkan device ncnn prefers: a discrete
+      GPU first) or ``"vulkan:N"``; ``unifer backends`` lists them. Layers without a Vulkan
+      implementation (and int8 ones) run on the CPU, with ``threads``.
 
     - ``winograd``: Winograd convolutions (default True): faster 3x3 convolutions at several
       times the memory for their transformed weights (IResNet100 at 2 threads: ~65-94 vs ~130 ms,
@@ -49,11 +53,14 @@ class NcnnBackend:
     converts_from: ClassVar[tuple[str, ...]] = (".onnx",)
 
     def probe(self) -> Availability:
-        """Report ncnn's version, or why it cannot run; never raises."""
+        """Report ncnn's version and devices (its Vulkan ones after "cpu"), or why it cannot run;
+        never raises."""
         try:
             from ._session import runtime_version
+            from ._vulkan import enumerate_devices
 
             version = runtime_version()
+            vulkan = enumerate_devices()
         except ImportError as exc:
             return Availability(
                 ok=False, reason=f"ncnn cannot be imported: {exc}", install=self.install
@@ -64,7 +71,16 @@ class NcnnBackend:
                 reason=f"ncnn is installed but failed to start: {type(exc).__name__}: {exc}",
                 install=f"pip install --force-reinstall ncnn  # or: {self.install}",
             )
-        return Availability(ok=True, version=version, devices=("cpu",))
+        if vulkan.devices:
+            note = "Vulkan: " + ", ".join(d.describe() for d in vulkan.devices)
+        else:
+            note = f"no Vulkan device ({vulkan.why_none})"
+        return Availability(
+            ok=True,
+            version=version,
+            devices=("cpu", *(d.device for d in vulkan.devices)),
+            reason=note,
+        )
 
     def open(self, model: Path, options: SessionOptions, /) -> Session:
         """Load ``model`` and its ``.bin`` with the options applied; see the class docstring."""

@@ -28,10 +28,10 @@ from unifer.backend import (
     warn_unknown_options,
 )
 
-from . import _param, _routes
+from . import _param, _routes, _vulkan
 
 NAME: Final = "ncnn"
-OPTIONS: Final = ("converter", "input_shapes", "sgemm", "winograd")
+OPTIONS: Final = ("converter", "device", "input_shapes", "sgemm", "winograd")
 BATCH: Final = "N"
 
 #: The Option fields that decide the arithmetic, per unifer precision. ncnn's own ``Net().opt``
@@ -188,6 +188,7 @@ class NcnnSession:
         winograd = _flag(extra, "winograd", True)
         sgemm = _flag(extra, "sgemm", True)
         shapes = _input_shapes(extra.get("input_shapes"))
+        vulkan = _vulkan.resolve(extra.get("device", "cpu"))
         _routes.route(extra)  # a bad value is an error here too, not only when converting
         converted_by = _routes.read_record(model)
         weights = model.with_suffix(".bin")
@@ -211,10 +212,12 @@ class NcnnSession:
         for key in _WINOGRAD:
             setattr(opt, key, winograd)
         opt.use_sgemm_convolution = sgemm
-        opt.use_vulkan_compute = False  # CPU only: ncnn's Vulkan path is unverified here
+        opt.use_vulkan_compute = vulkan is not None
         if options.threads is not None:
-            opt.num_threads = options.threads
+            opt.num_threads = options.threads  # on Vulkan too: for the layers that run on the CPU
         net.opt = opt  # layers read the options while loading, so they are set first
+        if vulkan is not None:
+            net.set_vulkan_device(vulkan.index)
         with translate_errors(NAME, RuntimeError, model=model):
             # Both return -1 and print ncnn's reason to stderr; there is no exception to chain.
             if net.load_param(str(model)) != 0:
@@ -226,7 +229,7 @@ class NcnnSession:
                 )
             applied = net.opt
             settings: dict[str, object] = {
-                "device": "cpu",
+                "device": "cpu" if vulkan is None else vulkan.device,
                 "threads": int(applied.num_threads),
                 "precision": options.precision,
                 "batch": "per-sample",
@@ -235,6 +238,8 @@ class NcnnSession:
                 **{key: bool(getattr(applied, key)) for key in _REPORTED},
                 "runtime_version": runtime_version(),
             }
+            if vulkan is not None:
+                settings["vulkan_device"] = f"{vulkan.name} ({vulkan.kind})"
             if shapes:
                 settings["input_shapes"] = {name: list(shape) for name, shape in shapes.items()}
             if converted_by is not None:

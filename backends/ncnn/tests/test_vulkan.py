@@ -1,0 +1,129 @@
+"""ncnn's Vulkan path (``backend_options={"ncnn": {"device": "vulkan"}}``), on real Vulkan.
+
+Here that is Mesa's lavapipe, Vulkan on the CPU (``apt-get install libvulkan1
+mesa-vulkan-drivers``; .ci/run installs it): the same ncnn Vulkan code, shaders and device memory
+as on a GPU, only slower. On a machine with a GPU and its Vulkan driver the same tests run there.
+The tests that need a device skip where ncnn finds none, saying why; those about having none run
+everywhere, in a child process whose Vulkan loader is pointed at no driver. The conformance kit on
+Vulkan is in test_contract.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ncnn")
+
+from unifer import Engine, UnsupportedOptionError
+from unifer._parity import compare
+from unifer_ncnn import NcnnBackend, _vulkan
+
+if TYPE_CHECKING:
+    from conftest import Converted
+
+FOUND = _vulkan.enumerate_devices()
+needs_vulkan = pytest.mark.skipif(
+    not FOUND.devices,
+    reason=f"ncnn finds no Vulkan device here ({FOUND.why_none}); {_vulkan.INSTALL_HINT}",
+)
+
+
+def on(device: object) -> dict[str, dict[str, object]]:
+    return {"ncnn": {"device": device}}
+
+
+def embed(model: Converted, x: np.ndarray, **options: object) -> tuple[np.ndarray, dict]:
+    with Engine.load(model.param, backend="ncnn", **options) as engine:  # type: ignore[arg-type]
+        return engine.run({"input.1": x})["embedding"], dict(engine.settings)
+
+
+@needs_vulkan
+def test_probe_lists_the_vulkan_devices_after_the_cpu() -> None:
+    availability = NcnnBackend().probe()
+    assert availability.devices == ("cpu", *(f"vulkan:{d.index}" for d in FOUND.devices))
+    assert availability.reason is not None
+    assert availability.reason.startswith("Vulkan: vulkan:0 = ")
+
+
+@needs_vulkan
+def test_fp32_on_vulkan_matches_the_cpu(arcface_tiny: Converted, face: np.ndarray) -> None:
+    on_cpu, cpu_settings = embed(arcface_tiny, face)
+    on_vulkan, settings = embed(arcface_tiny, face, backend_options=on("vulkan"))
+    np.testing.assert_allclose(on_vulkan, on_cpu, atol=1e-5, rtol=1e-4)
+    assert cpu_settings["device"] == "cpu" and cpu_settings["use_vulkan_compute"] is False
+    default = FOUND.devices[FOUND.default or 0]
+    assert settings["device"] == default.device
+    assert settings["vulkan_device"] == f"{default.name} ({default.kind})"
+    assert settings["use_vulkan_compute"] is True
+    assert not any(settings[flag] for flag in ("use_fp16_storage", "use_bf16_storage"))
+
+
+@needs_vulkan
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_reduced_precision_on_vulkan_is_close_but_not_exact(
+    arcface_tiny: Converted, face: np.ndarray, precision: str
+) -> None:
+    exact, _ = embed(arcface_tiny, face)
+    reduced, settings = embed(
+        arcface_tiny, face, precision=precision, backend_options=on("vulkan:0")
+    )
+    assert settings["device"] == "vulkan:0" and settings["precision"] == precision
+    # Packed, not storage: ncnn turns bf16 storage off on a device without it (lavapipe), and the
+    # settings say so.
+    assert settings[f"use_{precision}_packed"] is True
+    parity = compare({"embedding": exact}, {"embedding": reduced})
+    assert parity.max_abs_diff > 0 and parity.min_cosine > 0.999
+
+
+@needs_vulkan
+def test_a_device_this_machine_lacks_lists_the_ones_it_has(arcface_tiny: Converted) -> None:
+    with pytest.raises(UnsupportedOptionError, match=r"device='vulkan:99'.*vulkan:0 = "):
+        Engine.load(
+            arcface_tiny.param, backend="ncnn", backend_options={"ncnn": {"device": "vulkan:99"}}
+        )
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:0", "vulkan:x", 0])
+def test_a_malformed_device_is_refused(arcface_tiny: Converted, device: object) -> None:
+    with pytest.raises(UnsupportedOptionError, match="'cpu', 'vulkan' or 'vulkan:N'"):
+        Engine.load(
+            arcface_tiny.param, backend="ncnn", backend_options={"ncnn": {"device": device}}
+        )
+
+
+def without_vulkan_driver(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a child whose Vulkan loader finds no driver (or which has no loader)."""
+    env = {**os.environ, "VK_ICD_FILENAMES": "/nonexistent/icd.json", "VK_DRIVER_FILES": ""}
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+
+
+def test_without_a_vulkan_device_the_probe_says_why_and_stays_quiet() -> None:
+    result = without_vulkan_driver(
+        "import json; from unifer_ncnn import NcnnBackend; a = NcnnBackend().probe(); "
+        "print(json.dumps([a.ok, a.devices, a.reason]))"
+    )
+    ok, devices, reason = json.loads(result.stdout)
+    assert ok and devices == ["cpu"]
+    assert reason.startswith("no Vulkan device (") and "failed" in reason
+    # ncnn's own lines went into the reason, not onto the user's terminal.
+    assert result.stderr == ""
+
+
+def test_without_a_vulkan_device_asking_for_one_says_how_to_get_one() -> None:
+    result = without_vulkan_driver(
+        "from unifer_ncnn import _vulkan\n"
+        "try:\n    _vulkan.resolve('vulkan')\n"
+        "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
+    )
+    assert result.stdout.startswith("UnsupportedOptionError backend option device='vulkan'")
+    assert "finds no Vulkan device here" in result.stdout
+    assert "apt-get install libvulkan1 mesa-vulkan-drivers" in result.stdout
