@@ -36,5 +36,11 @@ def test_compare_runs_and_reports_every_configuration(tmp_path: Path) -> None:
             assert cuda["reason"]
         else:
             assert cuda["integrity_fp32"] is True
+        vulkan = rows[("ncnn", "vulkan", "fp32", batch)]
+        if vulkan["status"] == "skipped":  # no ncnn, or no Vulkan device here
+            assert vulkan["reason"]
+        else:
+            assert vulkan["integrity_fp32"] is True
+            assert vulkan["settings"]["device"].startswith("vulkan:")
     assert "measured" in report["auto"] and "static" in report["auto"]
     assert "| onnxruntime | cpu | fp32 | 1 |" in (tmp_path / "gpu_compare.md").read_text()

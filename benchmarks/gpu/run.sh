@@ -2,8 +2,9 @@
 # Run THERE (the GPU machine), from the repo root, with .gpu-wheels/ carried (see README.md):
 #   bash benchmarks/gpu/run.sh
 # Installs unifer and the plugins from .gpu-wheels/ into /tmp/site (no index there), then writes to
-# $OUT: environment.txt, pytest.txt (torch and tensorrt plugin tests, GPU ones included),
-# gpu_compare.{json,md} (compare.py) and bench/{results.json,results.csv,report.md} (unifer bench).
+# $OUT: environment.txt, pytest.txt (torch, tensorrt and ncnn-on-Vulkan plugin tests, GPU ones
+# included), gpu_compare.{json,md} (compare.py) and bench/{results.json,results.csv,report.md}
+# (unifer bench).
 # Each step has its own time limit so that one hang cannot eat the whole device lease.
 # MODEL (default arcface-r100) and BATCHES (default 1,32) shrink a dry run on a CPU machine.
 set -uo pipefail
@@ -14,17 +15,40 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 UNIFER_CACHE_DIR=/tmp/unifer-cache
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .gpu-wheels/*.whl || exit 1
+# ncnn's runtime is optional: built for one Python version (prepare.sh), its rows skip without it.
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .gpu-wheels/optional/*.whl || echo "ncnn's wheel does not install here"
 export PYTHONPATH=/tmp/site
+
+# ncnn on Vulkan needs the Vulkan loader (brought along where the image lacks it) and NVIDIA's
+# Vulkan driver, which a container has only with the 'graphics' driver capability. Where the
+# driver's library is there but its manifest is not, point the loader at it.
+if ! ldconfig -p | grep -q "libvulkan.so.1 "; then
+  export LD_LIBRARY_PATH=$PWD/.gpu-wheels/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+if ! compgen -G "/usr/share/vulkan/icd.d/nvidia_icd*.json" >/dev/null &&
+  ! compgen -G "/etc/vulkan/icd.d/nvidia_icd*.json" >/dev/null; then
+  glx=$(ldconfig -p | awk '/libGLX_nvidia.so.0 / {print $NF; exit}')
+  if [ -n "$glx" ]; then
+    printf '{"file_format_version": "1.0.0", "ICD": {"library_path": "%s", "api_version": "1.3"}}\n' \
+      "$glx" >/tmp/nvidia_icd.json
+    export VK_ICD_FILENAMES=/tmp/nvidia_icd.json
+  fi
+fi
 
 {
   date -u
   nvidia-smi
   python3 -c "import sys, torch; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name(0))"
   python3 -c "from unifer._hardware import gpus; print('unifer._hardware.gpus():', gpus())"
+  echo "Vulkan: VK_ICD_FILENAMES=${VK_ICD_FILENAMES:-} LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+  ls /usr/share/vulkan/icd.d /etc/vulkan/icd.d 2>&1
+  ldconfig -p | grep -E "libvulkan|libGLX_nvidia|libnvidia-gpucomp" || echo "no Vulkan/NVIDIA GLX libraries"
   python3 -m unifer backends
 } >"$OUT/environment.txt" 2>&1
 
-timeout 240 python3 -m pytest backends/torch/tests backends/tensorrt/tests -q -p no:cacheprovider \
+timeout 240 python3 -m pytest backends/torch/tests backends/tensorrt/tests \
+  backends/ncnn/tests/test_vulkan.py backends/ncnn/tests/test_contract.py -q -p no:cacheprovider \
   -rs >"$OUT/pytest.txt" 2>&1
 echo "pytest exit code $?" >>"$OUT/pytest.txt"
 tail -5 "$OUT/pytest.txt"
