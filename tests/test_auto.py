@@ -5,6 +5,7 @@ The real path (measuring onnxruntime against openvino) is tested in tests/test_a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -281,3 +282,74 @@ def test_a_thread_sweep_measures_each_count(two_fakes, fake_model):
         Engine.load(fake_model, threads=())
     with pytest.raises(UnsupportedOptionError, match="positive integer"):
         Engine.load(fake_model, threads=(1, 0))
+
+
+class AcceleratedFake(FakeBackend):
+    """A fake with an accelerator: 20 ms per run on its default device, instant on "gpu:0"."""
+
+    name: ClassVar[str] = "accfake"
+
+    def probe(self):
+        return Availability(
+            ok=True, version="1.0", devices=("cpu", "gpu:0"), accelerators=("gpu:0",)
+        )
+
+    def open(self, model, options, /):
+        device = options.extra.get("device", "cpu")
+        rest = {k: v for k, v in options.extra.items() if k != "device"}
+        session = super().open(model, dataclasses.replace(options, extra=rest))
+        session.settings["device"] = device
+        if device != "gpu:0":
+            plain = session.run
+
+            def run(feeds):
+                time.sleep(0.02)
+                return plain(feeds)
+
+            session.run = run
+        return session
+
+
+@pytest.fixture
+def accelerated(fake_backend, monkeypatch):
+    monkeypatch.setenv("UNIFER_DISABLE_BACKENDS", "fake")  # only the accelerated fake competes
+    register_backend(AcceleratedFake)
+    yield AcceleratedFake
+    unregister_backend("accfake")
+
+
+def test_auto_measures_a_backend_on_its_accelerators_too(accelerated, fake_model):
+    engine = Engine.load(fake_model, threads=1, budget_s=0.3)
+    statuses = {str(t.candidate): t.status for t in engine.selection.trials}
+    assert statuses == {
+        "accfake/fp32/threads=1": "measured",
+        "accfake/gpu:0/fp32/threads=1": "measured",
+    }
+    assert engine.selection.chosen == Candidate("accfake", 1, "fp32", "gpu:0")
+    assert engine.settings["device"] == "gpu:0"
+    again = Engine.load(fake_model, threads=1, budget_s=0.3)
+    assert again.selection.source == "cache" and again.settings["device"] == "gpu:0"
+
+
+def test_auto_keeps_a_device_the_caller_chose(accelerated, fake_model):
+    engine = Engine.load(
+        fake_model, threads=1, budget_s=0.2, backend_options={"accfake": {"device": "cpu"}}
+    )
+    assert [str(t.candidate) for t in engine.selection.trials] == ["accfake/fp32/threads=1"]
+    assert engine.settings["device"] == "cpu"
+
+
+def test_the_static_choice_opens_the_default_device(accelerated, fake_model):
+    engine = Engine.load(fake_model, budget_s=0)
+    assert engine.selection.chosen.device is None and engine.settings["device"] == "cpu"
+
+
+def test_a_cached_trial_from_before_devices_still_reads():
+    old = {"candidate": {"backend": "a", "threads": 2, "precision": "fp32"}, "status": "measured"}
+    assert Trial.from_dict(old).candidate == Candidate("a", 2, "fp32", None)
+    assert (
+        Trial.from_dict(
+            Trial(Candidate("a", 2, "fp32", "gpu:0"), "measured").to_dict()
+        ).candidate.device
+        == "gpu:0"
+    )

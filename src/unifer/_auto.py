@@ -131,12 +131,15 @@ def open_auto(
     unavailable: list[Trial] = []
     available: list[str] = []
     on_gpu: list[str] = []  # backends that run on an NVIDIA GPU by default
+    accelerators: dict[str, tuple[str, ...]] = {}  # measured beside the default device
     for name in names:
         availability = _registry.cached_probe(name)
         if availability.ok:
             available.append(name)
             if availability.devices and availability.devices[0].startswith("cuda"):
                 on_gpu.append(name)
+            if "device" not in backend_options.get(name, {}):  # never swap a chosen device
+                accelerators[name] = availability.accelerators
         else:
             reason = f"unavailable: {availability.reason}"
             unavailable += [
@@ -144,9 +147,10 @@ def open_auto(
                 for p in precisions
                 for t in thread_options
             ]
-    pool = candidates(_prefer(available), thread_options, precisions)
-    if not measure:
+    if not measure:  # the static choice opens each backend on its default device
+        pool = candidates(_prefer(available), thread_options, precisions)
         return _open_static(pool, unavailable, objective, open_candidate, path, on_gpu)
+    pool = candidates(_prefer(available), thread_options, precisions, accelerators)
     load_errors: list[ModelLoadError] = []
 
     def open_noting_load_errors(candidate: Candidate) -> Session:

@@ -141,13 +141,14 @@ class Engine:
             preprocess = preset or load_sidecar(path)
 
         def session_options(
-            plugin: Backend, precision: Precision, threads: int | None
+            plugin: Backend, precision: Precision, threads: int | None, device: str | None = None
         ) -> SessionOptions:
+            extra = options.get(plugin.name, {})
             return SessionOptions(
                 threads=threads,
                 precision=precision,
                 cache_dir=cache_dir("backends", plugin.name),
-                extra=options.get(plugin.name, {}),
+                extra=extra if device is None else {**extra, "device": device},
             )
 
         if backend == AUTO and _auto.environment_backend() is None:
@@ -155,7 +156,9 @@ class Engine:
 
             def open_candidate(candidate: _select.Candidate) -> Session:
                 plugin = _registry.get_backend(candidate.backend)
-                chosen = session_options(plugin, candidate.precision, candidate.threads)
+                chosen = session_options(
+                    plugin, candidate.precision, candidate.threads, candidate.device
+                )
                 opened = path
                 if _suffix(path) not in plugin.suffixes:  # a converting candidate
                     conversions[plugin.name] = _convert.convert(plugin, path, chosen)

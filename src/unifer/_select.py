@@ -59,10 +59,14 @@ class Candidate:
     backend: str
     threads: int | None
     precision: Precision
+    device: str | None = None
+    """An accelerator the backend is opened on (its ``device`` backend option); ``None``: the
+    backend's default device."""
 
     def __str__(self) -> str:
         threads = "default" if self.threads is None else self.threads
-        return f"{self.backend}/{self.precision}/threads={threads}"
+        where = f"{self.backend}/{self.device}" if self.device else self.backend
+        return f"{where}/{self.precision}/threads={threads}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,19 +137,32 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def candidates(
-    backends: Sequence[str], threads: Sequence[int | None], precisions: Sequence[Precision]
+    backends: Sequence[str],
+    threads: Sequence[int | None],
+    precisions: Sequence[Precision],
+    accelerators: Mapping[str, Sequence[str]] | None = None,
 ) -> list[Candidate]:
-    """Every combination, fp32 first (the reference must be measured before the others)."""
+    """Every combination, fp32 first (the reference must be measured before the others); each
+    backend on its default device, then on each of its ``accelerators``."""
     ordered = sorted(precisions, key=_PRECISION_ORDER.index)
-    return [Candidate(b, t, p) for p in ordered for b in backends for t in threads]
+    extra = accelerators or {}
+    return [
+        Candidate(b, t, p, d)
+        for p in ordered
+        for b in backends
+        for d in (None, *extra.get(b, ()))
+        for t in threads
+    ]
 
 
-def static_rank(candidate: Candidate) -> tuple[int, int, int]:
-    """The one documented tie-break order: backend, then higher precision, then more threads."""
+def static_rank(candidate: Candidate) -> tuple[int, int, bool, int]:
+    """The one documented tie-break order: backend, then higher precision, then the backend's
+    default device before an accelerator, then more threads."""
     order = {name: i for i, name in enumerate(STATIC_ORDER)}
     return (
         order.get(candidate.backend, len(order)),
         _PRECISION_ORDER.index(candidate.precision),
+        candidate.device is not None,
         -(candidate.threads or 0),
     )
 

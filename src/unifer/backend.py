@@ -88,6 +88,11 @@ class Availability:
     """The devices the backend can run on here, the one it uses by default first: ``"cpu"``,
     ``"cuda:0"``, ... ``backend="auto"`` without measuring prefers, on an NVIDIA GPU, the backends
     whose default is a ``cuda`` device."""
+    accelerators: tuple[str, ...] = ()
+    """Devices among ``devices``, other than the default, that are hardware accelerators (a GPU, an
+    NPU): ``backend="auto"`` measures the backend on each of them too, opening it with
+    ``backend_options={name: {"device": <device>}}``, unless the caller chose a device there. A
+    device emulated on the CPU (Vulkan on Mesa's lavapipe) is not an accelerator."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

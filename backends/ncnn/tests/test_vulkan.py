@@ -10,6 +10,7 @@ Vulkan is in test_contract.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -21,8 +22,9 @@ import pytest
 
 pytest.importorskip("ncnn")
 
-from unifer import Engine, UnsupportedOptionError
+from unifer import Engine, UnsupportedOptionError, register_backend, unregister_backend
 from unifer._parity import compare
+from unifer.backend import Availability
 from unifer_ncnn import NcnnBackend, _vulkan
 
 if TYPE_CHECKING:
@@ -127,3 +129,45 @@ def test_without_a_vulkan_device_asking_for_one_says_how_to_get_one() -> None:
     assert result.stdout.startswith("UnsupportedOptionError backend option device='vulkan'")
     assert "finds no Vulkan device here" in result.stdout
     assert "apt-get install libvulkan1 mesa-vulkan-drivers" in result.stdout
+
+
+@needs_vulkan
+def test_vulkan_on_the_cpu_is_not_an_accelerator_auto_measures() -> None:
+    availability = NcnnBackend().probe()
+    assert availability.accelerators == tuple(d.device for d in FOUND.devices if d.is_gpu)
+    assert all(
+        f"vulkan:{d.index}" not in availability.accelerators
+        for d in FOUND.devices
+        if d.kind == "CPU"
+    )
+
+
+class NcnnAllVulkan(NcnnBackend):
+    """ncnn that calls every Vulkan device an accelerator, lavapipe included, so that auto's
+    measuring of a backend on its accelerators runs here on real Vulkan."""
+
+    name = "ncnnvk"
+
+    def probe(self) -> Availability:
+        found = super().probe()
+        return dataclasses.replace(found, accelerators=found.devices[1:])
+
+
+@needs_vulkan
+def test_auto_measures_ncnn_on_its_vulkan_devices(
+    arcface_tiny: Converted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UNIFER_DISABLE_BACKENDS", "ncnn")  # only the subclass competes
+    register_backend(NcnnAllVulkan)
+    try:
+        engine = Engine.load(arcface_tiny.param, threads=2, budget_s=1.0)
+    finally:
+        unregister_backend("ncnnvk")
+    with engine:
+        trials = {str(t.candidate): t for t in engine.selection.trials}
+        on_vulkan = trials[f"ncnnvk/vulkan:{FOUND.devices[0].index}/fp32/threads=2"]
+        assert on_vulkan.status == "measured", on_vulkan.reason
+        assert on_vulkan.cosine is not None and on_vulkan.cosine > 0.99999
+        assert trials["ncnnvk/fp32/threads=2"].status == "measured"
+        chosen = engine.selection.chosen
+        assert engine.settings["device"] == (chosen.device or "cpu")

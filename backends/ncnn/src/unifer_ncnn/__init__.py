@@ -79,6 +79,9 @@ class NcnnBackend:
             ok=True,
             version=version,
             devices=("cpu", *(d.device for d in vulkan.devices)),
+            # GPUs only: backend="auto" measures ncnn on them too; Vulkan on the CPU (lavapipe)
+            # is always slower than ncnn's own CPU path.
+            accelerators=tuple(d.device for d in vulkan.devices if d.is_gpu),
             reason=note,
         )
 

@@ -47,6 +47,10 @@ class VulkanDevice:
     """``"discrete GPU"``, ``"integrated GPU"``, ``"virtual GPU"``, ``"CPU"`` or ``"other"``."""
 
     @property
+    def is_gpu(self) -> bool:
+        return self.kind.endswith("GPU")
+
+    @property
     def device(self) -> str:
         """unifer's name for it: ``"vulkan:<index>"``."""
         return f"vulkan:{self.index}"
