@@ -56,6 +56,9 @@ tail -5 "$OUT/pytest.txt"
 timeout 300 python3 benchmarks/gpu/compare.py --out "$OUT" --model "$MODEL" --batches "$BATCHES" \
   || echo "compare.py exit code $?"
 
-timeout 300 python3 -m unifer bench "builtin:$MODEL" --backend onnxruntime --backend torch \
+# CPU against GPU in one bench: onnxruntime and torch on the CPU, torch on CUDA, ncnn on Vulkan.
+targets=onnxruntime,torch@cpu,torch@cuda:0
+if python3 -c "import ncnn" 2>/dev/null; then targets+=,ncnn@vulkan; fi
+timeout 300 python3 -m unifer bench "builtin:$MODEL" --backend "$targets" \
   --threads "$(nproc)" --min-runs 30 --min-time 3 --rounds 1 --no-plots --out "$OUT/bench" \
   || echo "unifer bench exit code $?"

@@ -507,8 +507,9 @@ def _write_outputs(out: Path, outputs: Mapping[str, np.ndarray]) -> None:
     "--backend",
     "backend_args",
     multiple=True,
-    help="Backend to measure (repeat, or comma-separate); default: every available one that "
-    "reads the model.",
+    help="Backend to measure (repeat, or comma-separate), or BACKEND@DEVICE to measure it on a "
+    "device, e.g. torch@cuda:0 or ncnn@vulkan (beside torch@cpu, ncnn); default: every available "
+    "one that reads the model.",
 )
 @click.option(
     "--threads",

@@ -171,3 +171,27 @@ def test_auto_measures_ncnn_on_its_vulkan_devices(
         assert trials["ncnnvk/fp32/threads=2"].status == "measured"
         chosen = engine.selection.chosen
         assert engine.settings["device"] == (chosen.device or "cpu")
+
+
+@needs_vulkan
+def test_bench_measures_ncnn_on_the_cpu_and_on_vulkan_side_by_side() -> None:
+    from unifer import bench
+
+    settings = bench.Settings(warmup=1, min_runs=3, min_time_s=0.0, rounds=1, integrity_samples=2)
+    events: list[bench.Progress] = []
+    result = bench.run(
+        "builtin:arcface-tiny",
+        backends=["ncnn", "ncnn@vulkan"],
+        threads=[2],
+        settings=settings,
+        progress=events.append,
+    )
+    records = {r["backend"]: r for r in result.records}
+    assert set(records) == {"ncnn", "ncnn@vulkan"}
+    assert records["ncnn"]["settings"]["device"] == "cpu"
+    assert records["ncnn@vulkan"]["settings"]["device"].startswith("vulkan:")
+    for record in records.values():
+        assert record["status"] == "ok", record["error"]
+        assert record["integrity"]["ok"] is True
+    # One conversion serves both devices.
+    assert sum(e.phase == "convert for ncnn" for e in events) == 1

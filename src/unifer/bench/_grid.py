@@ -7,7 +7,7 @@ thread count from 1 to the physical cores this process may use plus the runtime'
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
@@ -20,6 +20,8 @@ from ..backend import Availability, Precision
 
 #: The thread setting that leaves the choice to the runtime, as reports spell it.
 DEFAULT_LABEL: Final = "default"
+#: Joins a backend and a device in a bench target: ``"ncnn@vulkan"``, ``"torch@cuda:0"``.
+DEVICE_SEPARATOR: Final = "@"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,6 +107,32 @@ class Config:
         return asdict(self)
 
 
+def split_target(target: str) -> tuple[str, str | None]:
+    """A bench target, ``BACKEND`` or ``BACKEND@DEVICE``, as (backend, device or None).
+
+    The same backend on two devices is two targets, measured and reported side by side
+    (``torch@cpu`` and ``torch@cuda:0``); the device is the backend's ``device`` option.
+    """
+    backend, separator, device = target.partition(DEVICE_SEPARATOR)
+    if separator and not (backend and device):
+        raise UnsupportedOptionError(
+            f"a bench target is BACKEND or BACKEND{DEVICE_SEPARATOR}DEVICE, e.g. "
+            f"ncnn{DEVICE_SEPARATOR}vulkan or torch{DEVICE_SEPARATOR}cuda:0; got {target!r}"
+        )
+    return backend, device or None
+
+
+def target_options(
+    target: str, backend_options: Mapping[str, Mapping[str, object]]
+) -> dict[str, dict[str, object]]:
+    """The ``backend_options`` a target is opened with: the run's, its device set over them."""
+    backend, device = split_target(target)
+    options = {name: dict(values) for name, values in backend_options.items()}
+    if device is not None:
+        options[backend] = {**options.get(backend, {}), "device": device}
+    return options
+
+
 def default_threads() -> list[int | None]:
     """1 .. the physical cores this process may use, then None (the runtime's default)."""
     return [*range(1, physical_cores(usable=True) + 1), None]
@@ -168,13 +196,16 @@ def select_backends(
 
 
 def check_backend(name: str, suffix: str) -> Availability:
-    """That backend ``name`` is installed, can run here, and reads or converts ``suffix`` files.
+    """That the backend of target ``name`` is installed, can run here, and reads or converts
+    ``suffix`` files.
 
     Raises:
         BackendNotFoundError, BackendUnavailableError, PluginError: it cannot run here.
         ModelFormatError: it neither reads nor converts the format.
+        UnsupportedOptionError: ``name`` is not a target (``BACKEND`` or ``BACKEND@DEVICE``).
     """
-    plugin = _registry.get_backend(name)  # BackendNotFoundError names the installed ones
+    # BackendNotFoundError names the installed ones.
+    plugin = _registry.get_backend(split_target(name)[0])
     if suffix not in plugin.suffixes and not _convert.can_convert(plugin, suffix):
         raise ModelFormatError(
             f"backend {name!r} reads {', '.join(plugin.suffixes)} files, not {suffix!r}, "
@@ -184,9 +215,9 @@ def check_backend(name: str, suffix: str) -> Availability:
     return _registry.require_available(plugin)
 
 
-def needs_conversion(backend: str, suffix: str) -> bool:
-    """Whether ``backend`` runs a ``suffix`` model only after converting it."""
-    return suffix not in _registry.get_backend(backend).suffixes
+def needs_conversion(target: str, suffix: str) -> bool:
+    """Whether the backend of ``target`` runs a ``suffix`` model only after converting it."""
+    return suffix not in _registry.get_backend(split_target(target)[0]).suffixes
 
 
 def plan(

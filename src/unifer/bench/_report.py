@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from ._grid import split_target
 from ._run import Result
 
 PLOTS: Final = ("latency_vs_threads.png", "latency_bars.png", "memory_bars.png")
@@ -314,7 +315,7 @@ def markdown(result: Result, plots: Sequence[str] = ()) -> str:
     versions = {n: str(v.get("version")) for n, v in runtimes.items() if v.get("available")}
     elsewhere = settings.get("interpreters") or {}
     for record in result.records:  # backends measured in another environment: their own versions
-        name = record["backend"]
+        name = split_target(record["backend"])[0]
         if name in elsewhere and record.get("runtime_version"):
             versions[name] = f"{record['runtime_version']} (in {elsewhere[name]})"
     listed = ", ".join(f"{n} {v}" for n, v in versions.items())
@@ -406,7 +407,7 @@ def _summary(result: Result, groups: dict[str, list[dict[str, Any]]]) -> list[st
 
 def _device(backend: str, ok: list[dict[str, Any]], result: Result) -> list[str]:
     """Where it ran and with which backend options, unless on the CPU with none."""
-    options = (result.settings.get("backend_options") or {}).get(backend)
+    options = (result.settings.get("backend_options") or {}).get(split_target(backend)[0])
     devices = sorted({str(d) for r in ok if (d := _get(r, "settings", "device")) is not None})
     if not options and devices in ([], ["cpu"]):
         return []

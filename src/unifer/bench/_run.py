@@ -46,6 +46,7 @@ from ._grid import (
     needs_conversion,
     plan,
     select_backends,
+    split_target,
 )
 from ._integrity import TOLERANCES, compare
 from ._worker import PROGRESS_PREFIX
@@ -198,9 +199,9 @@ def run(
     """
     started = time.time()
     elsewhere = {name: Path(python) for name, python in (interpreters or {}).items()}
-    here = None if backends is None else [b for b in backends if b not in elsewhere]
+    here = None if backends is None else [b for b in backends if _backend(b) not in elsewhere]
     if backends is not None:
-        elsewhere = {n: p for n, p in elsewhere.items() if n in backends}
+        elsewhere = {n: p for n, p in elsewhere.items() if n in map(_backend, backends)}
     for name, python in elsewhere.items():
         if not (python.is_file() and os.access(python, os.X_OK)):
             raise UnsupportedOptionError(
@@ -232,7 +233,8 @@ def run(
     reference_info: dict[str, Any] = {"backend": ref_name, "precision": "fp32", "threads": None}
     with tempfile.TemporaryDirectory(prefix="unifer-bench-") as tmp:
         root = Path(tmp)
-        converting = {n for n in dict.fromkeys([*names, ref_name]) if needs_conversion(n, suffix)}
+        # By backend: a backend measured on two devices converts once.
+        converting = {_backend(n) for n in [*names, ref_name] if needs_conversion(n, suffix)}
         for name, python in elsewhere.items():
             notify(Progress(0, len(configs), None, f"probe {name} in {python}"))
             found = _spawn(
@@ -255,7 +257,7 @@ def run(
                     raise BackendUnavailableError(f"backend {name!r} in {python}: {problem}")
                 skipped[name] = f"{python}: {problem}"
                 continue
-            names.append(name)
+            names += [b for b in backends if _backend(b) == name] if backends else [name]
             if found["needs_conversion"]:
                 converting.add(name)
             configs = plan(names, thread_counts, batches, precisions)
@@ -264,7 +266,7 @@ def run(
         # once, in a process of its own, into the cache whose converted/ every worker shares.
         shared = root / SHARED_CACHE
         conversions: dict[str, dict[str, Any]] = {}
-        for name in [n for n in dict.fromkeys([*names, ref_name]) if n in converting]:
+        for name in [n for n in _distinct_backends([*names, ref_name]) if n in converting]:
             notify(Progress(0, total, None, f"convert for {name}"))
             done = _spawn(
                 {**base_job, "backend": name, "mode": "convert"},
@@ -301,7 +303,7 @@ def run(
             )
         for index, config in enumerate(configs, start=1):
             notify(Progress(index, total, config, "starting"))
-            conversion = conversions.get(config.backend)
+            conversion = conversions.get(_backend(config.backend))
             if conversion is not None and "error" in conversion:
                 record = _record(config, {"status": "error", "error": conversion["error"]}, "")
                 record["conversion"] = conversion
@@ -317,7 +319,7 @@ def run(
                 root / f"config-{index}",
                 on_phase,
                 settings.worker_timeout_s,
-                python=elsewhere.get(config.backend),
+                python=elsewhere.get(_backend(config.backend)),
             )
             record = _record(config, raw, ref_outputs.get(config.batch, "no reference run"))
             record["conversion"] = conversion
@@ -356,6 +358,15 @@ def run(
         skipped=skipped,
         records=records,
     )
+
+
+def _backend(target: str) -> str:
+    """The backend of a bench target (``"ncnn@vulkan"`` -> ``"ncnn"``)."""
+    return split_target(target)[0]
+
+
+def _distinct_backends(targets: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(map(_backend, targets)))
 
 
 def _select_here(suffix: str, requested: list[str] | None) -> tuple[list[str], dict[str, str]]:

@@ -50,6 +50,7 @@ from .._preprocess import Preprocess
 from .._timing import Stats, measure, time_once
 from ..backend import SessionOptions
 from . import _background, _deps, _energy
+from ._grid import split_target, target_options
 from ._integrity import seeded_images
 
 PROGRESS_PREFIX: Final = "@@unifer-bench "
@@ -208,7 +209,7 @@ def convert_job(job: Mapping[str, Any]) -> dict[str, Any]:
     another backend, cache) in a process of its own, so that neither its time nor its memory, nor
     the reference backend it runs for the check, lands in a configuration's figures.
     """
-    backend = str(job["backend"])
+    backend, _device = split_target(str(job["backend"]))  # converting is the same on any device
     plugin = _registry.get_backend(backend)
     availability = _registry.require_available(plugin)
     options = SessionOptions(
@@ -234,7 +235,8 @@ def measure_job(job: Mapping[str, Any]) -> dict[str, Any]:
         return convert_job(job)
     result: dict[str, Any] = {"pid": os.getpid(), "status": "ok", "python": sys.executable}
     model = Path(job["model"])
-    backend = str(job["backend"])
+    target = str(job["backend"])
+    backend, _device = split_target(target)
     preprocess = Preprocess.from_dict(job["preprocess"]) if job.get("preprocess") else None
     reference_only = job["mode"] == "reference"
     memory_before = memory_mib()
@@ -252,7 +254,7 @@ def measure_job(job: Mapping[str, Any]) -> dict[str, Any]:
             threads=job["threads"],
             precision=job["precision"],
             preprocess=preprocess,
-            backend_options=job.get("backend_options") or None,
+            backend_options=target_options(target, job.get("backend_options") or {}),
         )
 
     progress("cold load")
