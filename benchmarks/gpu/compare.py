@@ -192,7 +192,23 @@ def main() -> None:
     args = parser.parse_args()
     static = models.path(args.model)
     dynamic = models.path(args.model, dynamic_batch=True)
-    rows = []
+    machine = fingerprint()
+    report: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": args.model,
+        "gpus": machine["gpus"],
+        "cpu": machine["cpu"].get("model"),
+        "threads": physical_cores(),
+        "python": platform.python_version(),
+        "versions": versions(),
+        "machine": machine,
+        "rows": [],
+        "auto": {},
+    }
+    # Written after every step, so that a run cut short by the device's time limit keeps what
+    # it measured; auto first, as the GPU check's verdict.
+    report["auto"] = auto_choice(static)
+    write(report, args.out)
     for batch in (int(b) for b in args.batches.split(",")):
         path = static if batch == 1 else dynamic
         reference: dict[str, np.ndarray] | None = None
@@ -202,25 +218,16 @@ def main() -> None:
                 reference = outputs
             if outputs is not None and reference is not None:
                 integrity(row, outputs, reference)
-            rows.append(row)
+            report["rows"].append(row)
+            write(report, args.out)
             print(json.dumps(row), flush=True)
-    machine = fingerprint()
-    report = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": args.model,
-        "gpus": machine["gpus"],
-        "cpu": machine["cpu"].get("model"),
-        "threads": physical_cores(),
-        "python": platform.python_version(),
-        "versions": versions(),
-        "machine": machine,
-        "rows": rows,
-        "auto": auto_choice(static),
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_compare.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (args.out / "gpu_compare.md").write_text(markdown(report))
     print(markdown(report))
+
+
+def write(report: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_compare.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (out / "gpu_compare.md").write_text(markdown(report))
 
 
 if __name__ == "__main__":
