@@ -46,6 +46,14 @@ def test_backends_shows_devices_and_notes_of_available_backends(cli, fake_backen
     text = cli("backends").output
     assert "available (cpu)" in text
     assert "note: CPU only: a CPU build" in text
+    assert "also measures" not in text
+    gpu = Availability(ok=True, version="1.0", devices=("cpu", "gpu:0"), accelerators=("gpu:0",))
+    monkeypatch.setattr(fake_backend, "probe", lambda self: gpu)
+    assert "backend='auto' also measures it on: gpu:0" in cli("backends").output
+    fake = next(
+        b for b in json.loads(cli("backends", "--json").output)["backends"] if b["name"] == "fake"
+    )
+    assert fake["accelerators"] == ["gpu:0"]
 
 
 def test_info(cli, fake_backend, fake_model):

@@ -106,6 +106,7 @@ def backends(as_json: bool) -> None:
             "reason": info.availability.reason,
             "install": info.availability.install or _registry.install_hint(info.name),
             "devices": list(info.availability.devices),
+            "accelerators": list(info.availability.accelerators),
         }
         for info in infos
     ]
@@ -142,6 +143,9 @@ def backends(as_json: bool) -> None:
             click.echo(f"{'':<12} fix: {row['install']}")
         elif row["available"] and row["reason"]:  # e.g. torch: "CPU only: a CPU-only build"
             click.echo(f"{'':<12} note: {row['reason']}")
+        if row["available"] and row["accelerators"]:
+            accelerators = ", ".join(cast("list[str]", row["accelerators"]))
+            click.echo(f"{'':<12} backend='auto' also measures it on: {accelerators}")
     for name in missing:
         click.echo(f"{name:<12} {'-':<12} {'not installed':<28} {_registry.install_hint(name)}")
 
