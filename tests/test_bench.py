@@ -188,6 +188,7 @@ def test_background_load_is_the_cpu_time_of_other_processes(tmp_path):
     after = _background.Sample(wall_s=10.0, busy_s=114.0, steal_s=2.0, self_s=19.0)
     load = _background.between(before, after, cpu_count=2)
     assert load["other_cpu"] == pytest.approx(0.25) and load["steal"] == pytest.approx(0.05)
+    assert load["own_cpu_cores"] == pytest.approx(0.9)  # 9 s of CPU in 10 s
     assert load["disturbed"] is True
     quiet = _background.Sample(wall_s=10.0, busy_s=109.5, steal_s=1.0, self_s=19.0)
     assert _background.between(before, quiet, cpu_count=2)["disturbed"] is False
@@ -547,6 +548,8 @@ def test_dependencies_energy_and_fingerprint_are_recorded(tiny_run):
         background = record["background"]
         if background["available"]:
             assert background["other_cpu"] >= 0 and background["steal"] >= 0
+            # A CPU backend keeps about its threads busy; never more than the machine has.
+            assert 0 < background["own_cpu_cores"] <= (os.cpu_count() or 1) + 0.5
         energy = record["energy"]
         if energy["available"]:
             assert energy["joules_per_inference"] > 0

@@ -4,7 +4,9 @@ On a shared machine another job can take a core for a minute and double one conf
 latency. The worker reads the system-wide CPU counters (``/proc/stat``) and its own CPU time
 before and after its timed rounds; the difference is the CPU time everyone else used. Reported as a
 fraction of the machine's capacity over that interval, with the hypervisor's steal time apart, so
-a report can say which figures were disturbed instead of leaving the reader to guess.
+a report can say which figures were disturbed instead of leaving the reader to guess. The worker's
+own CPU time over the same interval, in cores kept busy, says what the configuration costs the CPU:
+about its thread count for a CPU backend, far less for one that computes on a GPU.
 """
 
 from __future__ import annotations
@@ -62,18 +64,20 @@ def cpus(stat: Path = _STAT) -> int:
 
 
 def between(before: Sample | None, after: Sample | None, cpu_count: int) -> dict[str, Any]:
-    """Other processes' share of the machine between two samples (JSON-ready)."""
+    """Other processes' share of the machine between two samples, and this process's own CPU
+    use in cores (JSON-ready)."""
     if before is None or after is None:
         return {"available": False, "reason": "no /proc/stat on this OS"}
     capacity = (after.wall_s - before.wall_s) * max(cpu_count, 1)
     if capacity <= 0:
         return {"available": False, "reason": "no time elapsed"}
-    others = (after.busy_s - before.busy_s) - (after.self_s - before.self_s)
-    other = max(0.0, others / capacity)
+    own = after.self_s - before.self_s
+    other = max(0.0, ((after.busy_s - before.busy_s) - own) / capacity)
     steal = max(0.0, (after.steal_s - before.steal_s) / capacity)
     return {
         "available": True,
         "other_cpu": other,
         "steal": steal,
         "disturbed": other + steal > DISTURBED,
+        "own_cpu_cores": own / (after.wall_s - before.wall_s),
     }

@@ -234,6 +234,7 @@ CSV_COLUMNS: Final[tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...]] = (
     ("preprocess_ms", lambda r: _get(r, "latency", "preprocess_ms")),
     ("other_cpu", lambda r: _get(r, "background", "other_cpu")),
     ("steal", lambda r: _get(r, "background", "steal")),
+    ("own_cpu_cores", lambda r: _get(r, "background", "own_cpu_cores")),
     ("inferences_per_s", lambda r: _get(r, "throughput", "inferences_per_s")),
     ("samples_per_s", lambda r: _get(r, "throughput", "samples_per_s")),
     ("peak_rss_mib", lambda r: _get(r, "memory", "peak_rss_mib")),
@@ -497,7 +498,10 @@ def _backend_section(backend: str, records: list[dict[str, Any]], result: Result
         )
     )
     out.append("")
-    out.append("Load, throughput and memory.")
+    out.append(
+        "Load, throughput and memory; CPU cores busy = the process's own CPU time while it was "
+        "timed, over the wall time (about the thread count on the CPU, less on a GPU)."
+    )
     out.append("")
     out.extend(
         _table(
@@ -512,6 +516,7 @@ def _backend_section(backend: str, records: list[dict[str, Any]], result: Result
                 "samples/s",
                 "RSS before load MiB",
                 "peak RSS MiB",
+                "CPU cores busy",
             ],
             (
                 [
@@ -526,6 +531,7 @@ def _backend_section(backend: str, records: list[dict[str, Any]], result: Result
                     _num(_get(r, "throughput", "samples_per_s"), 2),
                     _num(_get(r, "memory", "baseline_rss_mib"), 0),
                     _num(_get(r, "memory", "peak_rss_mib"), 0),
+                    _num(_get(r, "background", "own_cpu_cores"), 2),
                 ]
                 for r in ok
             ),
