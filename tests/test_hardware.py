@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from unifer import _hardware
 from unifer._hardware import (
@@ -163,3 +168,53 @@ def test_gpus_from_nvml_in_a_container_without_driver_files(tmp_path: Path):
 
 def test_nvml_without_the_library_lists_nothing():
     assert nvml_gpus("libnvidia-ml-that-does-not-exist.so") == []
+
+
+#: NVML's entry points as nvml_gpus calls them, returning two GPUs (or failing at ``FAIL``), so the
+#: ctypes binding is exercised through a real shared library on machines without NVIDIA's driver.
+NVML_STUB = r"""
+#include <stdio.h>
+#include <string.h>
+static int shut = 0;
+int nvmlInit_v2(void) { return FAIL == 1 ? 9 : 0; }
+int nvmlShutdown(void) { shut += 1; return 0; }
+int nvml_stub_shutdowns(void) { return shut; }
+int nvmlSystemGetDriverVersion(char *v, unsigned n) { snprintf(v, n, "580.95.05"); return 0; }
+int nvmlDeviceGetCount_v2(unsigned *count) { *count = 2; return FAIL == 2 ? 999 : 0; }
+int nvmlDeviceGetHandleByIndex_v2(unsigned i, void **handle) {
+    *handle = (void *)(unsigned long)(i + 1);
+    return 0;
+}
+int nvmlDeviceGetName(void *handle, char *name, unsigned n) {
+    snprintf(name, n, "NVIDIA H200 (%lu)", (unsigned long)handle);
+    return 0;
+}
+"""
+
+
+def nvml_stub(directory: Path, fail: int = 0) -> Path:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to build the NVML stub")
+    source = directory / "nvml_stub.c"
+    source.write_text(NVML_STUB)
+    library = directory / f"libnvidia-ml-stub{fail}.so"
+    subprocess.run(
+        [compiler, "-shared", "-fPIC", f"-DFAIL={fail}", "-o", str(library), str(source)],
+        check=True,
+    )
+    return library
+
+
+def test_nvml_gpus_through_a_real_shared_library(tmp_path: Path):
+    library = nvml_stub(tmp_path)
+    assert nvml_gpus(str(library)) == [
+        {"vendor": "nvidia", "name": "NVIDIA H200 (1)", "pci": "nvml:0", "driver": "580.95.05"},
+        {"vendor": "nvidia", "name": "NVIDIA H200 (2)", "pci": "nvml:1", "driver": "580.95.05"},
+    ]
+    assert ctypes.CDLL(str(library)).nvml_stub_shutdowns() == 1  # NVML is shut down again
+
+
+def test_nvml_that_fails_lists_nothing(tmp_path: Path):
+    assert nvml_gpus(str(nvml_stub(tmp_path, fail=1))) == []  # nvmlInit fails
+    assert nvml_gpus(str(nvml_stub(tmp_path, fail=2))) == []  # the device count fails
