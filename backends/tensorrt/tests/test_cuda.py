@@ -3,15 +3,19 @@
 The first part runs on every machine: where libcudart is looked for, how a candidate is chosen,
 and the real libcudart of this environment (the ``nvidia-cuda-runtime-cu12`` wheel the plugin
 depends on) loaded through the binding on a machine without a driver, where every device call must
-fail with CUDA's own error. The ``gpu`` part allocates, copies and synchronises on a real device;
-it needs a GPU and libcudart only, not TensorRT, so it runs on GPU machines without TensorRT:
-``pytest -m gpu backends/tensorrt/tests/test_cuda.py``.
+fail with CUDA's own error. The last part allocates, copies and synchronises through the binding
+twice: on a CUDA runtime whose device is host memory (``cudart_host_stub.c``, built here with the
+machine's C compiler: the ctypes calls, pointers, sizes, streams and errors run for real), and,
+marked ``gpu``, on a real device. That needs a GPU and libcudart only, not TensorRT, so it runs on
+GPU machines without TensorRT: ``pytest -m gpu backends/tensorrt/tests/test_cuda.py``.
 """
 
 from __future__ import annotations
 
 import ctypes
 import importlib.metadata as metadata
+import shutil
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -206,11 +210,34 @@ def test_real_libcudart_without_a_driver(path: str) -> None:
         _cuda.load_cudart([path])
 
 
-# -- a real GPU ------------------------------------------------------------------------------------
+# -- device work: on the host-memory stub, and on a real GPU ---------------------------------------
+
+STUB_SOURCE = Path(__file__).with_name("cudart_host_stub.c")
 
 
 @pytest.fixture(scope="module")
-def cuda() -> _cuda.CudaRuntime:
+def host_stub(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``cudart_host_stub.c`` built into a shared library; its path."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to build the host-memory CUDA stub")
+    library = tmp_path_factory.mktemp("cudart") / "libcudart_host_stub.so"
+    subprocess.run(
+        [compiler, "-shared", "-fPIC", "-O1", "-o", str(library), str(STUB_SOURCE)], check=True
+    )
+    return str(library)
+
+
+@pytest.fixture(scope="module", params=["host stub", pytest.param("gpu", marks=pytest.mark.gpu)])
+def cuda(request: pytest.FixtureRequest, host_stub: str) -> _cuda.CudaRuntime:
+    """The binding on the host-memory stub, then (``gpu``) on this machine's CUDA device."""
+    if request.param == "gpu":
+        return request.getfixturevalue("real_cuda")  # type: ignore[no-any-return]
+    return _cuda.load_cudart([host_stub])
+
+
+@pytest.fixture(scope="module")
+def real_cuda() -> _cuda.CudaRuntime:
     try:
         runtime = _cuda.cudart()
         if runtime.device_count() < 1:
@@ -221,7 +248,6 @@ def cuda() -> _cuda.CudaRuntime:
     return runtime
 
 
-@pytest.mark.gpu
 def test_device_facts(cuda: _cuda.CudaRuntime) -> None:
     assert cuda.runtime_version // 1000 <= cuda.driver_version // 1000
     name = cuda.device_name(0)
@@ -233,16 +259,15 @@ def test_device_facts(cuda: _cuda.CudaRuntime) -> None:
 
 
 @pytest.mark.gpu
-def test_device_facts_agree_with_torch(cuda: _cuda.CudaRuntime) -> None:
+def test_device_facts_agree_with_torch(real_cuda: _cuda.CudaRuntime) -> None:
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch sees no CUDA device")
-    assert cuda.device_count() == torch.cuda.device_count()
-    assert cuda.device_name(0) == torch.cuda.get_device_name(0)
-    assert cuda.compute_capability(0) == tuple(torch.cuda.get_device_capability(0))
+    assert real_cuda.device_count() == torch.cuda.device_count()
+    assert real_cuda.device_name(0) == torch.cuda.get_device_name(0)
+    assert real_cuda.compute_capability(0) == tuple(torch.cuda.get_device_capability(0))
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize(
     ("dtype", "shape"),
     [
@@ -273,7 +298,6 @@ def test_copy_round_trip(cuda: _cuda.CudaRuntime, dtype: type, shape: tuple[int,
         stream.destroy()
 
 
-@pytest.mark.gpu
 def test_copies_on_one_stream_run_in_order(cuda: _cuda.CudaRuntime) -> None:
     stream = _cuda.Stream(cuda)
     buffer = _cuda.DeviceBuffer(cuda)
@@ -291,7 +315,6 @@ def test_copies_on_one_stream_run_in_order(cuda: _cuda.CudaRuntime) -> None:
         stream.destroy()
 
 
-@pytest.mark.gpu
 def test_threads_with_their_own_streams(cuda: _cuda.CudaRuntime) -> None:
     results: dict[int, bool] = {}
     barrier = threading.Barrier(8)
@@ -323,7 +346,6 @@ def test_threads_with_their_own_streams(cuda: _cuda.CudaRuntime) -> None:
     assert results == dict.fromkeys(range(8), True)
 
 
-@pytest.mark.gpu
 def test_buffers_grow_by_powers_of_two_and_free_once(cuda: _cuda.CudaRuntime) -> None:
     buffer = _cuda.DeviceBuffer(cuda)
     first = buffer.ensure(10)
@@ -353,3 +375,19 @@ def test_errors_carry_cuda_names_and_leave_the_device_usable(cuda: _cuda.CudaRun
     cuda.set_device(0)
     pointer = cuda.malloc(1024)  # an allocation failure is not sticky
     cuda.free(pointer)
+
+
+def test_the_stub_is_chosen_and_its_errors_are_cudas(host_stub: str) -> None:
+    runtime = _cuda.load_cudart(["libcudart-that-does-not-exist.so.13", host_stub])
+    assert runtime.path == host_stub and runtime.runtime_version == 13000
+    assert runtime.device_name(0) == "Host memory stub"
+    buffer = _cuda.DeviceBuffer(runtime)
+    with pytest.raises(_cuda.CudaError) as info:
+        buffer.ensure(2 << 30)  # beyond the stub's 1 GiB "device"
+    assert (info.value.call, info.value.name) == ("cudaMalloc", "cudaErrorMemoryAllocation")
+    assert str(info.value) == "cudaMalloc failed: cudaErrorMemoryAllocation (out of memory)"
+    assert buffer.pointer == 0 and buffer.capacity == 0  # nothing half-allocated is kept
+    with pytest.raises(_cuda.CudaError, match="cudaErrorInvalidDevice"):
+        runtime.set_device(1)
+    # Every stream the tests made was destroyed.
+    assert ctypes.CDLL(host_stub).stub_live_streams() == 0
