@@ -195,3 +195,15 @@ def test_bench_measures_ncnn_on_the_cpu_and_on_vulkan_side_by_side() -> None:
         assert record["integrity"]["ok"] is True
     # One conversion serves both devices.
     assert sum(e.phase == "convert for ncnn" for e in events) == 1
+
+
+def test_probe_works_in_a_process_without_stderr() -> None:
+    """A daemon may run with file descriptor 2 closed: the capture is skipped, not fatal."""
+    code = (
+        "import os; os.close(2); from unifer_ncnn import NcnnBackend; a = NcnnBackend().probe(); "
+        "print(a.ok, a.devices[0])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["True", "cpu"]

@@ -138,10 +138,14 @@ def _captured_stderr() -> Iterator[list[str]]:
     Process-wide: another thread's stderr output during the call lands there too (and is logged
     at debug level with ncnn's). The call is made once per process.
     """
-    sys.stderr.flush()
     text: list[str] = []
-    with tempfile.TemporaryFile() as captured:
+    try:
+        sys.stderr.flush()
         saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no fd 2 (a daemon) or no sys.stderr
+        yield text  # nothing to capture, nothing to protect
+        return
+    with tempfile.TemporaryFile() as captured:
         try:
             os.dup2(captured.fileno(), 2)
             yield text
