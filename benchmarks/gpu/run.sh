@@ -21,18 +21,22 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site
 
 # ncnn on Vulkan needs the Vulkan loader (brought along where the image lacks it) and NVIDIA's
-# Vulkan driver, which a container has only with the 'graphics' driver capability. Where the
-# driver's library is there but its manifest is not, point the loader at it.
+# Vulkan driver. The GPU machines mount the driver under /usr/local/nvidia, with its manifest
+# there (the device README); elsewhere a container may have the driver's library but no manifest:
+# then one is written for it.
 if ! ldconfig -p | grep -q "libvulkan.so.1 "; then
   export LD_LIBRARY_PATH=$PWD/.gpu-wheels/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
-if ! compgen -G "/usr/share/vulkan/icd.d/nvidia_icd*.json" >/dev/null &&
+nvidia_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+if [ -f "$nvidia_icd" ]; then
+  export VK_DRIVER_FILES=$nvidia_icd VK_ICD_FILENAMES=$nvidia_icd
+elif ! compgen -G "/usr/share/vulkan/icd.d/nvidia_icd*.json" >/dev/null &&
   ! compgen -G "/etc/vulkan/icd.d/nvidia_icd*.json" >/dev/null; then
   glx=$(ldconfig -p | awk '/libGLX_nvidia.so.0 / {print $NF; exit}')
   if [ -n "$glx" ]; then
     printf '{"file_format_version": "1.0.0", "ICD": {"library_path": "%s", "api_version": "1.3"}}\n' \
       "$glx" >/tmp/nvidia_icd.json
-    export VK_ICD_FILENAMES=/tmp/nvidia_icd.json
+    export VK_DRIVER_FILES=/tmp/nvidia_icd.json VK_ICD_FILENAMES=/tmp/nvidia_icd.json
   fi
 fi
 
@@ -41,8 +45,8 @@ fi
   nvidia-smi
   python3 -c "import sys, torch; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name(0))"
   python3 -c "from unifer._hardware import gpus; print('unifer._hardware.gpus():', gpus())"
-  echo "Vulkan: VK_ICD_FILENAMES=${VK_ICD_FILENAMES:-} LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
-  ls /usr/share/vulkan/icd.d /etc/vulkan/icd.d 2>&1
+  echo "Vulkan: VK_DRIVER_FILES=${VK_DRIVER_FILES:-} LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+  ls /usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/nvidia/share/vulkan/icd.d 2>&1
   ldconfig -p | grep -E "libvulkan|libGLX_nvidia|libnvidia-gpucomp" || echo "no Vulkan/NVIDIA GLX libraries"
   python3 -m unifer backends
 } >"$OUT/environment.txt" 2>&1

@@ -102,7 +102,8 @@ def test_a_malformed_device_is_refused(arcface_tiny: Converted, device: object) 
 
 def without_vulkan_driver(code: str) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a child whose Vulkan loader finds no driver (or which has no loader)."""
-    env = {**os.environ, "VK_ICD_FILENAMES": "/nonexistent/icd.json", "VK_DRIVER_FILES": ""}
+    nowhere = "/nonexistent/icd.json"  # both names: loaders before 1.3.234 read only the first
+    env = {**os.environ, "VK_ICD_FILENAMES": nowhere, "VK_DRIVER_FILES": nowhere}
     return subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
