@@ -30,7 +30,7 @@ from unifer import (
     bench,
 )
 from unifer._parity import seeded_feeds
-from unifer.backend import TensorSpec
+from unifer.backend import Availability, TensorSpec
 from unifer.bench import _background, _deps, _energy
 from unifer.bench._grid import needs_conversion, select_backends, split_target, target_options
 from unifer.bench._integrity import TOLERANCES, compare, seeded_images
@@ -109,6 +109,15 @@ def test_a_target_is_a_backend_and_maybe_a_device(fake_backend):
     assert select_backends(".fake", ["fake", "fake@gpu:0", "fake"]) == (["fake", "fake@gpu:0"], {})
     with pytest.raises(BackendNotFoundError):
         select_backends(".fake", ["nosuchbackend@gpu:0"])
+
+
+def test_a_default_run_measures_backends_on_their_accelerators_too(fake_backend, monkeypatch):
+    gpu = Availability(ok=True, version="1.0", devices=("cpu", "gpu:0"), accelerators=("gpu:0",))
+    monkeypatch.setattr(fake_backend, "probe", lambda self: gpu)
+    assert select_backends(".fake", None) == (["fake", "fake@gpu:0"], {})
+    # A device the caller chose is kept, as backend="auto" keeps it.
+    assert select_backends(".fake", None, {"fake": {"device": "cpu"}}) == (["fake"], {})
+    assert select_backends(".fake", ["fake"]) == (["fake"], {})  # named: exactly that
 
 
 # -- integrity -------------------------------------------------------------------------------------
@@ -557,8 +566,8 @@ def test_dependencies_energy_and_fingerprint_are_recorded(tiny_run):
             assert energy["joules_per_inference"] is None and energy["reason"]
     machine = result.machine
     assert machine["cpu"]["physical_cores"] >= 1 and len(machine["digest"]) == 64
-    for name in result.settings["backends"]:
-        assert machine["runtimes"][name]["available"] is True
+    for target in result.settings["backends"]:  # a backend, or backend@accelerator
+        assert machine["runtimes"][split_target(target)[0]]["available"] is True
 
 
 def test_progress_reports_every_phase(tiny_run):

@@ -159,13 +159,17 @@ def parse_threads(values: Iterable[str | int | None]) -> list[int | None]:
 
 
 def select_backends(
-    suffix: str, requested: Sequence[str] | None
+    suffix: str,
+    requested: Sequence[str] | None,
+    backend_options: Mapping[str, Mapping[str, object]] | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """The backends to measure, and the ones left out with the reason.
 
     By default every installed backend that reads ``suffix``, or converts it into its own format
-    (ncnn, LiteRT from ONNX), and can run here. A backend the user names must exist, read or
-    convert the format, and be available, or this raises.
+    (ncnn, LiteRT from ONNX), and can run here, on its default device and on each accelerator its
+    probe names (``ncnn@vulkan:0`` on a machine with a Vulkan GPU), as ``backend="auto"``
+    measures them, unless ``backend_options`` sets its device. A backend the user names must
+    exist, read or convert the format, and be available, or this raises.
     """
     if requested:
         chosen: list[str] = []
@@ -180,11 +184,13 @@ def select_backends(
     )
     for name in candidates:
         try:
-            _registry.require_available(_registry.get_backend(name))
+            availability = _registry.require_available(_registry.get_backend(name))
         except UniferError as exc:  # unavailable runtime, or a plugin that fails to import
             skipped[name] = exc.message
             continue
         chosen.append(name)
+        if "device" not in (backend_options or {}).get(name, {}):
+            chosen += [f"{name}{DEVICE_SEPARATOR}{d}" for d in availability.accelerators]
     if not chosen:
         detail = "; ".join(f"{n}: {r}" for n, r in skipped.items())
         raise ModelFormatError(

@@ -211,11 +211,11 @@ def run(
             )
     builtin = isinstance(model, str) and model.startswith(models.PREFIX)
     if builtin:  # built-in models are ONNX: find the backends before generating one (seconds)
-        names, skipped = _select_here(".onnx", here)
+        names, skipped = _select_here(".onnx", here, backend_options)
     path, preprocess, model_info = _resolve_model(model, preprocess, batches)
     suffix = path.suffix.lower()
     if not builtin:
-        names, skipped = _select_here(suffix, here)
+        names, skipped = _select_here(suffix, here, backend_options)
     thread_counts = default_threads() if threads is None else threads
     configs = plan(names, thread_counts, batches, precisions)  # checks them before any work
     ref_name = _reference(names, suffix, reference)
@@ -369,11 +369,15 @@ def _distinct_backends(targets: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(map(_backend, targets)))
 
 
-def _select_here(suffix: str, requested: list[str] | None) -> tuple[list[str], dict[str, str]]:
+def _select_here(
+    suffix: str,
+    requested: list[str] | None,
+    backend_options: Mapping[str, Mapping[str, object]] | None,
+) -> tuple[list[str], dict[str, str]]:
     """:func:`select_backends` in this environment; ``[]``: every backend asked for is elsewhere."""
     if requested == []:
         return [], {}
-    return select_backends(suffix, requested)
+    return select_backends(suffix, requested, backend_options)
 
 
 # -- model -----------------------------------------------------------------------------------------
@@ -606,7 +610,8 @@ def _unifer_version() -> str:
 
 
 def available_backends(model_suffix: str = ".onnx") -> list[str]:
-    """The backends a default run would measure for a model with this suffix (may be empty)."""
+    """The targets a default run would measure for a model with this suffix (may be empty):
+    backends, and ``backend@accelerator`` for those with accelerators."""
     try:
         return select_backends(model_suffix, None)[0]
     except UniferError:
