@@ -100,13 +100,21 @@ def test_a_malformed_device_is_refused(arcface_tiny: Converted, device: object) 
         )
 
 
+def child(code: str, **environ: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh Python with ``environ`` added to this environment."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **environ},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+
 def without_vulkan_driver(code: str) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a child whose Vulkan loader finds no driver (or which has no loader)."""
     nowhere = "/nonexistent/icd.json"  # both names: loaders before 1.3.234 read only the first
-    env = {**os.environ, "VK_ICD_FILENAMES": nowhere, "VK_DRIVER_FILES": nowhere}
-    return subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-    )
+    return child(code, VK_ICD_FILENAMES=nowhere, VK_DRIVER_FILES=nowhere)
 
 
 def test_without_a_vulkan_device_the_probe_says_why_and_stays_quiet() -> None:
@@ -204,7 +212,4 @@ def test_probe_works_in_a_process_without_stderr() -> None:
         "import os; os.close(2); from unifer_ncnn import NcnnBackend; a = NcnnBackend().probe(); "
         "print(a.ok, a.devices[0])"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.split() == ["True", "cpu"]
+    assert child(code).stdout.split() == ["True", "cpu"]
