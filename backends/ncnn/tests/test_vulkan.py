@@ -77,9 +77,10 @@ def test_reduced_precision_on_vulkan_is_close_but_not_exact(
         arcface_tiny, face, precision=precision, backend_options=on("vulkan:0")
     )
     assert settings["device"] == "vulkan:0" and settings["precision"] == precision
-    # Packed, not storage: ncnn turns bf16 storage off on a device without it (lavapipe), and the
-    # settings say so.
-    assert settings[f"use_{precision}_packed"] is True
+    # ncnn turns off what the device lacks (lavapipe: bf16 storage, keeping bf16 packing); the
+    # settings say what stayed on, and something did.
+    flags = [k for k in settings if k.startswith(f"use_{precision}_")]
+    assert flags and any(settings[k] for k in flags)
     parity = compare({"embedding": exact}, {"embedding": reduced})
     assert parity.max_abs_diff > 0 and parity.min_cosine > 0.999
 
