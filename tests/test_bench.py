@@ -315,7 +315,13 @@ def _record(backend: str, threads: int | None, mean: float) -> dict[str, Any]:
             "python": [],
         },
         "energy": {"available": False, "reason": "no RAPL", "joules_per_inference": None},
-        "background": {"available": True, "other_cpu": 0.02, "steal": 0.0, "disturbed": False},
+        "background": {
+            "available": True,
+            "other_cpu": 0.02,
+            "steal": 0.0,
+            "disturbed": False,
+            "own_cpu_cores": 1.96,
+        },
         "worker": {"pid": 123, "exit_code": 0, "wall_s": 30.0},
     }
 
@@ -432,6 +438,7 @@ def test_terminal_table():
     table = bench.format_table(synthetic_result())
     lines = table.splitlines()
     assert lines[0].split()[:3] == ["backend", "version", "threads"]
+    assert "cpu cores" in lines[0] and "  2.0  " in lines[2]  # the record's own_cpu_cores, 1.96
     assert "default (2)" in table and "failed" in table
     assert "skipped gamma" in table and "FAILED beta" in table
     assert "disturbed: alpha threads=default" in table

@@ -128,6 +128,7 @@ def format_table(result: Result) -> str:
         "model ms",
         "inf/s",
         "peak MiB",
+        "cpu cores",
         "cold s",
         "warm s",
         "integrity",
@@ -144,7 +145,7 @@ def format_table(result: Result) -> str:
                     record["precision"],
                     str(record["batch"]),
                     "failed",
-                    *("",) * 8,
+                    *("",) * 9,
                 )
             )
             errors.append(
@@ -165,6 +166,7 @@ def format_table(result: Result) -> str:
                 _ms(_get(record, "latency", "model_only", "median_ms")),
                 _num(_get(record, "throughput", "samples_per_s")),
                 _num(_get(record, "memory", "peak_rss_mib"), 0),
+                _num(_get(record, "background", "own_cpu_cores"), 1),
                 _num(_get(record, "load", "cold_s"), 2),
                 _num(_get(record, "load", "warm_s"), 2),
                 _integrity_text(record),
@@ -173,7 +175,7 @@ def format_table(result: Result) -> str:
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
     ]
-    numeric = set(range(5, 13))
+    numeric = set(range(5, 14))
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(
@@ -188,7 +190,8 @@ def format_table(result: Result) -> str:
     out.append("")
     out.append(
         f"{model}; latency = end-to-end (uint8 RGB -> preprocessing -> inference -> output), "
-        f"'model ms' = inference only (median); integrity vs {ref} fp32"
+        f"'model ms' = inference only (median); 'cpu cores' = CPU kept busy while timed; "
+        f"integrity vs {ref} fp32"
     )
     for name, reason in result.skipped.items():
         out.append(f"skipped {name}: {reason}")
