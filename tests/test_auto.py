@@ -349,3 +349,56 @@ def test_a_cached_trial_from_before_devices_still_reads():
         ).candidate.device
         == "gpu:0"
     )
+
+
+# -- device= ---------------------------------------------------------------------------------------
+
+
+def test_device_maps_to_the_backends_device_option(accelerated, fake_model):
+    on_gpu = Engine.load(fake_model, backend="accfake", device="gpu:0")
+    assert on_gpu.settings["device"] == "gpu:0"
+    assert on_gpu.selection.chosen == Candidate("accfake", None, "fp32", "gpu:0")
+    assert Engine.load(fake_model, backend="accfake", device="gpu").settings["device"] == "gpu:0"
+    # The default device needs no option: a backend without a device option opens there too
+    # (FakeBackend warns about any option but "mode").
+    assert Engine.load(fake_model, backend="accfake", device="cpu").settings["device"] == "cpu"
+    assert Engine.load(fake_model, backend="fake", device="cpu").settings["device"] == "cpu"
+
+
+def test_a_device_a_backend_lacks_is_refused_naming_its_devices(accelerated, fake_model):
+    with pytest.raises(
+        UnsupportedOptionError,
+        match=r"'fake' cannot run on device 'gpu:0' here; its devices here are cpu ",
+    ):
+        Engine.load(fake_model, backend="fake", device="gpu:0")
+    with pytest.raises(UnsupportedOptionError, match="disagree"):
+        Engine.load(
+            fake_model,
+            backend="accfake",
+            device="gpu:0",
+            backend_options={"accfake": {"device": "cpu"}},
+        )
+    with pytest.raises(UnsupportedOptionError, match="device name"):
+        Engine.load(fake_model, backend="accfake", device="")
+
+
+def test_auto_with_a_device_measures_only_the_backends_that_run_there(
+    accelerated, fake_model, monkeypatch
+):
+    monkeypatch.delenv("UNIFER_DISABLE_BACKENDS")  # the CPU-only fake competes too
+    engine = Engine.load(fake_model, threads=1, budget_s=0.2, device="gpu:0")
+    statuses = {str(t.candidate): (t.status, t.reason) for t in engine.selection.trials}
+    assert statuses["accfake/gpu:0/fp32/threads=1"][0] == "measured"
+    assert statuses["fake/fp32/threads=1"][0] == "failed"
+    assert "cannot run on device 'gpu:0'" in statuses["fake/fp32/threads=1"][1]
+    assert len(statuses) == 2 and engine.settings["device"] == "gpu:0"
+    on_cpu = Engine.load(fake_model, threads=1, budget_s=0.2, device="cpu")
+    measured = {str(t.candidate) for t in on_cpu.selection.trials if t.status == "measured"}
+    assert measured == {"fake/fp32/threads=1", "accfake/fp32/threads=1"}  # no accelerator
+    static = Engine.load(fake_model, budget_s=0, device="gpu:0")
+    assert static.backend == "accfake" and static.settings["device"] == "gpu:0"
+
+
+def test_no_backend_runs_on_the_device(accelerated, fake_model):
+    with pytest.raises(NoBackendAvailableError, match="cannot run on device 'npu'"):
+        Engine.load(fake_model, budget_s=0.1, device="npu")

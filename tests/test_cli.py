@@ -214,3 +214,13 @@ def test_parse_backend_options_groups_by_backend():
 
     parsed = parse_backend_options(["ncnn.device=vulkan:0", "ncnn.winograd=false", "torch.x=2"])
     assert parsed == {"ncnn": {"device": "vulkan:0", "winograd": False}, "torch": {"x": 2}}
+
+
+def test_device_reaches_the_backend_and_is_shown(cli, fake_backend, fake_model):
+    data = json.loads(
+        cli("info", str(fake_model), "--backend", "fake", "--device", "cpu", "--json").output
+    )
+    assert data["device"] == "cpu"
+    assert "opened with fake on cpu" in cli("info", str(fake_model), "--device", "cpu").output
+    result = cli("info", str(fake_model), "--backend", "fake", "--device", "cuda:0", code=1)
+    assert "cannot run on device 'cuda:0'" in result.output

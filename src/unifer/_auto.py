@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from . import _autocache, _convert, _hardware, _registry
+from ._devices import device_option
 from ._digest import content_digest
 from ._errors import ModelFormatError, ModelLoadError, UniferError, UnsupportedOptionError
 from ._select import (
@@ -84,12 +85,15 @@ def open_auto(
     open_candidate: Callable[[Candidate], Session],
     backend_options: Mapping[str, Mapping[str, object]],
     allow_conversion: bool = False,
+    device: str | None = None,
 ) -> tuple[Selection, Session]:
     """Choose and open a backend for ``path``; see the module docstring for the policy.
 
     ``open_candidate`` opens the model with one candidate, converting it first when the backend
     does not read the format (only backends whose conversion is cached, or any converting backend
-    with ``allow_conversion``, are candidates then).
+    with ``allow_conversion``, are candidates then). ``device`` keeps the backends that can run
+    on it, each opened there; without it each backend runs on its default device and on its
+    accelerators.
     """
     from ._engine import readers  # the engine imports this module
 
@@ -123,7 +127,9 @@ def open_auto(
         # Before any probe: probing imports every candidate runtime, which a cached decision
         # must not pay for. The key names runtimes by their installed distributions instead.
         versions = {name: _registry.installed_versions(name) for name in names}
-        options_digest = repr(sorted((k, sorted(v.items())) for k, v in backend_options.items()))
+        options_digest = repr(
+            (device, sorted((k, sorted(v.items())) for k, v in backend_options.items()))
+        )
         key = _cache_key(path, objective, precisions, threads, versions, options_digest)
         cached = _open_cached(key, objective, open_candidate)
         if cached is not None:
@@ -131,26 +137,35 @@ def open_auto(
     unavailable: list[Trial] = []
     available: list[str] = []
     on_gpu: list[str] = []  # backends that run on an NVIDIA GPU by default
-    accelerators: dict[str, tuple[str, ...]] = {}  # measured beside the default device
+    pinned: dict[str, list[str | None]] = {}  # with device=: where each runs (None: its default)
+    accelerators: dict[str, list[str | None]] = {}  # without: measured beside the default device
     for name in names:
         availability = _registry.cached_probe(name)
-        if availability.ok:
-            available.append(name)
-            if availability.devices and availability.devices[0].startswith("cuda"):
-                on_gpu.append(name)
-            if "device" not in backend_options.get(name, {}):  # never swap a chosen device
-                accelerators[name] = availability.accelerators
-        else:
-            reason = f"unavailable: {availability.reason}"
+        reason = None if availability.ok else f"unavailable: {availability.reason}"
+        if reason is None and device is not None:
+            try:
+                pinned[name] = [
+                    device_option(name, availability, device, backend_options.get(name, {}))
+                ]
+            except UnsupportedOptionError as exc:
+                reason = exc.message
+        if reason is not None:
             unavailable += [
                 Trial(Candidate(name, t, p), "failed", reason=reason)
                 for p in precisions
                 for t in thread_options
             ]
-    if not measure:  # the static choice opens each backend on its default device
-        pool = candidates(_prefer(available), thread_options, precisions)
+            continue
+        available.append(name)
+        if availability.devices and availability.devices[0].startswith("cuda"):
+            on_gpu.append(name)
+        if "device" not in backend_options.get(name, {}):  # never swap a chosen device
+            accelerators[name] = [None, *availability.accelerators]
+    if not measure:  # the static choice opens each backend on its default (or the pinned) device
+        pool = candidates(_prefer(available), thread_options, precisions, pinned)
         return _open_static(pool, unavailable, objective, open_candidate, path, on_gpu)
-    pool = candidates(_prefer(available), thread_options, precisions, accelerators)
+    devices = pinned if device is not None else accelerators
+    pool = candidates(_prefer(available), thread_options, precisions, devices)
     load_errors: list[ModelLoadError] = []
 
     def open_noting_load_errors(candidate: Candidate) -> Session:

@@ -20,6 +20,7 @@ from numpy.typing import ArrayLike
 
 from . import _auto, _convert, _registry, _select, models
 from ._cache import cache_dir
+from ._devices import device_option
 from ._errors import (
     InferenceError,
     ModelFormatError,
@@ -94,6 +95,7 @@ class Engine:
         objective: str = "latency",
         budget_s: float | None = None,
         allow_conversion: bool = False,
+        device: str | None = None,
     ) -> Engine:
         """Open ``model`` with one backend.
 
@@ -122,6 +124,12 @@ class Engine:
             allow_conversion: Let ``"auto"`` also try backends that must first convert the model
                 into their own format (ONNX to ncnn or TFLite, cached and checked). Without it,
                 only backends whose conversion is already cached compete.
+            device: Where to run, in unifer's device names (``unifer backends`` lists each
+                backend's): ``"cpu"``, ``"cuda:0"``, ``"vulkan:0"``, ``"gpu:0"``, or a kind alone
+                (``"cuda"``) for the backend's first device of that kind. Mapped to the
+                backend's ``device`` option; a backend that cannot run there raises. With
+                ``"auto"``, only the backends that can run there compete. ``None`` (default):
+                each backend's default device (``"auto"`` also measures its accelerators).
 
         Raises:
             ModelNotFoundError: ``model`` does not exist.
@@ -131,7 +139,8 @@ class Engine:
             BackendNotFoundError: ``backend`` names no installed backend.
             BackendUnavailableError: the backend's runtime is missing or broken.
             NoBackendAvailableError: ``"auto"`` found no backend that could open the model.
-            UnsupportedOptionError: an option the backend cannot honour.
+            UnsupportedOptionError: an option the backend cannot honour, or a ``device`` it
+                cannot run on.
             PreprocessError: ``preprocess`` does not fit the model's input.
         """
         path, preset = resolve_model(model)
@@ -174,6 +183,7 @@ class Engine:
                 open_candidate=open_candidate,
                 backend_options=options,
                 allow_conversion=allow_conversion,
+                device=device,
             )
             conversion = conversions.get(selection.chosen.backend)
             return cls._wrap(session, path, preprocess, selection=selection, conversion=conversion)
@@ -189,15 +199,21 @@ class Engine:
         checked = check_precision(precision)
         single = thread_counts[0] if thread_counts else None
         plugin = _registry.get_backend(backend)
-        _registry.require_available(plugin)
+        availability = _registry.require_available(plugin)
+        where = (
+            None
+            if device is None
+            else device_option(plugin.name, availability, device, options.get(plugin.name, {}))
+        )
+        chosen = session_options(plugin, checked, single, where)
         opened, conversion = path, None
         if _suffix(path) not in plugin.suffixes and _convert.can_convert(plugin, _suffix(path)):
-            conversion = _convert.convert(plugin, path, session_options(plugin, checked, single))
+            conversion = _convert.convert(plugin, path, chosen)
             opened = conversion.path
         else:
             _check_suffix(plugin, path)
-        session = plugin.open(opened, session_options(plugin, checked, single))
-        selection = _select.Selection(_select.Candidate(backend, single, checked), source)
+        session = plugin.open(opened, chosen)
+        selection = _select.Selection(_select.Candidate(backend, single, checked, where), source)
         return cls._wrap(session, path, preprocess, selection=selection, conversion=conversion)
 
     @classmethod

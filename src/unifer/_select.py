@@ -140,17 +140,17 @@ def candidates(
     backends: Sequence[str],
     threads: Sequence[int | None],
     precisions: Sequence[Precision],
-    accelerators: Mapping[str, Sequence[str]] | None = None,
+    devices: Mapping[str, Sequence[str | None]] | None = None,
 ) -> list[Candidate]:
     """Every combination, fp32 first (the reference must be measured before the others); each
-    backend on its default device, then on each of its ``accelerators``."""
+    backend on each of its ``devices`` (``None``: its default device, the only one by default)."""
     ordered = sorted(precisions, key=_PRECISION_ORDER.index)
-    extra = accelerators or {}
+    where = devices or {}
     return [
         Candidate(b, t, p, d)
         for p in ordered
         for b in backends
-        for d in (None, *extra.get(b, ()))
+        for d in where.get(b, (None,))
         for t in threads
     ]
 

@@ -36,6 +36,14 @@ def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(func)
 
 
+def device_option(func: F) -> F:
+    return click.option(
+        "--device",
+        help="Where to run: cpu, cuda:0, vulkan:0, gpu:0... (unifer backends lists each backend's "
+        "devices); with --backend auto only the backends that run there compete.",
+    )(func)
+
+
 def backend_options_option(func: F) -> F:
     return click.option(
         "--option",
@@ -180,10 +188,16 @@ def list_models(as_json: bool) -> None:
     is_flag=True,
     help="Let backend='auto' measure the candidates and explain its choice.",
 )
+@device_option
 @backend_options_option
 @json_option
 def info(
-    model: str, backend: str, measure: bool, option_args: tuple[str, ...], as_json: bool
+    model: str,
+    backend: str,
+    measure: bool,
+    device: str | None,
+    option_args: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Show a model's inputs and outputs and which backends can read it.
 
@@ -195,6 +209,7 @@ def info(
         backend=backend,
         budget_s=None if measure else 0,
         backend_options=parse_backend_options(option_args),
+        device=device,
     ) as engine:
         path = engine.model
         assert path is not None  # noqa: S101 - Engine.load always records the file it opened
@@ -205,6 +220,7 @@ def info(
             "path": str(path),
             "size_bytes": path.stat().st_size,
             "opened_with": engine.backend,
+            "device": engine.settings.get("device"),
             "inputs": [spec_dict(s) for s in engine.inputs],
             "outputs": [spec_dict(s) for s in engine.outputs],
             "readers": able,
@@ -214,7 +230,8 @@ def info(
     if as_json:
         emit_json(data)
         return
-    click.echo(f"{path} ({path.stat().st_size:,} bytes), opened with {engine.backend}")
+    where = f" on {data['device']}" if data["device"] else ""
+    click.echo(f"{path} ({path.stat().st_size:,} bytes), opened with {engine.backend}{where}")
     for title, specs in (("inputs", engine.inputs), ("outputs", engine.outputs)):
         click.echo(f"{title}:")
         for spec in specs:
@@ -374,6 +391,7 @@ def convert(
     type=click.Path(path_type=Path, dir_okay=False),
     help="Write outputs to .npy (one output), .npz or .json.",
 )
+@device_option
 @backend_options_option
 @json_option
 def predict(
@@ -384,6 +402,7 @@ def predict(
     precision: str,
     preprocess_arg: str | None,
     out: Path | None,
+    device: str | None,
     option_args: tuple[str, ...],
     as_json: bool,
 ) -> None:
@@ -399,6 +418,7 @@ def predict(
         precision=precision,
         preprocess=preprocess,
         backend_options=parse_backend_options(option_args),
+        device=device,
     ) as engine:
         feeds = _read_input(input_path, engine)
         if isinstance(feeds, np.ndarray):

@@ -49,7 +49,8 @@ def embed(model: Converted, x: np.ndarray, **options: object) -> tuple[np.ndarra
 @needs_vulkan
 def test_probe_lists_the_vulkan_devices_after_the_cpu() -> None:
     availability = NcnnBackend().probe()
-    assert availability.devices == ("cpu", *(f"vulkan:{d.index}" for d in FOUND.devices))
+    assert sorted(availability.devices[1:]) == sorted(f"vulkan:{d.index}" for d in FOUND.devices)
+    assert availability.devices[:2] == ("cpu", f"vulkan:{FOUND.default}")  # ncnn's choice first
     assert availability.reason is not None
     assert availability.reason.startswith("Vulkan: vulkan:0 = ")
 
@@ -214,3 +215,14 @@ def test_probe_works_in_a_process_without_stderr() -> None:
         "print(a.ok, a.devices[0])"
     )
     assert child(code).stdout.split() == ["True", "cpu"]
+
+
+@needs_vulkan
+def test_engine_device_argument_picks_the_vulkan_device(arcface_tiny: Converted) -> None:
+    """``Engine.load(device=...)`` is ncnn's device option under unifer's device names."""
+    first = f"vulkan:{FOUND.default}"  # what "vulkan" means to ncnn and to Engine.load
+    for device in (first, "vulkan"):
+        with Engine.load(arcface_tiny.param, backend="ncnn", device=device) as engine:
+            assert engine.settings["device"] == first
+    with Engine.load(arcface_tiny.param, backend="ncnn", device="cpu") as engine:
+        assert engine.settings["device"] == "cpu"

@@ -71,17 +71,20 @@ class NcnnBackend:
                 reason=f"ncnn is installed but failed to start: {type(exc).__name__}: {exc}",
                 install=f"pip install --force-reinstall ncnn  # or: {self.install}",
             )
-        if vulkan.devices:
-            note = "Vulkan: " + ", ".join(d.describe() for d in vulkan.devices)
+        # The device ncnn prefers first, so that device="vulkan" means the same to Engine.load as
+        # to this backend's own option.
+        listed = sorted(vulkan.devices, key=lambda d: d.index != vulkan.default)
+        if listed:
+            note = "Vulkan: " + ", ".join(d.describe() for d in listed)
         else:
             note = f"no Vulkan device ({vulkan.why_none})"
         return Availability(
             ok=True,
             version=version,
-            devices=("cpu", *(d.device for d in vulkan.devices)),
+            devices=("cpu", *(d.device for d in listed)),
             # GPUs only: backend="auto" measures ncnn on them too; Vulkan on the CPU (lavapipe)
             # is always slower than ncnn's own CPU path.
-            accelerators=tuple(d.device for d in vulkan.devices if d.is_gpu),
+            accelerators=tuple(d.device for d in listed if d.is_gpu),
             reason=note,
         )
 
