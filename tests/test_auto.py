@@ -402,3 +402,12 @@ def test_auto_with_a_device_measures_only_the_backends_that_run_there(
 def test_no_backend_runs_on_the_device(accelerated, fake_model):
     with pytest.raises(NoBackendAvailableError, match="cannot run on device 'npu'"):
         Engine.load(fake_model, budget_s=0.1, device="npu")
+
+
+def test_a_missing_device_error_carries_the_backends_own_note(
+    fake_backend, fake_model, monkeypatch
+):
+    why = Availability(ok=True, version="1.0", devices=("cpu",), reason="CPU only: no driver")
+    monkeypatch.setattr(fake_backend, "probe", lambda self: why)
+    with pytest.raises(UnsupportedOptionError, match="fake: CPU only: no driver"):
+        Engine.load(fake_model, backend="fake", device="cuda:0")

@@ -31,7 +31,7 @@ from unifer._hardware import fingerprint, physical_cores
 from unifer._parity import FP32_MAX_RELATIVE_DIFF, FP32_MIN_COSINE, compare, seeded_feeds
 from unifer._timing import measure
 
-#: (backend, device for backend_options or None, precision); the first row is the reference.
+#: (backend, device for Engine.load or None, precision); the first row is the reference.
 CONFIGS: tuple[tuple[str, str | None, str], ...] = (
     ("onnxruntime", None, "fp32"),
     ("openvino", None, "fp32"),
@@ -45,10 +45,6 @@ CONFIGS: tuple[tuple[str, str | None, str], ...] = (
     ("ncnn", "vulkan", "fp32"),
     ("ncnn", "vulkan", "fp16"),
 )
-
-
-def _options(backend: str, device: str | None) -> dict[str, dict[str, object]] | None:
-    return {backend: {"device": device}} if device else None
 
 
 def one_config(
@@ -67,7 +63,7 @@ def one_config(
             backend=backend,
             threads=physical_cores(),
             precision=precision,
-            backend_options=_options(backend, device),
+            device=device,
         )
     except UniferError as exc:
         return {**row, "status": "skipped", "reason": f"{type(exc).__name__}: {exc.message}"}, None

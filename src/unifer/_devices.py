@@ -42,9 +42,11 @@ def device_option(
         else next((d for d in devices if d.partition(":")[0] == device), None)
     )
     if match is None:
+        # The probe's note often says why a device is missing ("no GPU is usable: ...").
+        note = f". {backend}: {availability.reason}" if availability.reason else ""
         raise UnsupportedOptionError(
             f"backend {backend!r} cannot run on device {device!r} here; its devices here are "
-            f"{', '.join(devices)} (unifer backends lists every backend's)"
+            f"{', '.join(devices)} (unifer backends lists every backend's){note}"
         )
     chosen = options.get("device")
     if chosen is not None and chosen != match:
