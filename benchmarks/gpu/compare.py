@@ -142,7 +142,7 @@ def markdown(report: dict[str, Any]) -> str:
         if r["status"] != "ok":
             lines.append(
                 f"| {r['backend']} | {r['device']} | {r['precision']} | {r['batch']} | "
-                f"skipped: {r['reason'][:120]} | | | | | |"
+                f"skipped: {r['reason'][:300]} | | | | | |"
             )
             continue
         lines.append(
