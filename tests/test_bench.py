@@ -32,7 +32,7 @@ from unifer import (
 from unifer._parity import seeded_feeds
 from unifer.backend import Availability, TensorSpec
 from unifer.bench import _background, _deps, _energy
-from unifer.bench._grid import needs_conversion, select_backends, split_target, target_options
+from unifer.bench._grid import needs_conversion, select_backends, split_target
 from unifer.bench._integrity import TOLERANCES, compare, seeded_images
 from unifer.bench._report import markdown
 from unifer.bench._run import Progress, Result
@@ -100,12 +100,6 @@ def test_a_target_is_a_backend_and_maybe_a_device(fake_backend):
     for bad in ("ncnn@", "@vulkan"):
         with pytest.raises(UnsupportedOptionError, match="BACKEND@DEVICE"):
             split_target(bad)
-    run_options = {"ncnn": {"winograd": False, "device": "cpu"}, "torch": {"x": 1}}
-    assert target_options("ncnn@vulkan", run_options) == {
-        "ncnn": {"winograd": False, "device": "vulkan"},  # the target's device wins
-        "torch": {"x": 1},
-    }
-    assert target_options("ncnn", run_options) == run_options
     assert select_backends(".fake", ["fake", "fake@gpu:0", "fake"]) == (["fake", "fake@gpu:0"], {})
     with pytest.raises(BackendNotFoundError):
         select_backends(".fake", ["nosuchbackend@gpu:0"])

@@ -111,7 +111,7 @@ def split_target(target: str) -> tuple[str, str | None]:
     """A bench target, ``BACKEND`` or ``BACKEND@DEVICE``, as (backend, device or None).
 
     The same backend on two devices is two targets, measured and reported side by side
-    (``torch@cpu`` and ``torch@cuda:0``); the device is the backend's ``device`` option.
+    (``torch@cpu`` and ``torch@cuda:0``); the device is opened as ``Engine.load(device=...)``.
     """
     backend, separator, device = target.partition(DEVICE_SEPARATOR)
     if separator and not (backend and device):
@@ -120,17 +120,6 @@ def split_target(target: str) -> tuple[str, str | None]:
             f"ncnn{DEVICE_SEPARATOR}vulkan or torch{DEVICE_SEPARATOR}cuda:0; got {target!r}"
         )
     return backend, device or None
-
-
-def target_options(
-    target: str, backend_options: Mapping[str, Mapping[str, object]]
-) -> dict[str, dict[str, object]]:
-    """The ``backend_options`` a target is opened with: the run's, its device set over them."""
-    backend, device = split_target(target)
-    options = {name: dict(values) for name, values in backend_options.items()}
-    if device is not None:
-        options[backend] = {**options.get(backend, {}), "device": device}
-    return options
 
 
 def default_threads() -> list[int | None]:

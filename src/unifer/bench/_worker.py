@@ -50,7 +50,7 @@ from .._preprocess import Preprocess
 from .._timing import Stats, measure, time_once
 from ..backend import SessionOptions
 from . import _background, _deps, _energy
-from ._grid import split_target, target_options
+from ._grid import split_target
 from ._integrity import seeded_images
 
 PROGRESS_PREFIX: Final = "@@unifer-bench "
@@ -235,8 +235,7 @@ def measure_job(job: Mapping[str, Any]) -> dict[str, Any]:
         return convert_job(job)
     result: dict[str, Any] = {"pid": os.getpid(), "status": "ok", "python": sys.executable}
     model = Path(job["model"])
-    target = str(job["backend"])
-    backend, _device = split_target(target)
+    backend, device = split_target(str(job["backend"]))
     preprocess = Preprocess.from_dict(job["preprocess"]) if job.get("preprocess") else None
     reference_only = job["mode"] == "reference"
     memory_before = memory_mib()
@@ -254,7 +253,8 @@ def measure_job(job: Mapping[str, Any]) -> dict[str, Any]:
             threads=job["threads"],
             precision=job["precision"],
             preprocess=preprocess,
-            backend_options=target_options(target, job.get("backend_options") or {}),
+            backend_options=job.get("backend_options") or None,
+            device=device,
         )
 
     progress("cold load")
