@@ -136,18 +136,16 @@ def format_table(result: Result) -> str:
     rows: list[tuple[str, ...]] = []
     errors: list[str] = []
     for record in result.records:
+        configuration = (
+            record["backend"],
+            record.get("runtime_version") or "-",
+            threads_text(record),
+            record["precision"],
+            str(record["batch"]),
+        )
         if record["status"] != "ok":
-            rows.append(
-                (
-                    record["backend"],
-                    record.get("runtime_version") or "-",
-                    threads_text(record),
-                    record["precision"],
-                    str(record["batch"]),
-                    "failed",
-                    *("",) * 9,
-                )
-            )
+            blank = len(header) - len(configuration) - 1
+            rows.append((*configuration, "failed", *("",) * blank))
             errors.append(
                 f"{record['backend']} threads={record['threads_label']}: {record['error']}"
             )
@@ -155,11 +153,7 @@ def format_table(result: Result) -> str:
         head = _headline(record) or {}
         rows.append(
             (
-                record["backend"],
-                record.get("runtime_version") or "-",
-                threads_text(record),
-                record["precision"],
-                str(record["batch"]),
+                *configuration,
                 _ms(head.get("mean_ms")),
                 _ms(head.get("median_ms")),
                 _ms(head.get("p90_ms")),
@@ -175,7 +169,7 @@ def format_table(result: Result) -> str:
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
     ]
-    numeric = set(range(5, 14))
+    numeric = set(range(header.index("mean ms"), header.index("integrity")))
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(
