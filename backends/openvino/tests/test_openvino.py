@@ -25,7 +25,7 @@ from unifer import (
     UnsupportedOptionError,
 )
 from unifer.backend import BACKEND_API_VERSION, Backend, Session, SessionOptions
-from unifer_openvino import OpenVINOBackend
+from unifer_openvino import OpenVINOBackend, _session
 from unifer_openvino._session import _openvino_device, _unifer_device
 
 CPU_CAPABILITIES = set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
@@ -134,6 +134,19 @@ def test_probe_reports_version_and_normalised_devices() -> None:
     assert availability.version == ov.get_version().split("-")[0]
     assert "cpu" in availability.devices
     assert all(d == d.lower() and "." not in d for d in availability.devices)
+    assert set(availability.accelerators) <= set(availability.devices) - {"cpu"}
+
+
+def test_probe_names_gpus_and_npus_as_accelerators(monkeypatch: pytest.MonkeyPatch) -> None:
+    # This machine has only a CPU: a stand-in Core lists the devices of one with an Intel GPU
+    # pair and an NPU, in OpenVINO's own order and names.
+    class Core:
+        available_devices = ("GPU.0", "CPU", "GPU.1", "NPU")
+
+    monkeypatch.setattr(_session, "_core", Core)
+    availability = OpenVINOBackend().probe()
+    assert availability.devices == ("cpu", "gpu:0", "gpu:1", "npu")
+    assert availability.accelerators == ("gpu:0", "gpu:1", "npu")
 
 
 def test_probe_without_openvino_explains_and_does_not_raise(

@@ -21,7 +21,8 @@ __all__ = ["OpenVINOBackend"]
 class OpenVINOBackend:
     """The ``openvino`` backend. Options (``backend_options={"openvino": {...}}``):
 
-    - ``device``: an OpenVINO device, ``"CPU"`` (default), ``"GPU.0"``... (or ``"gpu:0"``).
+    - ``device``: an OpenVINO device, ``"CPU"`` (default), ``"GPU.0"``... (or ``"gpu:0"``); its
+      GPUs and NPUs are accelerators, which ``backend="auto"`` measures beside the CPU.
     - ``performance_hint``: ``"latency"`` (default) or ``"throughput"`` (more streams).
     - ``num_requests``: infer requests in the pool, i.e. concurrent ``run`` calls; default is
       the compiled model's OPTIMAL_NUMBER_OF_INFER_REQUESTS.
@@ -38,7 +39,7 @@ class OpenVINOBackend:
         try:
             from ._session import runtime_info
 
-            version, devices = runtime_info()
+            version, devices, accelerators = runtime_info()
         except ImportError as exc:
             return Availability(
                 ok=False, reason=f"openvino cannot be imported: {exc}", install=self.install
@@ -49,7 +50,7 @@ class OpenVINOBackend:
                 reason=f"openvino is installed but failed to start: {type(exc).__name__}: {exc}",
                 install=f"pip install --force-reinstall openvino  # or: {self.install}",
             )
-        return Availability(ok=True, version=version, devices=devices)
+        return Availability(ok=True, version=version, devices=devices, accelerators=accelerators)
 
     def open(self, model: Path, options: SessionOptions, /) -> Session:
         """Compile ``model`` for the configured device and return a thread-safe session."""

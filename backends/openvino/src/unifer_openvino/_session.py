@@ -37,6 +37,8 @@ _PRECISIONS: Final = {hint: precision for precision, hint in _HINTS.items()}
 #: OPTIMIZATION_CAPABILITIES entry a device must list before a reduced precision is requested.
 _CAPABILITIES: Final = {"bf16": "BF16", "fp16": "FP16"}
 _PERFORMANCE_HINTS: Final = ("latency", "throughput")
+#: unifer device kinds that are hardware accelerators.
+_ACCELERATOR_KINDS: Final = ("gpu", "npu")
 #: The ONNX frontend names each Result node "<graph output name>/sink_port_0".
 _RESULT_SUFFIX: Final = "/sink_port_0"
 
@@ -52,11 +54,18 @@ def runtime_version() -> str:
     return str(ov.get_version()).split("-", 1)[0]
 
 
-def runtime_info() -> tuple[str, tuple[str, ...]]:
-    """The runtime version and the devices it sees, in unifer's names (``"cpu"``, ``"gpu:0"``),
-    the default (``"cpu"``) first as ``Availability.devices`` requires."""
+def runtime_info() -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """The runtime version, the devices it sees in unifer's names (``"cpu"``, ``"gpu:0"``), the
+    default (``"cpu"``) first as ``Availability.devices`` requires, and which are accelerators."""
     devices = [_unifer_device(d) for d in _core().available_devices]
-    return runtime_version(), tuple(sorted(devices, key=lambda d: d != "cpu"))
+    ordered = tuple(sorted(devices, key=lambda d: d != "cpu"))
+    return runtime_version(), ordered, accelerators(ordered)
+
+
+def accelerators(devices: tuple[str, ...]) -> tuple[str, ...]:
+    """The GPUs and NPUs among ``devices``: OpenVINO's GPU and NPU plugins drive Intel hardware
+    only (nothing emulated on the CPU), so ``backend="auto"`` measures each of them."""
+    return tuple(d for d in devices if d.partition(":")[0] in _ACCELERATOR_KINDS)
 
 
 def _unifer_device(device: str) -> str:
