@@ -43,7 +43,6 @@ logger = logging.getLogger("unifer.auto")
 BACKEND_ENV: Final = "UNIFER_BACKEND"
 DISABLE_ENV: Final = "UNIFER_DISABLE_BACKENDS"
 MODE_ENV: Final = "UNIFER_AUTO"
-OBJECTIVES: Final = ("latency", "throughput")
 #: Backends preferred on CPUs other than x86, where OpenVINO's CPU plugin is not the strongest.
 NON_X86_ORDER: Final = ("litert", "onnxruntime", "ncnn")
 

@@ -29,12 +29,6 @@ int cudaGetDeviceProperties(void *properties, int device) {
     return SUCCESS;
 }
 
-int cudaMemGetInfo(size_t *free_bytes, size_t *total) {
-    *free_bytes = LIMIT / 2;
-    *total = LIMIT;
-    return SUCCESS;
-}
-
 int cudaMalloc(void **pointer, size_t size) {
     *pointer = size > LIMIT ? NULL : malloc(size);
     return *pointer ? SUCCESS : MEMORY_ALLOCATION;

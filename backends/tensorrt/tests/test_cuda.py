@@ -254,8 +254,6 @@ def test_device_facts(cuda: _cuda.CudaRuntime) -> None:
     assert name and "\0" not in name
     major, minor = cuda.compute_capability(0)
     assert major >= 5 and 0 <= minor <= 9
-    free, total = cuda.memory_info()
-    assert 0 < free <= total
 
 
 @pytest.mark.gpu
@@ -284,17 +282,15 @@ def test_copy_round_trip(cuda: _cuda.CudaRuntime, dtype: type, shape: tuple[int,
     rng = np.random.default_rng(0)
     host = (rng.standard_normal(shape) * 100).astype(dtype)
     stream = _cuda.Stream(cuda)
-    first, second = _cuda.DeviceBuffer(cuda), _cuda.DeviceBuffer(cuda)
+    buffer = _cuda.DeviceBuffer(cuda)
     try:
-        cuda.copy_to_device(first.ensure(host.nbytes), host, stream.handle)
-        cuda.copy_on_device(second.ensure(host.nbytes), first.pointer, host.nbytes, stream.handle)
+        cuda.copy_to_device(buffer.ensure(host.nbytes), host, stream.handle)
         back = np.empty_like(host)
-        cuda.copy_to_host(back, second.pointer, stream.handle)
+        cuda.copy_to_host(back, buffer.pointer, stream.handle)
         stream.synchronize()
         np.testing.assert_array_equal(back, host)
     finally:
-        first.free()
-        second.free()
+        buffer.free()
         stream.destroy()
 
 

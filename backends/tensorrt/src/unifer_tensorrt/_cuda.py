@@ -44,7 +44,6 @@ __all__ = [
 #: ``cudaMemcpyKind``.
 HOST_TO_DEVICE: Final = 1
 DEVICE_TO_HOST: Final = 2
-DEVICE_TO_DEVICE: Final = 3
 #: ``cudaStreamNonBlocking``: the stream does not synchronise with the legacy default stream, so
 #: one caller's work never waits for another library's default-stream work.
 _STREAM_NON_BLOCKING: Final = 1
@@ -159,7 +158,6 @@ def cudart_candidates(
 # -- the runtime ----------------------------------------------------------------------------------
 
 _c_int_p = ctypes.POINTER(ctypes.c_int)
-_c_size_p = ctypes.POINTER(ctypes.c_size_t)
 _c_void_pp = ctypes.POINTER(ctypes.c_void_p)
 
 #: name -> argtypes of every function used; each returns ``cudaError_t`` (int).
@@ -169,7 +167,6 @@ _SIGNATURES: Final[Mapping[str, tuple[Any, ...]]] = {
     "cudaGetDeviceCount": (_c_int_p,),
     "cudaSetDevice": (ctypes.c_int,),
     "cudaDeviceGetAttribute": (_c_int_p, ctypes.c_int, ctypes.c_int),
-    "cudaMemGetInfo": (_c_size_p, _c_size_p),
     "cudaMalloc": (_c_void_pp, ctypes.c_size_t),
     "cudaFree": (ctypes.c_void_p,),
     "cudaMemcpyAsync": (
@@ -255,14 +252,6 @@ class CudaRuntime:
         minor = self._int("cudaDeviceGetAttribute", _ATTR_CC_MINOR, device)
         return major, minor
 
-    def memory_info(self) -> tuple[int, int]:
-        """``(free, total)`` bytes of the current device."""
-        free, total = ctypes.c_size_t(), ctypes.c_size_t()
-        self._check(
-            "cudaMemGetInfo", self._lib.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total))
-        )
-        return free.value, total.value
-
     # -- memory -----------------------------------------------------------------------------------
 
     def malloc(self, nbytes: int) -> int:
@@ -300,14 +289,6 @@ class CudaRuntime:
                 self._lib.cudaMemcpyAsync(
                     array.ctypes.data, pointer, array.nbytes, DEVICE_TO_HOST, stream
                 ),
-            )
-
-    def copy_on_device(self, destination: int, source: int, nbytes: int, stream: int) -> None:
-        """Enqueue a device-to-device copy of ``nbytes``."""
-        if nbytes:
-            self._check(
-                "cudaMemcpyAsync",
-                self._lib.cudaMemcpyAsync(destination, source, nbytes, DEVICE_TO_DEVICE, stream),
             )
 
     # -- streams ----------------------------------------------------------------------------------

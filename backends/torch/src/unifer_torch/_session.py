@@ -407,7 +407,6 @@ class Loaded:
     outputs: tuple[TensorSpec, ...] | None
     """``None`` until known (TorchScript: learned by running the model once)."""
     flatten: Callable[[Any], list[Any]]
-    output_names: tuple[str, ...] | None = None
     details: dict[str, object] | None = None
 
 
