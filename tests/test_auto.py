@@ -23,6 +23,7 @@ from unifer import (
     register_backend,
     unregister_backend,
 )
+from unifer._hardware import physical_cores
 from unifer._select import Candidate, Trial, measure_candidates, rank
 from unifer._timing import Stats
 from unifer.backend import Availability, TensorSpec
@@ -325,6 +326,32 @@ def test_auto_measures_a_backend_on_its_accelerators_too(accelerated, fake_model
     assert engine.settings["device"] == "gpu:0"
     again = Engine.load(fake_model, threads=1, budget_s=0.3)
     assert again.selection.source == "cache" and again.settings["device"] == "gpu:0"
+
+
+def test_candidates_off_the_cpu_keep_their_runtimes_thread_count(accelerated, fake_model):
+    # threads= sizes CPU work: auto's own pick (the physical cores) stays on the CPU candidates,
+    # where a GPU-only runtime would only warn that it ignores it.
+    engine = Engine.load(fake_model, budget_s=0.3)
+    threads = {t.candidate.device: t.candidate.threads for t in engine.selection.trials}
+    assert threads == {None: physical_cores(), "gpu:0": None}
+    assert Engine.load(fake_model, budget_s=0, device="gpu:0").selection.chosen.threads is None
+    assert Engine.load(fake_model, budget_s=0, device="cpu").selection.chosen.threads is not None
+    # A count the caller gave is theirs, on every device (the runtime says if it cannot apply it).
+    swept = Engine.load(fake_model, threads=(1, 2), budget_s=0.3)
+    on_gpu = {t.candidate.threads for t in swept.selection.trials if t.candidate.device}
+    assert on_gpu == {1, 2}
+
+
+def test_a_backend_on_the_gpu_by_default_keeps_its_runtimes_thread_count(two_fakes, fake_model):
+    register_backend(GpuFake)
+    try:
+        measured = Engine.load(fake_model, budget_s=0.3)
+        static = Engine.load(fake_model, budget_s=0)
+    finally:
+        unregister_backend("zgpu")
+    threads = {t.candidate.backend: t.candidate.threads for t in measured.selection.trials}
+    assert threads == {"fake": physical_cores(), "slowfake": physical_cores(), "zgpu": None}
+    assert static.backend == "zgpu" and static.selection.chosen.threads is None
 
 
 def test_auto_keeps_a_device_the_caller_chose(accelerated, fake_model):

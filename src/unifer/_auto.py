@@ -11,6 +11,7 @@ default. Environment variables (all optional):
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -136,6 +137,7 @@ def open_auto(
     unavailable: list[Trial] = []
     available: list[str] = []
     on_gpu: list[str] = []  # backends that run on an NVIDIA GPU by default
+    default_device: dict[str, str] = {}
     pinned: dict[str, list[str | None]] = {}  # with device=: where each runs (None: its default)
     accelerators: dict[str, list[str | None]] = {}  # without: measured beside the default device
     for name in names:
@@ -156,15 +158,18 @@ def open_auto(
             ]
             continue
         available.append(name)
+        default_device[name] = availability.devices[0] if availability.devices else "cpu"
         if availability.devices and availability.devices[0].startswith("cuda"):
             on_gpu.append(name)
         if "device" not in backend_options.get(name, {}):  # never swap a chosen device
             accelerators[name] = [None, *availability.accelerators]
-    if not measure:  # the static choice opens each backend on its default (or the pinned) device
-        pool = candidates(_prefer(available), thread_options, precisions, pinned)
-        return _open_static(pool, unavailable, objective, open_candidate, path, on_gpu)
-    devices = pinned if device is not None else accelerators
+    # The static choice opens each backend on its default (or the pinned) device.
+    devices = pinned if device is not None or not measure else accelerators
     pool = candidates(_prefer(available), thread_options, precisions, devices)
+    if not threads:
+        pool = _runtime_threads_off_the_cpu(pool, default_device)
+    if not measure:
+        return _open_static(pool, unavailable, objective, open_candidate, path, on_gpu)
     load_errors: list[ModelLoadError] = []
 
     def open_noting_load_errors(candidate: Candidate) -> Session:
@@ -200,6 +205,23 @@ def open_auto(
     selection = Selection(winner, "measured", objective, all_trials, key)
     logger.info(selection.summary())
     return selection, kept[winner]
+
+
+def _runtime_threads_off_the_cpu(
+    pool: Sequence[Candidate], default_device: Mapping[str, str]
+) -> list[Candidate]:
+    """Candidates that run off the CPU (a GPU, an NPU) with their runtime's own thread count.
+
+    ``threads=`` sizes CPU work, and the caller left the count to auto: its pick (the physical
+    cores) would only make a GPU-only runtime warn that it ignores it on every load (TensorRT,
+    OpenVINO's GPU), or reset torch's process-wide setting for the sake of a CUDA candidate.
+    """
+    return [
+        c
+        if (c.device or default_device[c.backend]).startswith("cpu")
+        else dataclasses.replace(c, threads=None)
+        for c in pool
+    ]
 
 
 def _prefer(names: list[str]) -> list[str]:
