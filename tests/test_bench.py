@@ -27,12 +27,20 @@ from unifer import (
     ModelFormatError,
     UniferError,
     UnsupportedOptionError,
+    _registry,
     bench,
 )
 from unifer._parity import seeded_feeds
 from unifer.backend import Availability, TensorSpec
 from unifer.bench import _background, _deps, _energy
-from unifer.bench._grid import needs_conversion, select_backends, split_target
+from unifer.bench._grid import (
+    default_threads,
+    needs_conversion,
+    plan,
+    select_backends,
+    split_target,
+    without_thread_counts_off_the_cpu,
+)
 from unifer.bench._integrity import TOLERANCES, compare, seeded_images
 from unifer.bench._report import markdown
 from unifer.bench._run import Progress, Result
@@ -112,6 +120,18 @@ def test_a_default_run_measures_backends_on_their_accelerators_too(fake_backend,
     # A device the caller chose is kept, as backend="auto" keeps it.
     assert select_backends(".fake", None, {"fake": {"device": "cpu"}}) == (["fake"], {})
     assert select_backends(".fake", ["fake"]) == (["fake"], {})  # named: exactly that
+
+
+def test_the_default_thread_sweep_is_for_targets_on_the_cpu(fake_backend, monkeypatch):
+    gpu = Availability(ok=True, version="1.0", devices=("cuda:0", "cpu"))
+    monkeypatch.setattr(fake_backend, "probe", lambda self: gpu)  # on a GPU by default
+    _registry.cached_probe.cache_clear()  # the fixture's teardown clears it again
+    targets = ["fake", "fake@cpu", "fake@cuda:0"]
+    kept = without_thread_counts_off_the_cpu(plan(targets, default_threads(), batches=[1, 4]))
+    counts = {t: [(c.batch, c.threads) for c in kept if c.backend == t] for t in targets}
+    once = [(1, None), (4, None)]  # the runtime's own thread count, per batch
+    sweep = [(n, t) for n in (1, 4) for t in default_threads()]
+    assert counts == {"fake": once, "fake@cpu": sweep, "fake@cuda:0": once}
 
 
 # -- integrity -------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from ._grid import (
     plan,
     select_backends,
     split_target,
+    without_thread_counts_off_the_cpu,
 )
 from ._integrity import TOLERANCES, compare
 from ._worker import PROGRESS_PREFIX
@@ -218,6 +219,8 @@ def run(
         names, skipped = _select_here(suffix, here, backend_options)
     thread_counts = default_threads() if threads is None else threads
     configs = plan(names, thread_counts, batches, precisions)  # checks them before any work
+    if threads is None:
+        configs = without_thread_counts_off_the_cpu(configs)
     ref_name = _reference(names, suffix, reference)
     notify = progress or (lambda _event: None)
     base_job = {
