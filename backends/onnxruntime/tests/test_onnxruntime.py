@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper, save_model
 
+import unifer_onnxruntime
 from unifer import (
     Engine,
     InferenceError,
@@ -24,7 +25,8 @@ from unifer import (
 )
 from unifer import _registry as registry
 from unifer.backend import BACKEND_API_VERSION, Backend, Session, SessionOptions
-from unifer_onnxruntime import OnnxRuntimeBackend, installed_distributions
+from unifer_onnxruntime import OnnxRuntimeBackend, _session, installed_distributions
+from unifer_onnxruntime._session import CPU, CUDA, _requested_providers
 
 RNG = np.random.default_rng(0)
 W1 = RNG.standard_normal((4, 8)).astype(np.float32)
@@ -124,6 +126,20 @@ def test_probe_reports_version_and_devices() -> None:
     assert ("cuda:0" in availability.devices) == (
         "CUDAExecutionProvider" in ort.get_available_providers()
     )
+
+
+@pytest.mark.parametrize(
+    ("gpus", "accelerators"), [([{"vendor": "nvidia", "name": "H100"}], ("cuda:0",)), ([], ())]
+)
+def test_probe_names_the_cuda_ep_an_accelerator_only_beside_an_nvidia_gpu(
+    monkeypatch: pytest.MonkeyPatch, gpus: list[dict[str, str]], accelerators: tuple[str, ...]
+) -> None:
+    # A GPU build lists the CUDA EP on any machine; auto should try it only where a GPU is.
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(unifer_onnxruntime, "gpus", lambda: gpus)
+    availability = OnnxRuntimeBackend().probe()
+    assert availability.devices == ("cpu", "cuda:0")
+    assert availability.accelerators == accelerators
 
 
 def test_probe_when_onnxruntime_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -383,9 +399,74 @@ def test_listed_provider_that_fails_to_load_is_refused(
         session(mlp, extra={"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]})
 
 
+def test_device_is_shorthand_for_the_providers() -> None:
+    assert _requested_providers({}) == [(CPU, {})]
+    assert _requested_providers({"device": "cpu"}) == [(CPU, {})]
+    on_gpu_1 = [(CUDA, {"device_id": "1", "use_tf32": "0"}), (CPU, {})]
+    assert _requested_providers({"device": "cuda:1"}) == on_gpu_1
+    assert _requested_providers({"device": "cuda"})[0] == (
+        CUDA,
+        {"device_id": "0", "use_tf32": "0"},
+    )
+
+
+def test_the_cuda_ep_computes_fp32_in_fp32_unless_told_otherwise() -> None:
+    # ORT's CUDA EP uses TF32 for float matmuls and convolutions by default (use_tf32=true).
+    assert _requested_providers({"providers": [CUDA]}) == [(CUDA, {"use_tf32": "0"})]
+    opted_in = {"providers": [(CUDA, {"use_tf32": 1})]}
+    assert _requested_providers(opted_in) == [(CUDA, {"use_tf32": "1"})]
+
+
+def test_device_cpu_opens_on_the_cpu(mlp: Path) -> None:
+    engine = Engine.load(
+        mlp, backend="onnxruntime", backend_options={"onnxruntime": {"device": "cpu"}}
+    )
+    assert engine.settings["device"] == "cpu"
+    assert engine.settings["providers"] == ("CPUExecutionProvider",)
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")
+def test_device_cuda_runs_on_cuda_or_says_why_never_on_the_cpu(
+    mlp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Engine.load(device="cuda:0") reaches the plugin as its 'device' option: before the option
+    # existed it was an unknown key, warned about, and the model ran on the CPU.
+    if CUDA in ort.get_available_providers():
+        pytest.skip("this build has CUDA")
+    with pytest.raises(UnsupportedOptionError, match="'onnxruntime' cannot run on device 'cuda:0'"):
+        Engine.load(mlp, backend="onnxruntime", device="cuda:0")  # a CPU build lists no cuda:0
+    with pytest.raises(UnsupportedOptionError, match="pip install onnxruntime-gpu"):
+        session(mlp, extra={"device": "cuda:0"})
+    # A GPU build whose CUDA libraries are missing: ORT's preload_dlls() prints what it could not
+    # load, which belongs in the error, not on the caller's stdout.
+    listed = [*ort.get_available_providers(), CUDA]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: listed)
+
+    def preload_dlls() -> None:  # prints as ORT's does
+        print("Failed to load libcublasLt.so.13: no such file")  # noqa: T201
+
+    monkeypatch.setattr(ort, "preload_dlls", preload_dlls)
+    _session._preload_cuda_libraries.cache_clear()
+    registry.cached_probe.cache_clear()
+    try:
+        with pytest.raises(UnsupportedOptionError) as info:
+            Engine.load(mlp, backend="onnxruntime", device="cuda:0")
+    finally:
+        registry.cached_probe.cache_clear()
+        _session._preload_cuda_libraries.cache_clear()
+    message = str(info.value)
+    assert "could not use it" in message
+    assert "preload_dlls() said: Failed to load libcublasLt.so.13: no such file." in message
+    assert 'pip install "onnxruntime-gpu[cuda,cudnn]"' in message
+    assert capsys.readouterr().out == ""
+
+
 @pytest.mark.parametrize(
     ("extra", "match"),
     [
+        ({"device": "gpu:0"}, "must be 'cpu', 'cuda' or 'cuda:N'"),
+        ({"device": 0}, "must be 'cpu', 'cuda' or 'cuda:N'"),
+        ({"device": "cpu", "providers": [CPU]}, "both 'device' and 'providers'"),
         ({"providers": "CPUExecutionProvider"}, "non-empty list"),
         ({"providers": []}, "non-empty list"),
         ({"providers": [1]}, "name or a"),

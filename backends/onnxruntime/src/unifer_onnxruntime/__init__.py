@@ -6,6 +6,9 @@ Importing this module does not import ``onnxruntime``: :meth:`OnnxRuntimeBackend
 
 Backend options (``backend_options={"onnxruntime": {...}}``):
 
+``device``
+    ``"cpu"`` (default), or ``"cuda"`` / ``"cuda:N"`` with onnxruntime-gpu: shorthand for
+    ``providers=[("CUDAExecutionProvider", {"device_id": N}), "CPUExecutionProvider"]``.
 ``providers``
     Execution providers in priority order, as in ``onnxruntime.InferenceSession``: names, or
     ``(name, {option: value})`` pairs. Default ``["CPUExecutionProvider"]``. Every listed provider
@@ -22,6 +25,7 @@ import importlib.metadata as metadata
 from pathlib import Path
 from typing import ClassVar, Final
 
+from unifer._hardware import gpus
 from unifer.backend import (
     BACKEND_API_VERSION,
     Availability,
@@ -33,7 +37,7 @@ from unifer.backend import (
 
 __all__ = ["OnnxRuntimeBackend"]
 
-KNOWN_OPTIONS: Final = ("providers", "graph_optimization_level", "session_config")
+KNOWN_OPTIONS: Final = ("device", "providers", "graph_optimization_level", "session_config")
 
 #: Distributions that all install the same ``onnxruntime`` package. With two of them installed
 #: the last one installed overwrites the other's files, leaving a mix (onnxruntime#26996).
@@ -103,11 +107,18 @@ class OnnxRuntimeBackend:
                 reason=f"onnxruntime is installed but failed to import: {exc}",
                 install=f"pip install --force-reinstall {dists[0] if dists else 'onnxruntime'}",
             )
-        providers = ort.get_available_providers()
         # The list only says the build contains the CUDA EP; whether its libraries load is known
         # only when a session is created, and open() checks that.
-        devices = ("cpu", "cuda:0") if "CUDAExecutionProvider" in providers else ("cpu",)
-        return Availability(ok=True, version=str(ort.__version__), devices=devices)
+        cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+        # backend="auto" measures the CUDA EP only where the kernel shows an NVIDIA GPU, so a
+        # GPU build on a machine without one costs it no failed attempt.
+        on_gpu = cuda and any(g["vendor"] == "nvidia" for g in gpus())
+        return Availability(
+            ok=True,
+            version=str(ort.__version__),
+            devices=("cpu", "cuda:0") if cuda else ("cpu",),
+            accelerators=("cuda:0",) if on_gpu else (),
+        )
 
     def open(self, model: Path, options: SessionOptions, /) -> Session:
         """Open ``model`` with onnxruntime; see the module docstring for backend options."""

@@ -6,7 +6,12 @@ imports it lazily from ``open()``, so ``import unifer_onnxruntime`` stays free o
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
+import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -14,6 +19,7 @@ from typing import Any, Final
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import build_and_package_info as _build_info
 from onnxruntime.capi import onnxruntime_pybind11_state as _native
 
 from unifer._errors import InferenceError, ModelLoadError, UnsupportedOptionError
@@ -21,6 +27,12 @@ from unifer.backend import TensorSpec, translate_errors
 
 NAME: Final = "onnxruntime"
 CPU: Final = "CPUExecutionProvider"
+CUDA: Final = "CUDAExecutionProvider"
+TENSORRT: Final = "TensorrtExecutionProvider"
+#: Providers that need the CUDA and cuDNN libraries (onnxruntime-gpu's [cuda,cudnn] extras).
+CUDA_PROVIDERS: Final = (CUDA, TENSORRT)
+
+logger = logging.getLogger("unifer.onnxruntime")
 
 #: What ORT raises. Its pybind status exceptions (InvalidProtobuf, InvalidArgument, Fail, ...)
 #: derive from ``Exception``, not ``RuntimeError``, so they are collected from the native module
@@ -70,8 +82,8 @@ DTYPES: Final[dict[str, np.dtype[Any]]] = {
 
 #: Which pip distribution ships an execution provider the installed build lacks.
 EP_DISTRIBUTIONS: Final = {
-    "CUDAExecutionProvider": "onnxruntime-gpu",
-    "TensorrtExecutionProvider": "onnxruntime-gpu",
+    CUDA: "onnxruntime-gpu",
+    TENSORRT: "onnxruntime-gpu",
     "DmlExecutionProvider": "onnxruntime-directml",
     "OpenVINOExecutionProvider": "onnxruntime-openvino",
     "QNNExecutionProvider": "onnxruntime-qnn",
@@ -125,10 +137,13 @@ class OrtSession:
 
 def open_session(model: Path, *, threads: int | None, extra: Mapping[str, object]) -> OrtSession:
     """Create the InferenceSession for ``model`` with unifer's options applied, or raise."""
-    providers = _providers(extra.get("providers", [CPU]))
+    providers = _requested_providers(extra)
     level = _optimization_level(extra.get("graph_optimization_level", "all"))
     config = _session_config(extra.get("session_config", {}))
     _require_available(providers)
+    preloaded = ""
+    if any(name in CUDA_PROVIDERS for name, _ in providers):
+        preloaded = _preload_cuda_libraries()
 
     options = ort.SessionOptions()
     # 0 = ORT's default: one per physical core, ignoring the CPU affinity mask (see README).
@@ -153,11 +168,58 @@ def open_session(model: Path, *, threads: int | None, extra: Mapping[str, object
             os.fspath(model), options, providers=providers, enable_fallback=0
         )
     try:
-        _check_applied(session, providers)
+        _check_applied(session, providers, preloaded)
         return OrtSession(session, model, tuple(config))
     except BaseException:
         del session  # release the native session now, not when the traceback is collected
         raise
+
+
+@functools.cache
+def _preload_cuda_libraries() -> str:
+    """Load the CUDA and cuDNN libraries of NVIDIA's wheels once per process; what ORT said.
+
+    ``pip install "onnxruntime-gpu[cuda,cudnn]"`` installs them, but the CUDA EP finds them only
+    once they are loaded (libcublasLt.so is missing otherwise): ORT's ``preload_dlls`` (1.21+)
+    loads them from the wheels or the library path. It prints what it cannot load, so stdout is
+    captured (briefly, for this process) and the text goes to the log and any error.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return ""
+    printed = io.StringIO()
+    failure = ""
+    with contextlib.redirect_stdout(printed):
+        try:
+            preload()
+        except Exception as exc:  # the EP then fails to start, and says why itself
+            failure = f" {type(exc).__name__}: {exc}"
+    said = " ".join((printed.getvalue() + failure).split()).rstrip(".")
+    logger.debug("onnxruntime.preload_dlls(): %s", said or "loaded")
+    return said
+
+
+def _requested_providers(extra: Mapping[str, object]) -> list[ProviderRequest]:
+    """The providers of the ``providers`` option, or of the ``device`` shorthand; CPU by default."""
+    if "device" not in extra:
+        return _providers(extra.get("providers", [CPU]))
+    if "providers" in extra:
+        raise UnsupportedOptionError(
+            "backend_options['onnxruntime'] sets both 'device' and 'providers'; pass one of them "
+            "('device': 'cuda:1' is 'providers': [('CUDAExecutionProvider', {'device_id': 1}), "
+            "'CPUExecutionProvider'])"
+        )
+    device = extra["device"]
+    if device == "cpu":
+        return [(CPU, {})]
+    match = re.fullmatch(r"cuda(?::(\d+))?", device) if isinstance(device, str) else None
+    if match is None:
+        raise UnsupportedOptionError(
+            f"backend option 'device' of onnxruntime must be 'cpu', 'cuda' or 'cuda:N' (other "
+            f"execution providers go in 'providers'), got {device!r}"
+        )
+    # The CPU EP runs the nodes the CUDA EP lacks, as ORT's own examples list it.
+    return _providers([(CUDA, {"device_id": match.group(1) or "0"}), CPU])
 
 
 def _providers(value: object) -> list[ProviderRequest]:
@@ -189,6 +251,10 @@ def _providers(value: object) -> list[ProviderRequest]:
             raise UnsupportedOptionError(
                 f"onnxruntime provider {name!r} is listed twice; list each provider once"
             )
+        if name == CUDA:
+            # ORT's CUDA EP computes float matmuls and convolutions in TF32 unless told not to
+            # (use_tf32 defaults to true): fp32 stays IEEE fp32 unless the caller opts in.
+            provider_options.setdefault("use_tf32", "0")
         result.append((name, provider_options))
     return result
 
@@ -224,16 +290,18 @@ def _require_available(providers: Sequence[ProviderRequest]) -> None:
             )
 
 
-def _check_applied(session: Any, providers: Sequence[ProviderRequest]) -> None:
+def _check_applied(session: Any, providers: Sequence[ProviderRequest], preloaded: str) -> None:
     """ORT skips a listed EP that fails to initialise (missing CUDA/cuDNN libraries, ...) and
     runs on the rest; unifer never falls back silently, so a missing one is an error."""
     applied = list(session.get_providers())
     missing = [name for name, _ in providers if name not in applied]
     if missing:
+        said = f" onnxruntime.preload_dlls() said: {preloaded}." if preloaded else ""
         raise UnsupportedOptionError(
             f"onnxruntime lists {', '.join(missing)} but could not use it for this session (it "
             f"runs on {', '.join(applied)}); see onnxruntime's log above for why, usually missing "
-            "or mismatched CUDA/cuDNN libraries. " + _install_hint(missing[0])
+            f"or mismatched CUDA/cuDNN libraries or no NVIDIA driver.{said} "
+            + _install_hint(missing[0])
         )
 
 
@@ -242,6 +310,15 @@ def _install_hint(name: str) -> str:
     if dist is None:
         return (
             "Install an onnxruntime build that ships it, or pass providers=['CPUExecutionProvider']"
+        )
+    if name in CUDA_PROVIDERS and name in ort.get_available_providers():
+        # The build has it: what is missing is CUDA, cuDNN or the driver, not another package.
+        built_for = getattr(_build_info, "cuda_version", None)  # "13.0" in a GPU build
+        cuda = f"CUDA {built_for}" if built_for else "CUDA"
+        return (
+            f"It needs an NVIDIA GPU with its driver, and {cuda} and cuDNN 9 libraries: "
+            f'pip install "{dist}[cuda,cudnn]" installs them as wheels, which unifer loads; or '
+            "use device='cpu'"
         )
     return (
         f"It ships with {dist}: pip uninstall -y onnxruntime && pip install {dist} (keep only one "
@@ -274,9 +351,11 @@ def _settings(session: Any, config_keys: Sequence[str]) -> dict[str, object]:
     # it also reflects a config embedded in the model (ORT_LOAD_CONFIG_FROM_MODEL=1).
     options = session.get_session_options()
     providers = tuple(session.get_providers())
+    provider_options = session.get_provider_options()
     levels = {level: name for name, level in OPTIMIZATION_LEVELS.items()}
+    cuda = {"tf32": provider_options[CUDA].get("use_tf32") == "1"} if CUDA in providers else {}
     return {
-        "device": _device(providers[0], session.get_provider_options().get(providers[0], {})),
+        "device": _device(providers[0], provider_options.get(providers[0], {})),
         # 0 means ORT picks (one thread per physical core): report that we did not choose.
         "threads": options.intra_op_num_threads or None,
         "inter_op_threads": options.inter_op_num_threads,
@@ -287,6 +366,7 @@ def _settings(session: Any, config_keys: Sequence[str]) -> dict[str, object]:
         "providers": providers,
         "session_config": {key: options.get_session_config_entry(key) for key in config_keys},
         "precision": "fp32",
+        **cuda,
         "runtime_version": ort.__version__,
     }
 
@@ -294,6 +374,6 @@ def _settings(session: Any, config_keys: Sequence[str]) -> dict[str, object]:
 def _device(provider: str, provider_options: Mapping[str, str]) -> str:
     if provider == CPU:
         return "cpu"
-    if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+    if provider in CUDA_PROVIDERS:
         return f"cuda:{provider_options.get('device_id', '0')}"
     return provider.removesuffix("ExecutionProvider").lower()
