@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from . import _autocache, _convert, _hardware, _registry
-from ._devices import device_option
+from ._devices import device_option, on_the_cpu
 from ._digest import content_digest
 from ._errors import ModelFormatError, ModelLoadError, UniferError, UnsupportedOptionError
 from ._select import (
@@ -37,7 +37,7 @@ from ._select import (
     rank,
     static_rank,
 )
-from .backend import PRECISIONS, Precision, Session, SessionOptions
+from .backend import PRECISIONS, Availability, Precision, Session, SessionOptions
 
 logger = logging.getLogger("unifer.auto")
 
@@ -137,7 +137,7 @@ def open_auto(
     unavailable: list[Trial] = []
     available: list[str] = []
     on_gpu: list[str] = []  # backends that run on an NVIDIA GPU by default
-    default_device: dict[str, str] = {}
+    availabilities: dict[str, Availability] = {}
     pinned: dict[str, list[str | None]] = {}  # with device=: where each runs (None: its default)
     accelerators: dict[str, list[str | None]] = {}  # without: measured beside the default device
     for name in names:
@@ -158,7 +158,7 @@ def open_auto(
             ]
             continue
         available.append(name)
-        default_device[name] = availability.devices[0] if availability.devices else "cpu"
+        availabilities[name] = availability
         if availability.devices and availability.devices[0].startswith("cuda"):
             on_gpu.append(name)
         if "device" not in backend_options.get(name, {}):  # never swap a chosen device
@@ -167,7 +167,7 @@ def open_auto(
     devices = pinned if device is not None or not measure else accelerators
     pool = candidates(_prefer(available), thread_options, precisions, devices)
     if not threads:
-        pool = _runtime_threads_off_the_cpu(pool, default_device)
+        pool = _runtime_threads_off_the_cpu(pool, availabilities)
     if not measure:
         return _open_static(pool, unavailable, objective, open_candidate, path, on_gpu)
     load_errors: list[ModelLoadError] = []
@@ -208,7 +208,7 @@ def open_auto(
 
 
 def _runtime_threads_off_the_cpu(
-    pool: Sequence[Candidate], default_device: Mapping[str, str]
+    pool: Sequence[Candidate], availabilities: Mapping[str, Availability]
 ) -> list[Candidate]:
     """Candidates that run off the CPU (a GPU, an NPU) with their runtime's own thread count.
 
@@ -218,7 +218,7 @@ def _runtime_threads_off_the_cpu(
     """
     return [
         c
-        if (c.device or default_device[c.backend]).startswith("cpu")
+        if on_the_cpu(availabilities[c.backend], c.device)
         else dataclasses.replace(c, threads=None)
         for c in pool
     ]

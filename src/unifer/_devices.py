@@ -19,6 +19,11 @@ from .backend import Availability
 DEFAULT_DEVICES = ("cpu",)
 
 
+def on_the_cpu(availability: Availability, device: str | None) -> bool:
+    """Whether a backend runs on the CPU on ``device``, or on its default device (``None``)."""
+    return (device or (availability.devices or DEFAULT_DEVICES)[0]).startswith("cpu")
+
+
 def device_option(
     backend: str, availability: Availability, device: str, options: Mapping[str, object]
 ) -> str | None:

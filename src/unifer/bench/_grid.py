@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 from .. import _convert, _registry
+from .._devices import on_the_cpu
 from .._engine import readers
 from .._errors import ModelFormatError, UniferError, UnsupportedOptionError
 from .._hardware import physical_cores
@@ -210,21 +211,17 @@ def check_backend(name: str, suffix: str) -> Availability:
     return _registry.require_available(plugin)
 
 
-def runs_on_the_cpu(target: str) -> bool:
-    """Whether bench ``target`` runs on the CPU: its ``@device``, else its backend's default."""
-    backend, device = split_target(target)
-    if device is None:
-        devices = _registry.cached_probe(backend).devices
-        device = devices[0] if devices else "cpu"
-    return device.startswith("cpu")
-
-
 def without_thread_counts_off_the_cpu(configs: Sequence[Config]) -> list[Config]:
     """The default sweep less its thread counts on targets off the CPU (``ncnn@vulkan``, torch
     on CUDA, TensorRT): ``threads=`` sizes CPU work, so such a target runs at its runtime's own
     default, once per batch and precision, instead of repeating one figure (or a warning that
     the count does not apply) per count."""
-    return [c for c in configs if c.threads is None or runs_on_the_cpu(c.backend)]
+    return [c for c in configs if c.threads is None or _target_on_the_cpu(c.backend)]
+
+
+def _target_on_the_cpu(target: str) -> bool:
+    backend, device = split_target(target)
+    return on_the_cpu(_registry.cached_probe(backend), device)
 
 
 def needs_conversion(target: str, suffix: str) -> bool:
