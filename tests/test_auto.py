@@ -231,6 +231,43 @@ def test_static_choice_prefers_a_backend_that_runs_on_the_gpu(two_fakes, fake_mo
     assert "NVIDIA GPU: zgpu first" in engine.selection.explain()
 
 
+def test_static_choice_does_not_put_a_gpu_backend_pinned_to_the_cpu_first(two_fakes, fake_model):
+    register_backend(GpuFake)
+    try:
+        engine = Engine.load(fake_model, budget_s=0, device="cpu")
+    finally:
+        unregister_backend("zgpu")
+    assert engine.backend != "zgpu" and "NVIDIA GPU" not in engine.selection.explain()
+
+
+class CudaAcceleratedFake(FakeBackend):
+    """A fake on the CPU by default that names an NVIDIA GPU as an accelerator."""
+
+    name: ClassVar[str] = "zcuda"  # last by name: only the GPU rule can put it first
+
+    def probe(self):
+        return Availability(
+            ok=True, version="1.0", devices=("cpu", "cuda:0"), accelerators=("cuda:0",)
+        )
+
+    def open(self, model, options, /):
+        rest = {k: v for k, v in options.extra.items() if k != "device"}
+        session = super().open(model, dataclasses.replace(options, extra=rest))
+        session.settings["device"] = options.extra.get("device", "cpu")
+        return session
+
+
+def test_static_choice_prefers_an_nvidia_gpu_a_backend_names_as_accelerator(two_fakes, fake_model):
+    register_backend(CudaAcceleratedFake)
+    try:
+        engine = Engine.load(fake_model, budget_s=0)
+    finally:
+        unregister_backend("zcuda")
+    assert engine.selection.chosen == Candidate("zcuda", None, "fp32", "cuda:0")
+    assert engine.settings["device"] == "cuda:0"
+    assert "NVIDIA GPU: zcuda/cuda:0 first" in engine.selection.explain()
+
+
 def test_every_failure_is_listed(two_fakes, fake_model):
     two_fakes.available = False
     SlowFake.available = False

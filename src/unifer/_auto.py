@@ -18,12 +18,12 @@ import json
 import logging
 import os
 import platform
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 from . import _autocache, _convert, _hardware, _registry
-from ._devices import device_option, on_the_cpu
+from ._devices import device_option, effective_device
 from ._digest import content_digest
 from ._errors import ModelFormatError, ModelLoadError, UniferError, UnsupportedOptionError
 from ._select import (
@@ -136,7 +136,6 @@ def open_auto(
             return cached
     unavailable: list[Trial] = []
     available: list[str] = []
-    on_gpu: list[str] = []  # backends that run on an NVIDIA GPU by default
     availabilities: dict[str, Availability] = {}
     pinned: dict[str, list[str | None]] = {}  # with device=: where each runs (None: its default)
     accelerators: dict[str, list[str | None]] = {}  # without: measured beside the default device
@@ -159,16 +158,23 @@ def open_auto(
             continue
         available.append(name)
         availabilities[name] = availability
-        if availability.devices and availability.devices[0].startswith("cuda"):
-            on_gpu.append(name)
         if "device" not in backend_options.get(name, {}):  # never swap a chosen device
             accelerators[name] = [None, *availability.accelerators]
-    # The static choice opens each backend on its default (or the pinned) device.
-    devices = pinned if device is not None or not measure else accelerators
+    if device is not None:
+        devices = pinned
+    elif measure:
+        devices = accelerators
+    else:  # beside the default device, only an NVIDIA GPU: the static rule puts it first
+        devices = {n: [d for d in ds if d is None or _on_cuda(d)] for n, ds in accelerators.items()}
+
+    def where(candidate: Candidate) -> str:
+        return effective_device(availabilities[candidate.backend], candidate.device)
+
     pool = candidates(_prefer(available), thread_options, precisions, devices)
     if not threads:
-        pool = _runtime_threads_off_the_cpu(pool, availabilities)
+        pool = _runtime_threads_off_the_cpu(pool, where)
     if not measure:
+        on_gpu = [c for c in pool if _on_cuda(where(c))]
         return _open_static(pool, unavailable, objective, open_candidate, path, on_gpu)
     load_errors: list[ModelLoadError] = []
 
@@ -207,8 +213,12 @@ def open_auto(
     return selection, kept[winner]
 
 
+def _on_cuda(device: str) -> bool:
+    return device.startswith("cuda")
+
+
 def _runtime_threads_off_the_cpu(
-    pool: Sequence[Candidate], availabilities: Mapping[str, Availability]
+    pool: Sequence[Candidate], where: Callable[[Candidate], str]
 ) -> list[Candidate]:
     """Candidates that run off the CPU (a GPU, an NPU) with their runtime's own thread count.
 
@@ -216,12 +226,7 @@ def _runtime_threads_off_the_cpu(
     cores) would only make a GPU-only runtime warn that it ignores it on every load (TensorRT,
     OpenVINO's GPU), or reset torch's process-wide setting for the sake of a CUDA candidate.
     """
-    return [
-        c
-        if on_the_cpu(availabilities[c.backend], c.device)
-        else dataclasses.replace(c, threads=None)
-        for c in pool
-    ]
+    return [c if where(c).startswith("cpu") else dataclasses.replace(c, threads=None) for c in pool]
 
 
 def _prefer(names: list[str]) -> list[str]:
@@ -289,12 +294,13 @@ def _open_static(
     objective: Objective,
     open_candidate: Callable[[Candidate], Session],
     path: Path,
-    on_gpu: Sequence[str] = (),
+    on_gpu: Collection[Candidate] = (),
 ) -> tuple[Selection, Session]:
     """Without measuring: the first candidate in the documented order for this hardware.
 
-    Backends that run on an NVIDIA GPU by default come first (a GPU runs a CNN like ArcFace r100
-    an order of magnitude faster than these CPUs), in the static order; then the CPU order.
+    Candidates on an NVIDIA GPU (a backend's default device, or a CUDA accelerator it names) come
+    first (a GPU runs a CNN like ArcFace r100 an order of magnitude faster than these CPUs), in
+    the static order; then the CPU order.
     """
     x86 = platform.machine().lower() in {"x86_64", "amd64", "i686"}
     if x86:
@@ -311,8 +317,11 @@ def _open_static(
         )
         rule = f"{platform.machine()} CPU: " + " > ".join(NON_X86_ORDER)
     if on_gpu:
-        order = sorted(order, key=lambda c: c.backend not in on_gpu)  # stable: keeps the rest
-        rule = f"NVIDIA GPU: {' > '.join(_registry.auto_order(list(on_gpu)))} first; then {rule}"
+        order = sorted(order, key=lambda c: c not in on_gpu)  # stable: keeps the static order
+        first = dict.fromkeys(
+            f"{c.backend}/{c.device}" if c.device else c.backend for c in order if c in on_gpu
+        )
+        rule = f"NVIDIA GPU: {' > '.join(first)} first; then {rule}"
     trials = list(unavailable)
     for candidate in order:
         try:

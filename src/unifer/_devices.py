@@ -19,9 +19,9 @@ from .backend import Availability
 DEFAULT_DEVICES = ("cpu",)
 
 
-def on_the_cpu(availability: Availability, device: str | None) -> bool:
-    """Whether a backend runs on the CPU on ``device``, or on its default device (``None``)."""
-    return (device or (availability.devices or DEFAULT_DEVICES)[0]).startswith("cpu")
+def effective_device(availability: Availability, device: str | None) -> str:
+    """Where a backend runs: on ``device``, or where it runs by default (``None``)."""
+    return device or (availability.devices or DEFAULT_DEVICES)[0]
 
 
 def device_option(

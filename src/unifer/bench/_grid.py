@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 from .. import _convert, _registry
-from .._devices import on_the_cpu
+from .._devices import effective_device
 from .._engine import readers
 from .._errors import ModelFormatError, UniferError, UnsupportedOptionError
 from .._hardware import physical_cores
@@ -221,7 +221,7 @@ def without_thread_counts_off_the_cpu(configs: Sequence[Config]) -> list[Config]
 
 def _target_on_the_cpu(target: str) -> bool:
     backend, device = split_target(target)
-    return on_the_cpu(_registry.cached_probe(backend), device)
+    return effective_device(_registry.cached_probe(backend), device).startswith("cpu")
 
 
 def needs_conversion(target: str, suffix: str) -> bool:
