@@ -5,10 +5,12 @@ The real path (measuring onnxruntime against openvino) is tested in tests/test_a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import ClassVar
 
@@ -212,6 +214,25 @@ def test_static_choice_without_measuring(two_fakes, fake_model, monkeypatch):
         Engine.load(fake_model)
 
 
+@contextlib.contextmanager
+def registered(backend_class: type[FakeBackend]) -> Iterator[None]:
+    register_backend(backend_class)
+    try:
+        yield
+    finally:
+        unregister_backend(backend_class.name)
+
+
+class DeviceFake(FakeBackend):
+    """A fake that takes a ``device`` backend option and reports it in its settings."""
+
+    def open(self, model, options, /):
+        rest = {k: v for k, v in options.extra.items() if k != "device"}
+        session = super().open(model, dataclasses.replace(options, extra=rest))
+        session.settings["device"] = options.extra.get("device", "cpu")
+        return session
+
+
 class GpuFake(FakeBackend):
     """A fake whose probe says it runs on an NVIDIA GPU by default."""
 
@@ -222,25 +243,19 @@ class GpuFake(FakeBackend):
 
 
 def test_static_choice_prefers_a_backend_that_runs_on_the_gpu(two_fakes, fake_model):
-    register_backend(GpuFake)
-    try:
+    with registered(GpuFake):
         engine = Engine.load(fake_model, budget_s=0)
-    finally:
-        unregister_backend("zgpu")
     assert engine.backend == "zgpu"
     assert "NVIDIA GPU: zgpu first" in engine.selection.explain()
 
 
 def test_static_choice_does_not_put_a_gpu_backend_pinned_to_the_cpu_first(two_fakes, fake_model):
-    register_backend(GpuFake)
-    try:
+    with registered(GpuFake):
         engine = Engine.load(fake_model, budget_s=0, device="cpu")
-    finally:
-        unregister_backend("zgpu")
     assert engine.backend != "zgpu" and "NVIDIA GPU" not in engine.selection.explain()
 
 
-class CudaAcceleratedFake(FakeBackend):
+class CudaAcceleratedFake(DeviceFake):
     """A fake on the CPU by default that names an NVIDIA GPU as an accelerator."""
 
     name: ClassVar[str] = "zcuda"  # last by name: only the GPU rule can put it first
@@ -250,19 +265,10 @@ class CudaAcceleratedFake(FakeBackend):
             ok=True, version="1.0", devices=("cpu", "cuda:0"), accelerators=("cuda:0",)
         )
 
-    def open(self, model, options, /):
-        rest = {k: v for k, v in options.extra.items() if k != "device"}
-        session = super().open(model, dataclasses.replace(options, extra=rest))
-        session.settings["device"] = options.extra.get("device", "cpu")
-        return session
-
 
 def test_static_choice_prefers_an_nvidia_gpu_a_backend_names_as_accelerator(two_fakes, fake_model):
-    register_backend(CudaAcceleratedFake)
-    try:
+    with registered(CudaAcceleratedFake):
         engine = Engine.load(fake_model, budget_s=0)
-    finally:
-        unregister_backend("zcuda")
     assert engine.selection.chosen == Candidate("zcuda", None, "fp32", "cuda:0")
     assert engine.settings["device"] == "cuda:0"
     assert "NVIDIA GPU: zcuda/cuda:0 first" in engine.selection.explain()
@@ -326,7 +332,7 @@ def test_a_thread_sweep_measures_each_count(two_fakes, fake_model):
         Engine.load(fake_model, threads=(1, 0))
 
 
-class AcceleratedFake(FakeBackend):
+class AcceleratedFake(DeviceFake):
     """A fake with an accelerator: 20 ms per run on its default device, instant on "gpu:0"."""
 
     name: ClassVar[str] = "accfake"
@@ -337,11 +343,8 @@ class AcceleratedFake(FakeBackend):
         )
 
     def open(self, model, options, /):
-        device = options.extra.get("device", "cpu")
-        rest = {k: v for k, v in options.extra.items() if k != "device"}
-        session = super().open(model, dataclasses.replace(options, extra=rest))
-        session.settings["device"] = device
-        return session if device == "gpu:0" else slowed(session)
+        session = super().open(model, options)
+        return session if session.settings["device"] == "gpu:0" else slowed(session)
 
 
 @pytest.fixture
@@ -380,12 +383,9 @@ def test_candidates_off_the_cpu_keep_their_runtimes_thread_count(accelerated, fa
 
 
 def test_a_backend_on_the_gpu_by_default_keeps_its_runtimes_thread_count(two_fakes, fake_model):
-    register_backend(GpuFake)
-    try:
+    with registered(GpuFake):
         measured = Engine.load(fake_model, budget_s=0.3)
         static = Engine.load(fake_model, budget_s=0)
-    finally:
-        unregister_backend("zgpu")
     threads = {t.candidate.backend: t.candidate.threads for t in measured.selection.trials}
     assert threads == {"fake": physical_cores(), "slowfake": physical_cores(), "zgpu": None}
     assert static.backend == "zgpu" and static.selection.chosen.threads is None
