@@ -2,8 +2,8 @@
 
 For each model: ``Engine.load(model, backend="auto", allow_conversion=True)`` chooses in a fresh
 cache directory (so it really measures); then ``unifer.bench`` measures every candidate auto had
-(same backends on the same devices -- ``ncnn@vulkan:0`` where auto measured ncnn there too -- the
-physical-core thread count, fp32), each in a fresh process, in one run. The figure of merit is the
+(same backends on the same devices -- ``ncnn@vulkan:0`` where auto measured ncnn there too --
+with the same thread counts, fp32), each in a fresh process, in one run. The figure of merit is the
 bench's model-only median of auto's choice over the best median: auto passes when that ratio is
 within 5 %.
 
@@ -58,13 +58,20 @@ def one_model(name: str, settings: bench.Settings) -> dict[str, Any]:
     selection = engine.selection
     assert selection is not None
     engine.close()
-    pool = sorted({target(t.candidate) for t in selection.trials if t.status == "measured"})
-    threads = selection.chosen.threads
-    result = bench.run(spec, backends=pool, threads=[threads], settings=settings)
+    measured = [t.candidate for t in selection.trials if t.status == "measured"]
+    # Each candidate as auto ran it: the CPU ones at its thread count, those off the CPU at their
+    # runtime's own (None). The bench runs every target at each count; only auto's are compared.
+    as_auto_ran = {(target(c), c.threads) for c in measured}
+    result = bench.run(
+        spec,
+        backends=sorted({b for b, _ in as_auto_ran}),
+        threads=list(dict.fromkeys(c.threads for c in measured)),
+        settings=settings,
+    )
     medians = {
         r["backend"]: r["latency"]["model_only"]["median_ms"]
         for r in result.records
-        if r["status"] == "ok"
+        if r["status"] == "ok" and (r["backend"], r["threads"]) in as_auto_ran
     }
     best = min(medians, key=medians.__getitem__)
     ratio = medians[target(selection.chosen)] / medians[best]
