@@ -19,9 +19,11 @@ import pytest
 
 from unifer import (
     Engine,
+    MissingDependencyError,
     NoBackendAvailableError,
     UnsupportedOptionError,
     _autocache,
+    _hardware,
     register_backend,
     unregister_backend,
 )
@@ -295,6 +297,69 @@ def test_precision_choices(two_fakes, fake_model):
         Engine.load(fake_model, backend="fake", precision=("fp32", "bf16"))
     with pytest.raises(UnsupportedOptionError, match="objective"):
         Engine.load(fake_model, objective="speed")
+
+
+def test_an_empty_unifer_auto_means_measure(fake_backend, fake_model, monkeypatch):
+    monkeypatch.setenv("UNIFER_AUTO", "")
+    assert Engine.load(fake_model, budget_s=0.1).selection.source == "measured"
+
+
+class BrokenConverterFake(FakeBackend):
+    """Converts '.fake' into '.fake3', but its converter is missing (it cannot say its version)."""
+
+    name: ClassVar[str] = "brokenconv"
+    suffixes: ClassVar[tuple[str, ...]] = (".fake3",)
+    converts_from: ClassVar[tuple[str, ...]] = (".fake",)
+
+    def converter_version(self, options, /):
+        raise MissingDependencyError("converting needs brokenrt: pip install brokenrt")
+
+    def convert(self, source, out_dir, options, /):
+        raise AssertionError("never converts")
+
+
+def test_a_converter_that_cannot_say_its_version_has_nothing_cached(fake_backend, fake_model):
+    with registered(BrokenConverterFake):
+        engine = Engine.load(fake_model, budget_s=0.1)
+    assert engine.backend == "fake"
+    assert {t.candidate.backend for t in engine.selection.trials} == {"fake"}
+
+
+def test_the_decision_key_has_the_thread_count_auto_resolved(fake_backend, fake_model, monkeypatch):
+    # The physical cores this process may use can change while it runs (its affinity): a
+    # decision measured at one count is not served for another.
+    monkeypatch.setattr(_hardware, "physical_cores", lambda usable=True: 1)
+    first = Engine.load(fake_model, budget_s=0.1)
+    monkeypatch.setattr(_hardware, "physical_cores", lambda usable=True: 2)
+    second = Engine.load(fake_model, budget_s=0.1)
+    assert (first.selection.chosen.threads, second.selection.chosen.threads) == (1, 2)
+    assert second.selection.source == "measured" and first.selection.key != second.selection.key
+
+
+class Bf16Fake(FakeBackend):
+    """A fake that also runs bf16 (as fp32: its outputs match the reference exactly)."""
+
+    name: ClassVar[str] = "bf16fake"
+
+    def open(self, model, options, /):
+        return super().open(model, dataclasses.replace(options, precision="fp32"))
+
+
+def test_auto_without_fp32_still_checks_against_an_fp32_reference(fake_backend, fake_model):
+    with registered(Bf16Fake):
+        engine = Engine.load(fake_model, precision="bf16", threads=1, budget_s=0.2)
+    trials = {str(t.candidate): (t.status, t.reason) for t in engine.selection.trials}
+    assert engine.selection.chosen == Candidate("bf16fake", 1, "bf16")
+    # One fp32 run gives the reference (the first backend's); it is not a candidate.
+    assert [c for c, (status, _) in trials.items() if "fp32" in c] == ["bf16fake/fp32/threads=1"]
+    assert trials["bf16fake/fp32/threads=1"] == (
+        "skipped",
+        "the fp32 reference only: the precisions asked for exclude fp32",
+    )
+    assert trials["bf16fake/bf16/threads=1"][0] == "measured"
+    assert "cannot run precision='bf16'" in trials["fake/bf16/threads=1"][1]
+    with pytest.raises(UnsupportedOptionError, match="need backend='auto'"):
+        Engine.load(fake_model, backend="fake", precision="fastest")
 
 
 def test_explicit_backend_has_a_selection_too(fake_backend, fake_model):

@@ -254,6 +254,27 @@ class TestPreprocess:
         explicit = Preprocess(size=(4, 4))
         assert Engine.load(image_model, backend="fake", preprocess=explicit).preprocess == explicit
 
+    def test_a_sidecar_that_does_not_fit_is_named_in_the_error(
+        self, fake_backend, make_fake_model, tmp_path
+    ):
+        path = make_fake_model(
+            tmp_path / "vec.fake",
+            inputs=[{"name": "v", "shape": ["N", 8], "dtype": "float32"}],
+        )
+        (tmp_path / "vec.preprocess.json").write_text("{}")
+        with pytest.raises(
+            PreprocessError, match=r"sidecar '.*vec\.preprocess\.json' does not fit"
+        ):
+            Engine.load(path, backend="fake")
+        (tmp_path / "vec.preprocess.json").unlink()
+        (tmp_path / "vec.preprocess.json").mkdir()  # not even a file
+        with pytest.raises(PreprocessError, match="cannot be read"):
+            Engine.load(path, backend="fake")
+
+    def test_preprocess_must_be_a_spec(self, fake_backend, image_model):
+        with pytest.raises(PreprocessError, match="preprocess must be a Preprocess"):
+            Engine.load(image_model, backend="fake", preprocess={"size": [4, 4]})  # type: ignore[arg-type]
+
     def test_preprocess_needs_single_input(self, fake_backend, make_fake_model, tmp_path):
         path = make_fake_model(
             tmp_path / "two.fake",
@@ -289,3 +310,76 @@ def test_scalar_feeds_keep_rank_zero(fake_backend, make_fake_model, tmp_path):
         outputs=[{"name": "y", "shape": [], "dtype": "int64"}],
     )
     assert Engine.load(path, backend="fake").run({"sr": np.array(8000)})["y"].shape == ()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "match"),
+    [
+        ({"backend": None}, UnsupportedOptionError, "backend must be a backend name"),
+        ({"backend": ""}, UnsupportedOptionError, "backend must be a backend name"),
+        ({"precision": None}, UnsupportedOptionError, "precision must be one of"),
+        ({"backend": "fake", "precision": None}, UnsupportedOptionError, "precision must be"),
+        ({"backend": "fake", "objective": "speed"}, UnsupportedOptionError, "objective"),
+        ({"backend": "fake", "budget_s": -5}, UnsupportedOptionError, "budget_s must be"),
+        ({"allow_conversion": "yes"}, UnsupportedOptionError, "allow_conversion must be"),
+        ({"threads": 2.5}, UnsupportedOptionError, "sequence of counts"),
+    ],
+)
+def test_bad_arguments_are_unifer_errors(fake_backend, fake_model, arguments, error, match):
+    with pytest.raises(error, match=match):
+        Engine.load(fake_model, **arguments)
+
+
+def test_numpy_integers_are_thread_counts(fake_backend, fake_model):
+    engine = Engine.load(fake_model, backend="fake", threads=np.int64(2))
+    assert engine.settings["threads"] == 2 and type(engine.selection.chosen.threads) is int
+
+
+@pytest.mark.parametrize("model", ["~unifer-no-such-user/m.onnx", "/tmp/" + "a" * 300 + ".onnx"])
+def test_a_path_the_os_cannot_resolve_is_model_not_found(fake_backend, model):
+    with pytest.raises(ModelNotFoundError, match="cannot be resolved"):
+        Engine.load(model, backend="fake")
+
+
+def test_a_model_without_a_suffix_is_told_to_get_one(fake_backend, fake_model, tmp_path):
+    bare = tmp_path / "model"
+    bare.write_bytes(fake_model.read_bytes())
+    for backend in ("fake", "auto"):
+        with pytest.raises(ModelFormatError, match="has no file suffix"):
+            Engine.load(bare, backend=backend)
+
+
+def test_ragged_and_mistyped_feeds_are_input_errors(fake_backend, fake_model):
+    engine = Engine.load(fake_model, backend="fake")
+    with pytest.raises(InputError, match="'x' is not an array numpy can build") as info:
+        engine.run({"x": [[1.0, 2.0, 3.0], [4.0]]})
+    assert isinstance(info.value.__cause__, ValueError)
+    with pytest.raises(InputError, match=r"x\.astype\(np\.float32\)"):
+        engine.run({"x": np.ones((1, 3), np.float64)})
+
+
+class TestEnvironmentBackend:
+    def test_auto_or_empty_means_unset(self, fake_backend, fake_model, monkeypatch):
+        for value in ("auto", " ", ""):
+            monkeypatch.setenv("UNIFER_BACKEND", value)
+            assert Engine.load(fake_model, budget_s=0).selection.source == "static"
+
+    def test_an_unknown_name_says_it_came_from_the_environment(
+        self, fake_backend, fake_model, monkeypatch
+    ):
+        monkeypatch.setenv("UNIFER_BACKEND", "nosuch")
+        with pytest.raises(BackendNotFoundError, match=r"^\$UNIFER_BACKEND='nosuch': "):
+            Engine.load(fake_model)
+
+    def test_choices_narrow_to_the_first(self, fake_backend, fake_model, monkeypatch):
+        monkeypatch.setenv("UNIFER_BACKEND", "fake")
+        engine = Engine.load(fake_model, precision=("fp32", "bf16"), threads=(2, 1))
+        assert engine.selection.source == "environment"
+        assert engine.selection.chosen.precision == "fp32" and engine.settings["threads"] == 2
+
+
+def test_unknown_option_warnings_point_at_the_callers_line(fake_backend, fake_model):
+    for backend in ("fake", "auto"):
+        with pytest.warns(UniferWarning, match="'turbo' is not understood") as caught:
+            Engine.load(fake_model, backend=backend, backend_options={"fake": {"turbo": 1}})
+        assert {w.filename for w in caught} == {__file__}

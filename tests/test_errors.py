@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import pathlib
+import pickle
 
 import pytest
 
@@ -49,3 +51,19 @@ def test_translate_errors_chains_and_passes_own_errors_through(tmp_path):
     with pytest.raises(unifer.InputError) as passed, translate_errors("rt", Exception):
         raise own
     assert passed.value is own
+
+
+def round_trip(error: Exception) -> Exception:
+    """``error`` through pickle, as it comes back from a worker process (our own bytes)."""
+    return pickle.loads(pickle.dumps(error))  # noqa: S301
+
+
+@pytest.mark.parametrize("cls", ERRORS, ids=lambda c: c.__name__)
+def test_errors_survive_pickling_and_copying(cls):
+    # Errors come back from worker processes pickled; the docs pointer must not double.
+    for again in (round_trip(cls("boom")), copy.copy(cls("boom"))):
+        assert type(again) is cls and again.message == "boom"
+        assert str(again) == f"boom (see docs/errors.md#{cls.code})"
+    rebuilt = round_trip(unifer.NoBackendAvailableError("x", reasons={"a": "b"}))
+    assert rebuilt.reasons == {"a": "b"}
+    assert round_trip(unifer.InferenceError("x", backend="rt")).backend == "rt"

@@ -49,8 +49,12 @@ NON_X86_ORDER: Final = ("litert", "onnxruntime", "ncnn")
 
 
 def environment_backend() -> str | None:
-    """``$UNIFER_BACKEND`` if set: the backend ``"auto"`` resolves to without choosing."""
-    return os.environ.get(BACKEND_ENV) or None
+    """``$UNIFER_BACKEND`` if set: the backend ``"auto"`` resolves to without choosing.
+
+    Empty or ``auto`` counts as unset, so ``UNIFER_BACKEND=auto`` means what it says.
+    """
+    name = os.environ.get(BACKEND_ENV, "").strip()
+    return None if name in ("", "auto") else name
 
 
 def check_objective(objective: str) -> Objective:
@@ -65,7 +69,12 @@ def allowed_precisions(precision: str | Sequence[str]) -> tuple[Precision, ...]:
     """``"fp32"``, a tuple like ``("fp32", "bf16")``, or ``"fastest"`` (every precision)."""
     if precision == "fastest":
         return PRECISIONS
-    requested = (precision,) if isinstance(precision, str) else tuple(precision)
+    if isinstance(precision, str):
+        requested: tuple[object, ...] = (precision,)
+    elif isinstance(precision, Sequence):
+        requested = tuple(precision)
+    else:
+        requested = (precision,)  # None, a number...: reported as unknown below
     unknown = [p for p in requested if p not in PRECISIONS]
     if unknown or not requested:
         raise UnsupportedOptionError(
@@ -95,7 +104,7 @@ def open_auto(
     on it, each opened there; without it each backend runs on its default device and on its
     accelerators.
     """
-    from ._engine import readers  # the engine imports this module
+    from ._engine import no_suffix_error, readers  # the engine imports this module
 
     suffix = path.suffix.lower()
     disabled = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
@@ -104,14 +113,13 @@ def open_auto(
     converting = [
         n
         for n in _convert.converters(suffix)
-        if allow_conversion
-        or _convert.cached(
-            _registry.get_backend(n), path, SessionOptions(extra=backend_options.get(n, {}))
-        )
-        is not None
+        if n not in disabled
+        and (allow_conversion or _conversion_cached(n, path, backend_options.get(n, {})))
     ]
     names = [n for n in _registry.auto_order([*readers(suffix), *converting]) if n not in disabled]
     if not names:
+        if not suffix:
+            raise no_suffix_error(path, ".onnx, .xml, .tflite, .param...")
         raise ModelFormatError(
             f"no installed backend reads {suffix!r} files like {path.name!r}"
             + (f" (disabled by ${DISABLE_ENV}: {', '.join(sorted(disabled))})" if disabled else "")
@@ -119,7 +127,7 @@ def open_auto(
         )
     # None: the physical cores this process may use (runtime defaults vary and oversubscribe).
     thread_options = list(threads) if threads else [_hardware.physical_cores()]
-    mode = os.environ.get(MODE_ENV, "measure")
+    mode = os.environ.get(MODE_ENV) or "measure"
     if mode not in {"measure", "static"}:
         raise UnsupportedOptionError(f"${MODE_ENV} must be 'measure' or 'static', got {mode!r}")
     measure = mode == "measure" and budget_s != 0
@@ -130,7 +138,8 @@ def open_auto(
         options_digest = repr(
             (device, sorted((k, sorted(v.items())) for k, v in backend_options.items()))
         )
-        key = _cache_key(path, objective, precisions, threads, versions, options_digest)
+        # The resolved counts: the physical cores this process may use can change while it runs.
+        key = _cache_key(path, objective, precisions, thread_options, versions, options_digest)
         cached = _open_cached(key, objective, open_candidate)
         if cached is not None:
             return cached
@@ -176,6 +185,12 @@ def open_auto(
     if not measure:
         on_gpu = [c for c in pool if _on_cuda(where(c))]
         return _open_static(pool, unavailable, objective, open_candidate, path, on_gpu)
+    # Candidates are checked against an fp32 run: without fp32 among the precisions, fp32
+    # runs of the same backends come first, as the reference only.
+    reference_only: list[Candidate] = []
+    if "fp32" not in precisions:
+        reference_only = list(dict.fromkeys(dataclasses.replace(c, precision="fp32") for c in pool))
+    pool = [*reference_only, *pool]
     load_errors: list[ModelLoadError] = []
 
     def open_noting_load_errors(candidate: Candidate) -> Session:
@@ -186,7 +201,11 @@ def open_auto(
             raise
 
     trials, kept = measure_candidates(
-        pool, open_candidate=open_noting_load_errors, objective=objective, budget_s=budget_s
+        pool,
+        open_candidate=open_noting_load_errors,
+        objective=objective,
+        budget_s=budget_s,
+        reference_only=reference_only,
     )
     ranking = rank(trials)
     if not ranking:
@@ -217,6 +236,16 @@ def _on_cuda(device: str) -> bool:
     return device.startswith("cuda")
 
 
+def _conversion_cached(name: str, path: Path, options: Mapping[str, object]) -> bool:
+    """Whether backend ``name`` has ``path`` converted already; a converter that cannot even
+    say its version (its runtime is missing) has nothing usable cached."""
+    try:
+        plugin = _registry.get_backend(name)
+        return _convert.cached(plugin, path, SessionOptions(extra=options)) is not None
+    except UniferError:
+        return False
+
+
 def _runtime_threads_off_the_cpu(
     pool: Sequence[Candidate], where: Callable[[Candidate], str]
 ) -> list[Candidate]:
@@ -243,7 +272,7 @@ def _cache_key(
     path: Path,
     objective: Objective,
     precisions: Sequence[str],
-    threads: Sequence[int] | None,
+    threads: Sequence[int],
     versions: Mapping[str, Mapping[str, str]],
     options_digest: str,
 ) -> str:
@@ -254,7 +283,7 @@ def _cache_key(
         "model": [content_digest(f) for f in files if f.exists()],
         "objective": objective,
         "precisions": list(precisions),
-        "threads": None if threads is None else list(threads),
+        "threads": list(threads),
         "runtimes": versions,
         "unifer": __version__,
         "machine": _hardware.fingerprint_digest(runtimes=False),

@@ -27,12 +27,13 @@ from ._errors import (
     ModelNotFoundError,
     ModelSignatureError,
     PluginError,
+    PreprocessError,
     UniferError,
     UnsupportedOptionError,
 )
 from ._feeds import check_feeds
-from ._options import check_precision, resolve_thread_choices, split_backend_options
-from ._preprocess import Preprocess, load_sidecar
+from ._options import resolve_thread_choices, split_backend_options
+from ._preprocess import Preprocess, load_sidecar, sidecar_path
 from .backend import Backend, Precision, Session, SessionOptions, TensorSpec
 
 if TYPE_CHECKING:
@@ -143,11 +144,16 @@ class Engine:
                 cannot run on.
             PreprocessError: ``preprocess`` does not fit the model's input.
         """
+        _check_arguments(backend, preprocess, objective, budget_s, allow_conversion)
         path, preset = resolve_model(model)
         thread_counts = resolve_thread_choices(threads)
+        precisions = _auto.allowed_precisions(precision)  # checks it whichever backend opens
         options = split_backend_options(backend_options, _registry.backend_names())
+        sidecar = None
         if preprocess is None:
             preprocess = preset or load_sidecar(path)
+            if preprocess is not None and preset is None:
+                sidecar = sidecar_path(path)
 
         def session_options(
             plugin: Backend, precision: Precision, threads: int | None, device: str | None = None
@@ -177,7 +183,7 @@ class Engine:
             selection, session = _auto.open_auto(
                 path,
                 threads=thread_counts,
-                precisions=_auto.allowed_precisions(precision),
+                precisions=precisions,
                 objective=_auto.check_objective(objective),
                 budget_s=budget_s,
                 open_candidate=open_candidate,
@@ -186,19 +192,23 @@ class Engine:
                 device=device,
             )
             conversion = conversions.get(selection.chosen.backend)
-            return cls._wrap(session, path, preprocess, selection=selection, conversion=conversion)
+            return cls._wrap(
+                session, path, preprocess, sidecar, selection=selection, conversion=conversion
+            )
 
         source: _select.Source = "explicit"
         if backend == AUTO:
+            # The environment names the backend "auto" resolves to; the caller's choices of
+            # precision and threads narrow to the first (the most faithful precision).
             backend, source = _auto.environment_backend() or backend, "environment"
-        if not isinstance(precision, str) or (thread_counts and len(thread_counts) > 1):
+        elif len(precisions) > 1 or (thread_counts and len(thread_counts) > 1):
             raise UnsupportedOptionError(
                 f"precision={precision!r}, threads={threads!r}: choices of precisions or thread "
                 f"counts need backend='auto'; with backend={backend!r} pass one of each"
             )
-        checked = check_precision(precision)
+        checked = precisions[0]
         single = thread_counts[0] if thread_counts else None
-        plugin = _registry.get_backend(backend)
+        plugin = _plugin(backend, source)
         availability = _registry.require_available(plugin)
         where = (
             None
@@ -214,7 +224,9 @@ class Engine:
             _check_suffix(plugin, path)
         session = plugin.open(opened, chosen)
         selection = _select.Selection(_select.Candidate(backend, single, checked, where), source)
-        return cls._wrap(session, path, preprocess, selection=selection, conversion=conversion)
+        return cls._wrap(
+            session, path, preprocess, sidecar, selection=selection, conversion=conversion
+        )
 
     @classmethod
     def _wrap(
@@ -222,11 +234,16 @@ class Engine:
         session: Session,
         path: Path,
         preprocess: Preprocess | None,
+        sidecar: Path | None,
         *,
         selection: _select.Selection,
         conversion: _convert.Conversion | None = None,
     ) -> Engine:
-        """The Engine around a freshly opened session, which is closed if that fails."""
+        """The Engine around a freshly opened session, which is closed if that fails.
+
+        ``sidecar`` is the file ``preprocess`` was read from, if any: a spec that does not fit
+        the model is then the file's fault, and the error says so.
+        """
         try:
             return cls(
                 session,
@@ -236,6 +253,15 @@ class Engine:
                 selection=selection,
                 conversion=conversion,
             )
+        except (PreprocessError, ModelSignatureError) as exc:
+            session.close()
+            if sidecar is None:
+                raise
+            raise PreprocessError(
+                f"the preprocessing sidecar {str(sidecar)!r} does not fit this model, and "
+                f"preprocess=None reads it again: {exc.message}. Fix or delete that file, or pass "
+                "your own preprocess=Preprocess(...)"
+            ) from exc
         except BaseException:
             session.close()
             raise
@@ -345,12 +371,57 @@ def resolve_model(model: str | os.PathLike[str]) -> tuple[Path, Preprocess | Non
         raise TypeError(f"model must be a path (str or os.PathLike), got {type(model).__name__}")
     if isinstance(model, str) and (builtin := models.resolve(model)) is not None:
         return builtin
-    path = Path(model).expanduser()
-    if not path.exists():
+    try:
+        path = Path(model).expanduser()
+        exists, is_file = path.exists(), path.is_file()
+    except (RuntimeError, OSError) as exc:  # "~nouser/m.onnx", a name too long for the OS
+        raise ModelNotFoundError(f"model path {str(model)!r} cannot be resolved: {exc}") from exc
+    if not exists:
         raise ModelNotFoundError(f"model file {str(path)!r} does not exist; check the path")
-    if not path.is_file():
+    if not is_file:
         raise ModelFormatError(f"{str(path)!r} is not a file; pass the model file itself")
     return path, None
+
+
+def _check_arguments(
+    backend: object,
+    preprocess: object,
+    objective: str,
+    budget_s: object,
+    allow_conversion: object,
+) -> None:
+    """Arguments of any backend's load, checked before any work (auto checks its own too)."""
+    if not isinstance(backend, str) or not backend:
+        raise UnsupportedOptionError(
+            f"backend must be a backend name (unifer backends lists them) or 'auto', got "
+            f"{backend!r}"
+        )
+    if preprocess is not None and not isinstance(preprocess, Preprocess):
+        raise PreprocessError(
+            f"preprocess must be a Preprocess (e.g. Preprocess(size=(112, 112)) or "
+            f"Preprocess.from_dict({{...}})) or None, got {type(preprocess).__name__}"
+        )
+    _auto.check_objective(objective)
+    if budget_s is not None and (
+        isinstance(budget_s, bool) or not isinstance(budget_s, (int, float)) or budget_s < 0
+    ):
+        raise UnsupportedOptionError(
+            f"budget_s must be None (the default budget) or seconds >= 0, got {budget_s!r}"
+        )
+    if not isinstance(allow_conversion, bool):
+        raise UnsupportedOptionError(
+            f"allow_conversion must be True or False, got {allow_conversion!r}"
+        )
+
+
+def _plugin(backend: str, source: _select.Source) -> Backend:
+    """The named backend; a name from ``$UNIFER_BACKEND`` is said to come from there."""
+    try:
+        return _registry.get_backend(backend)
+    except UniferError as exc:
+        if source != "environment":
+            raise
+        raise type(exc)(f"${_auto.BACKEND_ENV}={backend!r}: {exc.message}") from exc
 
 
 def _suffix(path: Path) -> str:
@@ -359,6 +430,8 @@ def _suffix(path: Path) -> str:
 
 def _check_suffix(plugin: Backend, path: Path) -> None:
     if _suffix(path) not in plugin.suffixes:
+        if not _suffix(path):
+            raise no_suffix_error(path, f"{plugin.name} reads {', '.join(plugin.suffixes)}")
         able = readers(_suffix(path))
         raise ModelFormatError(
             f"backend {plugin.name!r} reads {', '.join(plugin.suffixes)} files, not {path.name!r}. "
@@ -368,6 +441,14 @@ def _check_suffix(plugin: Backend, path: Path) -> None:
                 else f"No installed backend reads {_suffix(path)!r} files"
             )
         )
+
+
+def no_suffix_error(path: Path, formats: str) -> ModelFormatError:
+    """The error for a model file without a suffix; ``formats`` says which suffixes would do."""
+    return ModelFormatError(
+        f"{path.name!r} has no file suffix, and unifer tells model formats apart by it; rename "
+        f"it with the suffix of its format ({formats})"
+    )
 
 
 def readers(suffix: str) -> list[str]:

@@ -39,7 +39,12 @@ class UniferError(Exception):
 
     def __init__(self, message: str) -> None:
         self.message = message
-        super().__init__(f"{message} (see {DOCS_URL}#{self.code})")
+        # args hold the bare message: pickling (errors coming back from worker processes) and
+        # copying rebuild the error from args, which must not add the docs pointer twice.
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return f"{self.message} (see {DOCS_URL}#{self.code})"
 
 
 class BackendError(UniferError):

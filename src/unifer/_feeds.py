@@ -49,7 +49,13 @@ def check_feeds(feeds: Mapping[str, object], inputs: Sequence[TensorSpec]) -> di
     arrays = {}
     for spec in inputs:
         # asarray(order='C'), not ascontiguousarray, which turns scalars (rank 0) into rank 1.
-        array = np.asarray(feeds[spec.name], order="C")
+        try:
+            array = np.asarray(feeds[spec.name], order="C")
+        except (ValueError, TypeError) as exc:  # ragged nested lists, objects numpy cannot hold
+            raise InputError(
+                f"input {spec.name!r} is not an array numpy can build ({exc}); pass a numpy "
+                f"array of {_describe(spec.dtype, spec.shape)}"
+            ) from exc
         _check_one(spec, array, bound)
         arrays[spec.name] = array
     return arrays
@@ -60,7 +66,7 @@ def _check_one(spec: TensorSpec, array: np.ndarray, bound: dict[str, tuple[int, 
     if array.dtype != spec.dtype:
         raise InputError(
             f"input {spec.name!r} expects {_expected(spec, array)}; convert it with "
-            f"x.astype(np.{spec.dtype.name})"
+            f"x.astype(np.{spec.dtype.type.__name__})"
             + (" or pass preprocess= to Engine.load for images" if array.dtype == np.uint8 else "")
         )
     if array.ndim != len(spec.shape):

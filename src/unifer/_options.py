@@ -6,13 +6,13 @@ already-valid :class:`~unifer.backend.SessionOptions` and error wording stays in
 
 from __future__ import annotations
 
+import numbers
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-from ._errors import UniferWarning, UnsupportedOptionError
-from .backend import PRECISIONS, Precision
+from ._errors import UnsupportedOptionError
+from .backend import PRECISIONS, Precision, warn_user
 
 THREADS_ENV: Final = "UNIFER_NUM_THREADS"
 
@@ -31,11 +31,11 @@ def resolve_threads(threads: int | None) -> int | None:
             raise UnsupportedOptionError(
                 f"{source}={env!r} is not an integer; set it to a positive thread count or unset it"
             ) from None
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise UnsupportedOptionError(
-            f"{source} must be a positive integer or None (the runtime's default), got {threads!r}"
-        )
-    return threads
+    return _positive(
+        threads,
+        f"{source} must be a positive integer, None (the runtime's default) or, with "
+        "backend='auto', a sequence of counts to try",
+    )
 
 
 def resolve_thread_choices(threads: int | Sequence[int] | None) -> tuple[int, ...] | None:
@@ -43,17 +43,17 @@ def resolve_thread_choices(threads: int | Sequence[int] | None) -> tuple[int, ..
     if isinstance(threads, Sequence) and not isinstance(threads, str):
         if not threads:
             raise UnsupportedOptionError("threads must not be an empty sequence")
-        return tuple(dict.fromkeys(_positive(t) for t in threads))
+        what = "each thread count must be a positive integer"
+        return tuple(dict.fromkeys(_positive(t, what) for t in threads))
     single = resolve_threads(threads)
     return None if single is None else (single,)
 
 
-def _positive(threads: object) -> int:
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise UnsupportedOptionError(
-            f"each thread count must be a positive integer, got {threads!r}"
-        )
-    return threads
+def _positive(threads: object, what: str) -> int:
+    """``threads`` as an int if it is a positive integer of any kind (numpy's too), else raise."""
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
+        raise UnsupportedOptionError(f"{what}, got {threads!r}")
+    return int(threads)
 
 
 def check_precision(precision: str) -> Precision:
@@ -87,11 +87,9 @@ def split_backend_options(
                 f"{{{name!r}: {{...}}}}"
             )
         if name not in installed:
-            warnings.warn(
+            warn_user(
                 f"backend_options has options for {name!r}, which is not an installed backend "
-                f"(installed: {', '.join(installed) or 'none'}); they were ignored",
-                UniferWarning,
-                stacklevel=3,
+                f"(installed: {', '.join(installed) or 'none'}); they were ignored"
             )
         result[name] = options
     return result

@@ -289,8 +289,8 @@ class Preprocess:
             path: A JSON file holding one object in the :meth:`to_dict` format.
 
         Raises:
-            PreprocessError: The file is not valid UTF-8 JSON, or the spec in it is invalid; the
-                message names the file.
+            PreprocessError: The file cannot be read, is not valid UTF-8 JSON, or the spec in it
+                is invalid; the message names the file.
             FileNotFoundError: The file does not exist.
         """
         path = Path(path)
@@ -304,6 +304,13 @@ class Preprocess:
         except UnicodeDecodeError as exc:
             raise PreprocessError(
                 f"{path} is not UTF-8 text ({exc.reason}); save it as UTF-8 JSON"
+            ) from exc
+        except FileNotFoundError:
+            raise
+        except OSError as exc:  # a directory of that name, no permission to read it
+            raise PreprocessError(
+                f"{path} cannot be read as a Preprocess spec ({exc.strerror}); make it a readable "
+                "JSON file, or remove it"
             ) from exc
         try:
             return cls.from_dict(data)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Literal
 
@@ -189,13 +189,16 @@ def measure_candidates(
     open_candidate: OpenFn,
     objective: Objective,
     budget_s: float | None,
+    reference_only: Collection[Candidate] = (),
     measure_fn: MeasureFn = measure,
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[list[Trial], dict[Candidate, Session]]:
     """Open, check and time every candidate; return the trials and the sessions still open.
 
     Only sessions within the tie tolerance of the best so far stay open, so the winner needs no
-    second load and memory holds few models at a time.
+    second load and memory holds few models at a time. ``reference_only`` candidates (fp32, put
+    first in ``pool`` when the caller's precisions exclude fp32) only give the reference: the
+    first that runs does, is listed as skipped, and the rest are not opened.
     """
     trials: list[Trial] = []
     kept: dict[Candidate, Session] = {}
@@ -207,6 +210,8 @@ def measure_candidates(
     batch = 1
     per_candidate_s: float | None = None if budget_s is None else budget_s / max(len(pool), 1)
     for candidate in pool:
+        if candidate in reference_only and reference is not None:
+            continue
         start = clock()
         try:
             session = open_candidate(candidate)
@@ -233,6 +238,10 @@ def measure_candidates(
                     )
                     continue
                 reference, reference_name = outputs, str(candidate)
+                if candidate in reference_only:
+                    reason = "the fp32 reference only: the precisions asked for exclude fp32"
+                    trials.append(Trial(candidate, "skipped", open_s=open_s, reason=reason))
+                    continue
             else:
                 parity = compare(reference, outputs)
                 max_rel, min_cos = TOLERANCE[candidate.precision]

@@ -9,6 +9,7 @@ small. See ``docs/plugins.md``.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ __all__ = [
     "reject_precision",
     "translate_errors",
     "warn_unknown_options",
+    "warn_user",
 ]
 
 #: Bumped when the contract changes incompatibly; the core refuses plugins built for another one.
@@ -227,12 +229,27 @@ def warn_unknown_options(backend: str, extra: Mapping[str, object], known: Seque
     """Warn once per call about each ``backend_options`` key the backend does not understand."""
     for key in extra:
         if key not in known:
-            warnings.warn(
+            warn_user(
                 f"backend option {key!r} is not understood by {backend} and was ignored; "
-                f"known options: {', '.join(sorted(known)) or 'none'}",
-                UniferWarning,
-                stacklevel=3,
+                f"known options: {', '.join(sorted(known)) or 'none'}"
             )
+
+
+def warn_user(message: str) -> None:
+    """Warn with a :class:`UniferWarning` attributed to the user's code.
+
+    The warning points at the first caller outside unifer and its plugins (``unifer_*``), so it
+    names the user's ``Engine.load`` line however deep the call came (through ``backend="auto"``,
+    a conversion, a plugin's helpers), where a fixed ``stacklevel`` would point into unifer.
+    """
+    level, frame = 2, sys._getframe(1)  # stacklevel 1 is this function, 2 its caller
+    while frame.f_back is not None and _in_unifer(frame):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UniferWarning, stacklevel=level)
+
+
+def _in_unifer(frame: Any) -> bool:
+    return str(frame.f_globals.get("__name__", "")).partition(".")[0].startswith("unifer")
 
 
 def reject_precision(backend: str, precision: str, supported: Sequence[str], why: str) -> None:

@@ -176,6 +176,15 @@ def test_arcface_dynamic_batch_matches_onnxruntime(arcface_dynamic: Path) -> Non
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("engine", ["new", "classic"])
+def test_an_empty_batch_is_refused_not_a_crash(arcface_dynamic: Path, engine: str) -> None:
+    # OpenCV's new engine dies of SIGFPE on a zero-size tensor: a crash would end this process.
+    with open_opencv(arcface_dynamic, backend_options={"opencv": {"engine": engine}}) as opened:
+        with pytest.raises(InputError, match="is empty"):
+            opened.run({ARCFACE_INPUT: faces(0)})
+        assert opened.run({ARCFACE_INPUT: faces(2)})["embedding"].shape == (2, 512)
+
+
 # -- settings and precision -----------------------------------------------------------------------
 
 

@@ -17,19 +17,19 @@ import importlib.util
 import re
 import sys
 import threading
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Final
 
 import numpy as np
 
-from unifer import BackendUnavailableError, MissingDependencyError, UniferWarning
+from unifer import BackendUnavailableError, MissingDependencyError
 from unifer.backend import (
     BACKEND_API_VERSION,
     Availability,
     SessionOptions,
     reject_precision,
     warn_unknown_options,
+    warn_user,
 )
 
 from . import _checkpoint
@@ -105,8 +105,7 @@ def _warn_retired() -> None:
         if _retirement_warned:
             return
         _retirement_warned = True
-    # stacklevel 4: past this function, open() and the core's Engine.load, at the user's call.
-    warnings.warn(RETIRED, UniferWarning, stacklevel=4)
+    warn_user(RETIRED)
 
 
 class MXNetBackend:

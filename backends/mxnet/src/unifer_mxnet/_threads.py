@@ -20,7 +20,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Final
 
-from unifer import UniferWarning
+from unifer.backend import warn_user
 
 OMP_NUM_THREADS: Final = "OMP_NUM_THREADS"
 MAX_THREADS: Final = "MXNET_OMP_MAX_THREADS"
@@ -123,13 +123,11 @@ def import_mxnet(threads: int | None) -> dict[str, object]:
         state = _state
     honoured = threads is None or threads == state.threads
     if not honoured:
-        warnings.warn(
+        warn_user(
             f"mxnet cannot use threads={threads}: it runs {state.threads} OpenMP thread(s) per "
             f"operator in this process ({state.source}), and MXNet reads that only once, at "
             "import. Open every MXNet model in a process with the same threads=, or set "
-            "OMP_NUM_THREADS before mxnet is imported",
-            UniferWarning,
-            stacklevel=5,  # past _import_mxnet, open() and Engine.load: the user's call
+            "OMP_NUM_THREADS before mxnet is imported"
         )
     return {
         "threads": state.threads,

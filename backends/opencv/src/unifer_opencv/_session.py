@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import warnings
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,13 +17,14 @@ from typing import Any, Final
 import cv2
 import numpy as np
 
-from unifer import InferenceError, InputError, ModelLoadError, UniferWarning, UnsupportedOptionError
+from unifer import InferenceError, InputError, ModelLoadError, UnsupportedOptionError
 from unifer.backend import (
     SessionOptions,
     TensorSpec,
     reject_precision,
     translate_errors,
     warn_unknown_options,
+    warn_user,
 )
 
 from ._onnx_io import OnnxFormatError, ValueInfo, read_graph_io
@@ -152,6 +152,14 @@ class OpenCVSession:
             raise InferenceError(
                 "this opencv session is closed; open the model again to run it", backend=NAME
             )
+        for name in self._input_names:
+            if feeds[name].size == 0:
+                # The new engine dies of SIGFPE on an empty tensor and the classic one asserts.
+                raise InputError(
+                    f"input {name!r} is empty (shape {list(feeds[name].shape)}); OpenCV DNN "
+                    "cannot run a zero-size tensor (its new engine crashes the process). Skip "
+                    "the call, or use another backend, e.g. backend='onnxruntime'"
+                )
         for name in self._int64_inputs:
             _check_int32_range(name, feeds[name])
         with self._lock, translate_errors(NAME, cv2.error):
@@ -217,13 +225,11 @@ def open_session(model: Path, options: SessionOptions) -> OpenCVSession:
     if options.threads is not None:
         thread_request, others = _request_threads(options.threads)
         if others:
-            warnings.warn(
+            warn_user(
                 f"OpenCV's thread count is process-wide (cv2.setNumThreads): threads="
                 f"{options.threads} for {model.name} now also applies to the other open opencv "
                 f"engine(s) that asked for threads={', '.join(map(str, others))}. Open every "
-                "opencv engine with the same threads= to avoid this",
-                UniferWarning,
-                stacklevel=5,  # the user's Engine.load call
+                "opencv engine with the same threads= to avoid this"
             )
     settings: dict[str, object] = {
         "device": "cpu",

@@ -11,7 +11,6 @@ import hashlib
 import queue
 import re
 import shutil
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -19,13 +18,14 @@ from typing import Any, Final
 import numpy as np
 import openvino as ov
 
-from unifer import InferenceError, ModelNotFoundError, UniferWarning, UnsupportedOptionError
+from unifer import InferenceError, ModelNotFoundError, UnsupportedOptionError
 from unifer.backend import (
     SessionOptions,
     TensorSpec,
     reject_precision,
     translate_errors,
     warn_unknown_options,
+    warn_user,
 )
 
 NAME: Final = "openvino"
@@ -231,11 +231,9 @@ class OpenVINOSession:
             if "INFERENCE_NUM_THREADS" in supported:
                 config["INFERENCE_NUM_THREADS"] = options.threads
             else:
-                warnings.warn(
+                warn_user(
                     f"threads={options.threads} is not supported by OpenVINO device {device}; "
-                    "ignored",
-                    UniferWarning,
-                    stacklevel=5,  # the user's Engine.load call
+                    "ignored"
                 )
         # Only a directory the core reserved for this backend is used for compiled models.
         cache_dir = None

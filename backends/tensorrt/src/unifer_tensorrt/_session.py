@@ -15,7 +15,6 @@ import logging
 import queue
 import threading
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, NoReturn
@@ -26,11 +25,10 @@ import tensorrt as trt
 from unifer import (
     BackendUnavailableError,
     InferenceError,
-    UniferWarning,
     UnsupportedOptionError,
 )
 from unifer._digest import content_digest  # remembered across processes: no re-hash on a hit
-from unifer.backend import SessionOptions, TensorSpec, translate_errors
+from unifer.backend import SessionOptions, TensorSpec, translate_errors, warn_user
 
 from . import _cuda, _enginecache
 from ._options import (
@@ -454,11 +452,9 @@ class TensorRTSession:
         """Build (or load from the cache) the engine for ``model`` and return a ready session."""
         opts = parse_options(options.extra)
         if options.threads is not None:
-            warnings.warn(
+            warn_user(
                 f"threads={options.threads} does not apply to TensorRT: inference runs on the GPU; "
-                "ignored (settings['threads'] is None)",
-                UniferWarning,
-                stacklevel=4,  # the user's Engine.load call
+                "ignored (settings['threads'] is None)"
             )
         try:
             cuda = _cuda.cudart()

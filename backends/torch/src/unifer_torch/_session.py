@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import re
 import threading
-import warnings
 import weakref
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +29,6 @@ import torch
 from unifer import (
     InferenceError,
     ModelLoadError,
-    UniferWarning,
     UnsupportedOptionError,
 )
 from unifer.backend import (
@@ -39,6 +37,7 @@ from unifer.backend import (
     reject_precision,
     translate_errors,
     warn_unknown_options,
+    warn_user,
 )
 
 from . import _onnx
@@ -199,13 +198,11 @@ _TF32 = _ProcessSetting(lambda allow: _set_cuda_fp32_math(allow))
 def _request_threads(threads: int, model: Path) -> int:
     key, others = _THREADS.request(threads)
     if others:
-        warnings.warn(
+        warn_user(
             f"PyTorch's thread count is process-wide (torch.set_num_threads): threads={threads} "
             f"for {model.name} now also applies to the other open torch engine(s) that asked for "
             f"threads={', '.join(map(str, others))}. Open every torch engine with the same "
-            "threads= to avoid this",
-            UniferWarning,
-            stacklevel=5,  # the user's Engine.load call
+            "threads= to avoid this"
         )
     return key
 
@@ -291,13 +288,11 @@ def _request_tf32(allow: bool, model: Path) -> int:
     key, others = _TF32.request(allow)
     if others:
         now = "allowed" if allow else "turned off"
-        warnings.warn(
+        warn_user(
             f"TF32 is process-wide in PyTorch: opening {model.name} with allow_tf32={allow} "
             f"{now} TF32 for every CUDA float32 matmul and convolution in this process, including "
             f"the other open torch engine(s) that asked for allow_tf32={others[0]}. Open every "
-            "fp32 torch engine on CUDA with the same allow_tf32 to avoid this",
-            UniferWarning,
-            stacklevel=5,  # the user's Engine.load call
+            "fp32 torch engine on CUDA with the same allow_tf32 to avoid this"
         )
     return key
 
