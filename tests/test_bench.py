@@ -13,7 +13,11 @@ import importlib.util
 import io
 import json
 import os
+import shutil
+import signal
+import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +33,11 @@ from unifer import (
     UnsupportedOptionError,
     _registry,
     bench,
+    models,
 )
 from unifer._parity import seeded_feeds
 from unifer.backend import Availability, TensorSpec
-from unifer.bench import _background, _deps, _energy
+from unifer.bench import _background, _deps, _energy, _run, _worker
 from unifer.bench._grid import (
     default_threads,
     needs_conversion,
@@ -43,7 +48,7 @@ from unifer.bench._grid import (
 )
 from unifer.bench._integrity import TOLERANCES, compare, seeded_images
 from unifer.bench._report import markdown
-from unifer.bench._run import Progress, Result
+from unifer.bench._run import Progress, Result, _spawn
 from unifer.cli import main
 
 # Tiny iteration counts: these tests check the machinery, never the speed.
@@ -75,6 +80,13 @@ def test_plan_is_grouped_by_backend_and_validated():
         bench.plan(["a"], [1], batches=[0])
     with pytest.raises(UnsupportedOptionError, match="precision"):
         bench.plan(["a"], [1], precisions=["fp64"])
+
+
+def test_bad_options_are_refused_before_the_model_is_generated(private_cache):
+    for bad in ({"precisions": ["fp64"]}, {"batches": [0]}):
+        with pytest.raises(UnsupportedOptionError):
+            bench.run("builtin:arcface-tiny", **bad)  # type: ignore[arg-type]
+    assert not (private_cache / "models").exists()  # generating r100 takes a minute
 
 
 def test_settings_split_into_rounds_and_validate():
@@ -165,6 +177,30 @@ def test_integrity_verdicts():
     nan = compare({"y": np.full_like(ref["y"], np.nan)}, ref, TOLERANCES["fp32"])
     assert nan["ok"] is False and "NaN" in nan["problem"]
     assert "missing" in compare({}, ref, TOLERANCES["fp32"])["problem"]
+
+
+def test_integrity_holds_every_output_to_its_own_scale():
+    rng = np.random.default_rng(0)
+    ref = {
+        "scores": rng.standard_normal((4, 8)) * 100,
+        "boxes": rng.standard_normal((4, 8)) * 0.01,
+    }
+    # The small output 50% off (same direction), yet within 1e-4 of the large output's scale.
+    off = compare({**ref, "boxes": ref["boxes"] * 1.5}, ref, TOLERANCES["fp32"])
+    assert off["max_abs_diff"] < TOLERANCES["fp32"].rtol * off["reference_max_abs"]
+    assert off["ok"] is False
+    assert off["max_relative_diff"] == pytest.approx(0.5)
+    assert off["cosine_min"] == pytest.approx(1.0)
+    assert compare(ref, ref, TOLERANCES["fp32"])["ok"] is True
+
+
+def test_a_batch_the_input_cannot_take_is_refused():
+    dynamic = TensorSpec("x", ("N", 3), np.dtype(np.float32))
+    fixed = TensorSpec("x", (1, 3), np.dtype(np.float32))
+    _worker.check_batch(dynamic, 8)
+    _worker.check_batch(fixed, 1)
+    with pytest.raises(UnsupportedOptionError, match=r"fixed batch dimension of 1.*dynamic"):
+        _worker.check_batch(fixed, 2)
 
 
 # -- runtime libraries and energy ------------------------------------------------------------------
@@ -454,8 +490,29 @@ def test_terminal_table():
     assert lines[0].split()[:3] == ["backend", "version", "threads"]
     assert "cpu cores" in lines[0] and "  2.0  " in lines[2]  # the record's own_cpu_cores, 1.96
     assert "default (2)" in table and "failed" in table
-    assert "skipped gamma" in table and "FAILED beta" in table
-    assert "disturbed: alpha threads=default" in table
+    assert "skipped gamma" in table and "FAILED beta threads=1: " in table
+    assert "disturbed: alpha threads=default:" in table
+
+
+def test_terminal_table_throughput_is_samples_per_second():
+    result = synthetic_result()
+    record = result.records[0]  # 200 ms per call: 5 inferences/s
+    record["batch"] = 4
+    record["throughput"] = {"inferences_per_s": 5.0, "samples_per_s": 20.0}
+    header, _, row = bench.format_table(result).splitlines()[:3]
+    end = header.index("samples/s") + len("samples/s")  # numbers are right-aligned
+    assert "inf/s" not in header
+    assert row[:end].split()[-1] == "20.0"
+
+
+def test_several_variants_are_named_in_failures_and_disturbances():
+    result = synthetic_result()
+    result.records[1]["batch"] = 8  # the disturbed one
+    result.records[2]["precision"] = "bf16"  # the failed one
+    table = bench.format_table(result)
+    assert "FAILED beta threads=1 bf16 batch=1: " in table
+    assert "disturbed: alpha threads=default fp32 batch=8:" in table
+    assert "alpha threads=default fp32 batch=8 ran" in markdown(result)
 
 
 def test_progress_lines():
@@ -582,9 +639,15 @@ def test_dependencies_energy_and_fingerprint_are_recorded(tiny_run):
             assert 0 < background["own_cpu_cores"] <= (os.cpu_count() or 1) + 0.5
         energy = record["energy"]
         if energy["available"]:
-            assert energy["joules_per_inference"] > 0
+            assert energy["joules_per_inference"] > 0 and energy["path"] == "end_to_end"
         else:
             assert energy["joules_per_inference"] is None and energy["reason"]
+    # Workers never see UNIFER_NUM_THREADS (threads=None is the runtime's own default).
+    assert set(result.conditions["thread_env"]) == {
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+    }
     machine = result.machine
     assert machine["cpu"]["physical_cores"] >= 1 and len(machine["digest"]) == 64
     for target in result.settings["backends"]:  # a backend, or backend@accelerator
@@ -627,6 +690,9 @@ def test_batch_above_one_uses_the_dynamic_model(onnx_backends, module_cache, mon
         "builtin:arcface-tiny", backends=onnx_backends[:1], threads=[1], batches=[2], settings=TINY
     )
     assert result.model["spec"] == "builtin:arcface-tiny?batch=dynamic"
+    # The file measured, not the static one models.info describes.
+    assert result.model["input"] == "input.1: float32[N,3,112,112]"
+    assert result.model["output"].endswith("[N,512]")
     (record,) = result.records
     assert record["status"] == "ok", record["error"]
     assert record["throughput"]["samples_per_s"] == pytest.approx(
@@ -634,6 +700,49 @@ def test_batch_above_one_uses_the_dynamic_model(onnx_backends, module_cache, mon
     )
     assert record["integrity"]["samples"] == 2 * TINY.integrity_samples
     assert record["integrity"]["ok"] is True
+
+
+def test_a_batch_a_fixed_batch_model_cannot_take_fails_instead_of_running_another(
+    onnx_backends, module_cache, monkeypatch, tmp_path
+):
+    if "onnxruntime" not in onnx_backends:
+        pytest.skip("needs onnxruntime, which reports the fixed batch dimension")
+    monkeypatch.setenv("UNIFER_CACHE_DIR", str(module_cache))
+    static = tmp_path / "tiny.onnx"  # a model file: no preprocessing, batch fixed at 1
+    shutil.copy(models.path("arcface-tiny"), static)
+    result = bench.run(static, backends=["onnxruntime"], threads=[1], batches=[1, 2], settings=TINY)
+    one, two = result.records
+    assert one["status"] == "ok" and one["integrity"]["samples"] == TINY.integrity_samples
+    assert two["status"] == "error" and two["throughput"] is None
+    assert "batch 2 cannot be fed" in two["error"] and "dynamic" in two["error"]
+
+
+def test_energy_without_preprocessing_is_metered_around_the_model_only_rounds(
+    onnx_backends, module_cache, monkeypatch, tmp_path
+):
+    if "onnxruntime" not in onnx_backends:
+        pytest.skip("runs onnxruntime in this process")
+    monkeypatch.setenv("UNIFER_CACHE_DIR", str(module_cache))
+    _rapl(tmp_path / "powercap", "intel-rapl:0", 1_000)
+    monkeypatch.setattr(_energy, "Meter", partial(_energy.Meter, tmp_path / "powercap"))
+    job = {
+        "mode": "measure",
+        "model": str(models.path("arcface-tiny")),
+        "backend": "onnxruntime",
+        "threads": 1,
+        "batch": 1,
+        "precision": "fp32",
+        "preprocess": None,
+        "seed": 0,
+        "integrity_samples": 1,
+        "settings": {"rounds": 1, "per_round": TINY.per_round()},
+        "outputs_path": str(tmp_path / "outputs.npz"),
+    }
+    result = _worker.measure_job(job)
+    assert result["latency"]["end_to_end"] is None
+    energy = result["energy"]
+    assert energy["available"] is True and energy["path"] == "model_only"
+    assert energy["joules_per_inference"] == 0.0  # the fake counter stood still
 
 
 def test_a_failing_configuration_is_a_record_not_a_crash(onnx_backends, tmp_path):
@@ -734,3 +843,77 @@ def test_a_backend_another_environment_cannot_run_is_refused(onnx_backends, modu
             settings=TINY,
             interpreters={"elsewhere": sys.executable},  # this python has no such backend
         )
+
+
+def _stub_workers(
+    monkeypatch: pytest.MonkeyPatch, devices: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """Replace the worker processes: a probe finds the backend on ``devices``, every other job
+    fails at once. Returns the jobs, with the interpreter each was given."""
+    jobs: list[dict[str, Any]] = []
+
+    def spawn(job: dict[str, Any], *args: object, python: Path | None = None, **kw: object) -> Any:
+        jobs.append({**job, "python": python})
+        if job["mode"] == "probe":
+            return {
+                "status": "ok",
+                "runtime_version": "1.0",
+                "devices": list(devices),
+                "unifer_version": _run._unifer_version(),
+                "needs_conversion": False,
+            }
+        return {"status": "error", "error": "a stub: nothing ran"}
+
+    monkeypatch.setattr(_run, "_spawn", spawn)
+    return jobs
+
+
+def test_a_backend_given_another_environment_is_measured_there_once(
+    fake_backend, fake_model, monkeypatch
+):
+    jobs = _stub_workers(monkeypatch, devices=("cpu",))
+    # Installed here too, and not named: a default run would otherwise measure it twice.
+    result = bench.run(
+        fake_model, threads=[1], reference="fake", interpreters={"fake": sys.executable}
+    )
+    assert [r["backend"] for r in result.records] == ["fake"]
+    assert result.settings["backends"] == ["fake"]
+    measured = [j for j in jobs if j["mode"] == "measure"]
+    assert [j["python"] for j in measured] == [Path(sys.executable)]
+
+
+def test_the_default_thread_sweep_skips_targets_another_environment_runs_off_the_cpu(
+    fake_backend, fake_model, monkeypatch
+):
+    _stub_workers(monkeypatch, devices=("gpu:0", "cpu"))  # here, fake runs on the CPU
+    result = bench.run(
+        fake_model, backends=["fake"], reference="fake", interpreters={"fake": sys.executable}
+    )
+    assert [r["threads"] for r in result.records] == [None]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the stand-in worker is a shell script")
+def test_an_interrupted_run_leaves_no_worker_behind(tmp_path, monkeypatch):
+    slow = tmp_path / "python"  # a worker that would run for a minute
+    slow.write_text("#!/bin/sh\nexec sleep 60\n")
+    slow.chmod(0o755)
+    waiting: list[subprocess.Popen[str]] = []
+    wait = subprocess.Popen.wait
+
+    def interrupted(self: subprocess.Popen[str], timeout: float | None = None) -> int:
+        if timeout is None:
+            return wait(self)
+        waiting.append(self)
+        raise KeyboardInterrupt  # Ctrl+C while the parent waits for its worker
+
+    monkeypatch.setattr(subprocess.Popen, "wait", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _spawn({"mode": "measure"}, tmp_path / "job", lambda *_: None, 600, python=slow)
+        (worker,) = waiting
+        assert worker.returncode == -signal.SIGKILL  # killed and reaped, not orphaned
+    finally:
+        for proc in waiting:
+            if proc.poll() is None:
+                proc.kill()
+                wait(proc)

@@ -211,17 +211,24 @@ def check_backend(name: str, suffix: str) -> Availability:
     return _registry.require_available(plugin)
 
 
-def without_thread_counts_off_the_cpu(configs: Sequence[Config]) -> list[Config]:
+def without_thread_counts_off_the_cpu(
+    configs: Sequence[Config], probes: Mapping[str, Availability] | None = None
+) -> list[Config]:
     """The default sweep less its thread counts on targets off the CPU (``ncnn@vulkan``, torch
     on CUDA, TensorRT): ``threads=`` sizes CPU work, so such a target runs at its runtime's own
     default, once per batch and precision, instead of repeating one figure (or a warning that
-    the count does not apply) per count."""
-    return [c for c in configs if c.threads is None or _target_on_the_cpu(c.backend)]
+    the count does not apply) per count.
+
+    ``probes``: the availability of backends probed in another Python environment, by name (this
+    environment may not have them); the others are probed here.
+    """
+    return [c for c in configs if c.threads is None or _target_on_the_cpu(c.backend, probes or {})]
 
 
-def _target_on_the_cpu(target: str) -> bool:
+def _target_on_the_cpu(target: str, probes: Mapping[str, Availability]) -> bool:
     backend, device = split_target(target)
-    return effective_device(_registry.cached_probe(backend), device).startswith("cpu")
+    availability = probes.get(backend) or _registry.cached_probe(backend)
+    return effective_device(availability, device).startswith("cpu")
 
 
 def needs_conversion(target: str, suffix: str) -> bool:
@@ -236,10 +243,7 @@ def plan(
     precisions: Sequence[str] = ("fp32",),
 ) -> list[Config]:
     """Every configuration, grouped by backend, then precision, batch and thread count."""
-    for batch in batches:
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise UnsupportedOptionError(f"batch sizes must be positive integers, got {batch!r}")
-    checked = [check_precision(p) for p in precisions]
+    checked = check_variants(batches, precisions)
     return [
         Config(backend=b, threads=t, batch=n, precision=p)
         for b in backends
@@ -247,3 +251,15 @@ def plan(
         for n in dict.fromkeys(batches)
         for t in dict.fromkeys(threads)
     ]
+
+
+def check_variants(batches: Sequence[int], precisions: Sequence[str]) -> list[Precision]:
+    """The precisions, checked, after checking that every batch size is a positive integer.
+
+    Raises:
+        UnsupportedOptionError: a batch size or precision is not one the bench can measure.
+    """
+    for batch in batches:
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise UnsupportedOptionError(f"batch sizes must be positive integers, got {batch!r}")
+    return [check_precision(p) for p in precisions]

@@ -9,6 +9,7 @@ fingerprint into a :class:`Result`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -18,7 +19,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -30,18 +31,22 @@ from .._digest import content_digest
 from .._engine import readers
 from .._errors import (
     BackendUnavailableError,
+    ModelFormatError,
     ModelNotFoundError,
     UniferError,
     UnsupportedOptionError,
 )
 from .._hardware import fingerprint, fingerprint_digest
 from .._preprocess import Preprocess, load_sidecar
+from ..backend import Availability, TensorSpec
+from ..models._iresnet import BATCH_DIM
 from . import _energy
 from ._grid import (
     DEFAULT,
     DEFAULT_MODEL,
     Config,
     Settings,
+    check_variants,
     default_threads,
     needs_conversion,
     plan,
@@ -59,12 +64,10 @@ SHARED_CACHE: Final = "shared-cache"
 #: The preferred reference for integrity: the ONNX project's own runtime.
 PREFERRED_REFERENCE: Final = "onnxruntime"
 #: Environment variables that change thread pools behind a runtime's back; recorded with results.
-THREAD_ENV: Final = (
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "UNIFER_NUM_THREADS",
-)
+#: Not UNIFER_NUM_THREADS: the workers never see it (see _spawn).
+THREAD_ENV: Final = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+#: The query of a built-in model's variant with a symbolic batch dimension (see unifer.models).
+DYNAMIC_BATCH: Final = "?batch=dynamic"
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +180,8 @@ def run(
             process of its own, and is timed apart (``record["conversion"]["seconds"]``).
         threads: Thread counts, ``None`` meaning the runtime's default; default
             ``1..physical cores`` and ``None``.
-        batches: Batch sizes (default ``(1,)``).
+        batches: Batch sizes (default ``(1,)``). A model whose batch dimension is fixed gets a
+            failed record, saying so, for every other batch.
         precisions: Precisions (default ``("fp32",)``); a backend that cannot honour one gets a
             failed record saying why, the others go on.
         settings: How long to measure each configuration (:data:`DEFAULT`, :data:`QUICK`, ...).
@@ -191,14 +195,17 @@ def run(
         interpreters: Backends installed in another Python environment, by name: that
             environment's python, e.g. ``{"mxnet": "backends/mxnet/.venv/bin/python"}`` (mxnet
             needs numpy < 1.24). Their conversion and measurement workers run there, and they are
-            measured by default; the reference, the integrity check and the report stay here.
+            measured by default, there only (once, even when installed here too); the reference,
+            the integrity check and the report stay here.
 
     Raises:
-        ModelNotFoundError, ModelFormatError: the model cannot be found or no backend reads it.
+        ModelNotFoundError, ModelFormatError: the model cannot be found, or no backend here reads
+            it (the reference runs here).
         BackendNotFoundError, BackendUnavailableError: a named backend is missing or broken.
         UnsupportedOptionError: a bad thread count, batch size, precision or setting.
     """
     started = time.time()
+    check_variants(batches, precisions)  # before generating a built-in model (seconds to minutes)
     elsewhere = {name: Path(python) for name, python in (interpreters or {}).items()}
     here = None if backends is None else [b for b in backends if _backend(b) not in elsewhere]
     if backends is not None:
@@ -212,15 +219,14 @@ def run(
             )
     builtin = isinstance(model, str) and model.startswith(models.PREFIX)
     if builtin:  # built-in models are ONNX: find the backends before generating one (seconds)
-        names, skipped = _select_here(".onnx", here, backend_options)
+        names, skipped = _select_here(".onnx", here, backend_options, elsewhere)
     path, preprocess, model_info = _resolve_model(model, preprocess, batches)
     suffix = path.suffix.lower()
     if not builtin:
-        names, skipped = _select_here(suffix, here, backend_options)
-    thread_counts = default_threads() if threads is None else threads
-    configs = plan(names, thread_counts, batches, precisions)  # checks them before any work
-    if threads is None:
-        configs = without_thread_counts_off_the_cpu(configs)
+        names, skipped = _select_here(suffix, here, backend_options, elsewhere)
+    # Backends probed in another environment, by name: this one may not have them.
+    probes: dict[str, Availability] = {}
+    configs = _plan(names, threads, batches, precisions, probes)
     ref_name = _reference(names, suffix, reference)
     notify = progress or (lambda _event: None)
     base_job = {
@@ -261,9 +267,12 @@ def run(
                 skipped[name] = f"{python}: {problem}"
                 continue
             names += [b for b in backends if _backend(b) == name] if backends else [name]
+            probes[name] = Availability(
+                ok=True, version=found["runtime_version"], devices=tuple(found["devices"])
+            )
             if found["needs_conversion"]:
                 converting.add(name)
-            configs = plan(names, thread_counts, batches, precisions)
+            configs = _plan(names, threads, batches, precisions, probes)
         total = len(configs)
         # Backends that run the model only after converting it (ncnn, LiteRT from ONNX): convert
         # once, in a process of its own, into the cache whose converted/ every worker shares.
@@ -376,11 +385,32 @@ def _select_here(
     suffix: str,
     requested: list[str] | None,
     backend_options: Mapping[str, Mapping[str, object]] | None,
+    elsewhere: Collection[str],
 ) -> tuple[list[str], dict[str, str]]:
-    """:func:`select_backends` in this environment; ``[]``: every backend asked for is elsewhere."""
+    """:func:`select_backends` in this environment, less the backends given another one
+    (``elsewhere``): those are measured there only, once. ``[]``: every backend asked for is
+    elsewhere."""
     if requested == []:
         return [], {}
-    return select_backends(suffix, requested, backend_options)
+    names, skipped = select_backends(suffix, requested, backend_options)
+    return (
+        [n for n in names if _backend(n) not in elsewhere],
+        {n: reason for n, reason in skipped.items() if n not in elsewhere},
+    )
+
+
+def _plan(
+    names: Sequence[str],
+    threads: Sequence[int | None] | None,
+    batches: Sequence[int],
+    precisions: Sequence[str],
+    probes: Mapping[str, Availability],
+) -> list[Config]:
+    """:func:`plan`; the default thread sweep (``threads=None``) only on targets on the CPU."""
+    if threads is not None:
+        return plan(names, threads, batches, precisions)
+    configs = plan(names, default_threads(), batches, precisions)
+    return without_thread_counts_off_the_cpu(configs, probes)
 
 
 # -- model -----------------------------------------------------------------------------------------
@@ -393,7 +423,7 @@ def _resolve_model(
     spec = os.fspath(model)
     if isinstance(model, str) and model.startswith(models.PREFIX):
         if any(b > 1 for b in batches) and "?" not in model:
-            spec = model + "?batch=dynamic"  # batch > 1 needs a symbolic batch dimension
+            spec = model + DYNAMIC_BATCH  # batch > 1 needs a symbolic batch dimension
         resolved = models.resolve(spec)
         assert resolved is not None  # noqa: S101 - the prefix was checked above
         path, preset = resolved
@@ -405,13 +435,14 @@ def _resolve_model(
             described = None
         if described is not None:
             cached = next((f for f in described.files if f.path == path), None)
+            dynamic = spec.endswith(DYNAMIC_BATCH)
             info.update(
                 name=name,
                 description=described.description,
                 params=described.params,
                 gflops=round(described.gflops, 3),
-                input=str(described.input),
-                output=str(described.output),
+                input=str(_variant(described.input, dynamic=dynamic)),
+                output=str(_variant(described.output, dynamic=dynamic)),
                 sha256=cached.sha256 if cached else None,
             )
         preprocess = preprocess or preset
@@ -433,6 +464,14 @@ def _resolve_model(
     return path, preprocess, info
 
 
+def _variant(tensor: TensorSpec, *, dynamic: bool) -> TensorSpec:
+    """A built-in model's input or output (``models.info`` describes the static-batch file) as
+    the variant measured has it."""
+    if not dynamic:
+        return tensor
+    return dataclasses.replace(tensor, shape=(BATCH_DIM, *tensor.shape[1:]))
+
+
 def _reference(names: Sequence[str], suffix: str, requested: str | None) -> str:
     """The reference backend: the one asked for, else onnxruntime, else one that reads the file."""
     if requested:
@@ -446,6 +485,12 @@ def _reference(names: Sequence[str], suffix: str, requested: str | None) -> str:
                 continue
             if not needs_conversion(candidate, suffix):
                 return candidate
+    if not names:  # every backend measured is in another environment, and none here reads it
+        raise ModelFormatError(
+            f"no backend in this environment reads {suffix!r} models to serve as the integrity "
+            'reference; install one here (e.g. pip install "unifer[onnxruntime]") or name one '
+            "that is installed here (reference=NAME, --reference NAME)"
+        )
     return names[0]
 
 
@@ -518,14 +563,18 @@ def _spawn(
                     other_output.append(line.rstrip())
 
         reader = threading.Thread(target=pump, daemon=True)
-        reader.start()
         timed_out = False
         try:
+            reader.start()
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             timed_out = True
-            proc.kill()
-            proc.wait()
+        finally:
+            # However the wait ends (the timeout, Ctrl+C, an error here), the worker must not
+            # outlive it: an orphan would go on loading the machine that later figures measure.
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         reader.join(timeout=10)
     wall_s = time.perf_counter() - started
     worker = {"exit_code": proc.returncode, "wall_s": wall_s}

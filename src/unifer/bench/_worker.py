@@ -20,8 +20,9 @@ Order of work, so that each figure means one thing:
    for models converted beforehand by a ``"convert"`` job), timed;
 4. first inference, timed; then the libraries the backend brought in;
 5. the seeded integrity inputs, outputs saved for the parent to compare;
-6. end-to-end and model-only latency in interleaved rounds (package energy around end-to-end,
-   and the CPU time other processes used meanwhile);
+6. end-to-end and model-only latency in interleaved rounds (package energy around the headline
+   path: end-to-end, or model-only for a model without preprocessing; and the CPU time other
+   processes used meanwhile);
 7. peak RSS, then the engine is closed;
 8. warm load: a second ``Engine.load`` of the same configuration (compiled-model caches now
    populated), timed and closed.
@@ -36,7 +37,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.random  # loaded before the library snapshot: the seeded inputs use it
@@ -44,17 +45,21 @@ import numpy.random  # loaded before the library snapshot: the seeded inputs use
 from .. import _convert, _registry
 from .._cache import cache_dir
 from .._engine import Engine
-from .._errors import PreprocessError, UniferError
+from .._errors import PreprocessError, UniferError, UnsupportedOptionError
 from .._parity import seeded_feeds
 from .._preprocess import Preprocess
 from .._timing import Stats, measure, time_once
-from ..backend import SessionOptions
+from ..backend import SessionOptions, TensorSpec
 from . import _background, _deps, _energy
 from ._grid import split_target
 from ._integrity import seeded_images
 
 PROGRESS_PREFIX: Final = "@@unifer-bench "
 _MIB: Final = 1024 * 1024
+
+#: The timed paths, as results.json names them: ``engine.predict`` on an image, ``engine.run`` on
+#: the prepared tensor.
+TimedPath = Literal["end_to_end", "model_only"]
 
 
 def progress(phase: str, **detail: object) -> None:
@@ -92,6 +97,7 @@ class Inputs:
 
     def __init__(self, engine: Engine, job: Mapping[str, Any]) -> None:
         self.batch = int(job["batch"])
+        check_batch(engine.inputs[0], self.batch)
         seed = int(job["seed"])
         count = int(job["integrity_samples"])
         self.preprocess = engine.preprocess
@@ -123,8 +129,13 @@ class Inputs:
         feeds = self.feeds
         return lambda: engine.run(feeds)
 
-    def first_call(self, engine: Engine) -> Callable[[], object]:
-        return self.end_to_end(engine) if self.image is not None else self.model_only(engine)
+    @property
+    def headline(self) -> TimedPath:
+        """The path reports lead with: end-to-end, or model-only without preprocessing."""
+        return "end_to_end" if self.image is not None else "model_only"
+
+    def call(self, engine: Engine, path: TimedPath) -> Callable[[], object]:
+        return self.end_to_end(engine) if path == "end_to_end" else self.model_only(engine)
 
     def outputs(self, engine: Engine) -> dict[str, np.ndarray]:
         """Every integrity case's outputs, stacked along the first axis."""
@@ -136,6 +147,58 @@ class Inputs:
                 per_case.append(engine.run(case))
         return {
             name: np.concatenate([np.atleast_1d(c[name]) for c in per_case]) for name in per_case[0]
+        }
+
+
+def check_batch(spec: TensorSpec, batch: int) -> None:
+    """That ``batch`` samples can be fed to the batched input ``spec`` (the first one, as
+    ``backend="auto"`` takes it): its first dimension is dynamic, or fixed at ``batch``.
+
+    Raises:
+        UnsupportedOptionError: it is fixed at another size. The seeded inputs would then hold
+            that many samples while the record claimed ``batch``.
+    """
+    fixed = spec.shape[0] if spec.shape else 1  # a scalar input is one sample
+    if isinstance(fixed, int) and fixed != batch:
+        raise UnsupportedOptionError(
+            f"batch {batch} cannot be fed to this model: its input {spec} has a fixed batch "
+            f"dimension of {fixed}. Measure batch {fixed}, or a model whose batch dimension is "
+            "dynamic (symbolic): a built-in model's builtin:NAME?batch=dynamic variant (the bench "
+            "picks it itself for builtin:NAME), or a model exported with a dynamic first axis"
+        )
+
+
+class EnergyTally:
+    """Package energy (see :mod:`._energy`) over the timed rounds of one path, and its calls."""
+
+    def __init__(self, path: TimedPath) -> None:
+        self.path = path
+        self.meter = _energy.Meter()
+        self.joules = 0.0
+        self.seconds = 0.0
+        self.calls = 0
+
+    def measure(self, call: Callable[[], object], per_round: Mapping[str, Any]) -> Stats:
+        """One timed round of ``call``; metered when the counters can be read."""
+        if not self.meter.available:
+            return measure(call, **per_round)
+        before = self.meter.read()
+        stats, seconds = time_once(partial(measure, call, **per_round))
+        self.joules += self.meter.joules(before, self.meter.read())
+        self.seconds += seconds
+        self.calls += stats.n + int(per_round["warmup"])  # the warm-up calls drew energy too
+        return stats
+
+    def result(self, batch: int) -> dict[str, Any]:
+        """The record's ``energy``: the figures, or why there are none."""
+        if not self.meter.available:
+            return {**self.meter.describe(), "joules_per_inference": None}
+        return {
+            **self.meter.describe(),
+            "path": self.path,
+            "joules_per_inference": self.joules / self.calls,
+            "joules_per_sample": self.joules / self.calls / batch,
+            "average_watts": self.joules / self.seconds if self.seconds > 0 else None,
         }
 
 
@@ -187,7 +250,8 @@ def _latency(parts: list[Stats], batch: int) -> dict[str, Any]:
 
 
 def probe_job(job: Mapping[str, Any]) -> dict[str, Any]:
-    """Whether this environment can run the job's backend on its model, and must convert it."""
+    """Whether this environment can run the job's backend on its model, must convert it, and on
+    which devices (its default first)."""
     from .. import __version__
     from ._grid import check_backend, needs_conversion
 
@@ -197,6 +261,7 @@ def probe_job(job: Mapping[str, Any]) -> dict[str, Any]:
         "pid": os.getpid(),
         "status": "ok",
         "runtime_version": availability.version,
+        "devices": list(availability.devices),
         "unifer_version": __version__,
         "needs_conversion": needs_conversion(str(job["backend"]), suffix),
     }
@@ -262,7 +327,7 @@ def measure_job(job: Mapping[str, Any]) -> dict[str, Any]:
     result["settings"] = _json_safe(engine.settings)
     inputs = Inputs(engine, job)
     progress("first inference")
-    _, first_s = time_once(inputs.first_call(engine))
+    _, first_s = time_once(inputs.call(engine, inputs.headline))
     libraries_after = _deps.loaded_libraries()
     memory_loaded = memory_mib()
 
@@ -273,28 +338,23 @@ def measure_job(job: Mapping[str, Any]) -> dict[str, Any]:
         engine.close()
         return result
 
-    meter = _energy.Meter()
-    energy_j = 0.0
-    energy_calls = 0
-    energy_s = 0.0
     rounds = int(job["settings"]["rounds"])
     per_round = dict(job["settings"]["per_round"])
-    e2e_parts: list[Stats] = []
-    model_parts: list[Stats] = []
-    has_e2e = inputs.image is not None
+    has_e2e = inputs.headline == "end_to_end"
+    paths: tuple[TimedPath, ...] = ("end_to_end", "model_only") if has_e2e else ("model_only",)
+    # Energy per inference of the path the headline figures are for.
+    energy = EnergyTally(inputs.headline)
+    parts: dict[TimedPath, list[Stats]] = {path: [] for path in paths}
     background_before = _background.sample()
     for index in range(rounds):
-        if has_e2e:
-            progress("end-to-end", round=index + 1, rounds=rounds)
-            before = meter.read() if meter.available else []
-            stats, seconds = time_once(partial(measure, inputs.end_to_end(engine), **per_round))
-            if meter.available:
-                energy_s += seconds
-                energy_j += meter.joules(before, meter.read())
-                energy_calls += stats.n + int(per_round["warmup"])
-            e2e_parts.append(stats)
-        progress("model-only", round=index + 1, rounds=rounds)
-        model_parts.append(measure(inputs.model_only(engine), **per_round))
+        for path in paths:
+            progress(path.replace("_", "-"), round=index + 1, rounds=rounds)
+            call = inputs.call(engine, path)
+            if path == energy.path:
+                parts[path].append(energy.measure(call, per_round))
+            else:
+                parts[path].append(measure(call, **per_round))
+    e2e_parts, model_parts = parts.get("end_to_end", []), parts["model_only"]
     background = _background.between(background_before, _background.sample(), _background.cpus())
     memory_measured = memory_mib()
     engine.close()
@@ -342,15 +402,7 @@ def measure_job(job: Mapping[str, Any]) -> dict[str, Any]:
         result["dependencies"] = _deps.new_libraries(libraries_before, libraries_after)
     else:
         result["dependencies"] = _deps.unavailable("this OS has no /proc/self/maps")
-    if meter.available and energy_calls:
-        result["energy"] = {
-            **meter.describe(),
-            "joules_per_inference": energy_j / energy_calls,
-            "joules_per_sample": energy_j / energy_calls / batch,
-            "average_watts": energy_j / energy_s if energy_s > 0 else None,
-        }
-    else:
-        result["energy"] = {**meter.describe(), "joules_per_inference": None}
+    result["energy"] = energy.result(batch)
     return result
 
 
