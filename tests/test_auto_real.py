@@ -72,3 +72,32 @@ def test_auto_with_bf16_allowed_reports_its_accuracy(monkeypatch):
     if bf16.status == "measured":
         assert bf16.cosine >= 0.999  # within the bf16 tolerance...
         assert bf16.max_abs_diff > 0  # ...and not silently fp32
+
+
+def test_a_changed_external_weights_file_is_measured_again(monkeypatch, tmp_path):
+    """The .onnx file stays byte-identical when only its external weights change: the decision
+    key covers every file the model consists of, so the stale decision is not served."""
+    import onnx
+
+    from unifer.testing.models import mlp
+
+    monkeypatch.setenv("UNIFER_DISABLE_BACKENDS", "ncnn,litert,opencv,mxnet")
+    path = tmp_path / "mlp.onnx"
+
+    def save(seed: int) -> None:
+        (tmp_path / "mlp.weights").unlink(missing_ok=True)  # onnx refuses to overwrite it
+        onnx.save_model(
+            mlp(seed=seed).proto,
+            str(path),
+            save_as_external_data=True,
+            location="mlp.weights",
+            size_threshold=0,
+        )
+
+    save(seed=0)
+    assert Engine.load(path, threads=1, budget_s=0.2).selection.source == "measured"
+    assert Engine.load(path, threads=1, budget_s=0.2).selection.source == "cache"
+    graph = path.read_bytes()
+    save(seed=1)
+    assert path.read_bytes() == graph
+    assert Engine.load(path, threads=1, budget_s=0.2).selection.source == "measured"

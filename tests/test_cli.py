@@ -224,3 +224,17 @@ def test_device_reaches_the_backend_and_is_shown(cli, fake_backend, fake_model):
     assert "opened with fake on cpu" in cli("info", str(fake_model), "--device", "cpu").output
     result = cli("info", str(fake_model), "--backend", "fake", "--device", "cuda:0", code=1)
     assert "cannot run on device 'cuda:0'" in result.output
+
+
+def test_cache_show_flags_malformed_decisions(cli, fake_backend, fake_model):
+    from unifer import Engine, _autocache
+
+    Engine.load(fake_model, budget_s=0.05)
+    data = json.loads(_autocache.cache_file().read_text())
+    data["entries"].update({"abc": "oops", "def": {"ranking": "fake"}, "ghi": {"ranking": []}})
+    _autocache.cache_file().write_text(json.dumps(data))
+    text = cli("cache", "show").output
+    assert "auto decisions: 4" in text
+    assert text.count("malformed entry, ignored") == 3
+    assert "fake/fp32" in text  # the well-formed decision is still shown
+    assert json.loads(cli("cache", "show", "--json").output)["auto"]["abc"] == "oops"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 import threading
 from pathlib import Path
 from typing import ClassVar
@@ -14,7 +16,9 @@ from unifer import (
     ConversionMismatchError,
     Engine,
     ModelFormatError,
+    ModelLoadError,
     _convert,
+    _digest,
     register_backend,
     unregister_backend,
 )
@@ -165,3 +169,223 @@ def test_auto_considers_conversions_only_when_cached_or_allowed(converter, fake_
         assert allowed.settings["conversion"]["check"]["passed"] is True
     # The conversion is cached now, so it competes without being allowed again.
     assert candidates(Engine.load(fake_model, threads=1, budget_s=0.05)) == {"fake", "fake2"}
+
+
+# --- the key covers every file of the model (ONNX external data, IR/ncnn .bin, MXNet .params) ---
+
+
+class OnnxBaker(FakeConverter):
+    """Converts '.onnx' files by baking in their external weights, as real converters do."""
+
+    name: ClassVar[str] = "baker"
+    suffixes: ClassVar[tuple[str, ...]] = (".baked",)
+    converts_from: ClassVar[tuple[str, ...]] = (".onnx",)
+
+    def convert(self, source: Path, out_dir: Path, options: SessionOptions, /) -> Path:
+        type(self).conversions += 1
+        out = out_dir / (source.stem + ".baked")
+        out.write_bytes((source.parent / "mlp.weights").read_bytes())
+        return out
+
+
+def save_with_external_weights(directory: Path, seed: int) -> Path:
+    """The toy MLP as ``mlp.onnx`` with every weight in ``mlp.weights``."""
+    onnx = pytest.importorskip("onnx")
+    from unifer.testing.models import mlp
+
+    (directory / "mlp.weights").unlink(missing_ok=True)  # onnx refuses to overwrite it
+    path = directory / "mlp.onnx"
+    onnx.save_model(
+        mlp(seed=seed).proto,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="mlp.weights",
+        size_threshold=0,
+    )
+    return path
+
+
+def test_changed_external_weights_are_converted_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(_convert, "_reference_backend", lambda suffix, exclude: None)
+    OnnxBaker.conversions = 0
+    register_backend(OnnxBaker)
+    try:
+        source = save_with_external_weights(tmp_path, seed=0)
+        graph_before = source.read_bytes()
+        first = _convert.convert(OnnxBaker(), source, SessionOptions())
+        save_with_external_weights(tmp_path, seed=1)
+        assert source.read_bytes() == graph_before  # only the weights file changed
+        second = _convert.convert(OnnxBaker(), source, SessionOptions())
+    finally:
+        unregister_backend("baker")
+    assert OnnxBaker.conversions == 2 and second.path != first.path
+    assert second.path.read_bytes() == (tmp_path / "mlp.weights").read_bytes()
+    assert second.source_sha256 == first.source_sha256  # the .onnx file's own sha256
+
+
+def test_model_files_finds_external_data_of_constants_and_subgraphs(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    def constant(name: str) -> onnx.NodeProto:
+        value = numpy_helper.from_array(np.ones(16, np.float32), name)
+        return helper.make_node("Constant", [], ["c"], value=value)
+
+    def branch(name: str) -> onnx.GraphProto:
+        out = helper.make_tensor_value_info("c", TensorProto.FLOAT, [16])
+        return helper.make_graph([constant(name)], name, [], [out])
+
+    nodes = [
+        helper.make_node(
+            "If", ["flag"], ["c"], then_branch=branch("then"), else_branch=branch("else")
+        ),
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Add", ["h", "c"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16]),
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+        [numpy_helper.from_array(np.ones((16, 16), np.float32), "w")],
+    )
+    path = tmp_path / "m.onnx"
+    # One file per tensor, Constant values included: each file named after its tensor.
+    onnx.save_model(
+        helper.make_model(graph),
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=False,
+        size_threshold=0,
+        convert_attribute=True,
+    )
+    files = _digest.model_files(path)
+    assert files[0] == path and sorted(f.name for f in files[1:]) == ["else", "then", "w"]
+
+
+@pytest.mark.parametrize(
+    ("name", "siblings", "expected"),
+    [
+        ("model.xml", ["model.bin", "other.bin"], ["model.bin"]),
+        ("model.param", ["model.bin", "model.param.bin"], ["model.bin"]),
+        (
+            "net-symbol.json",
+            ["net-0000.params", "net-0012.params", "net-x.params", "other-0000.params"],
+            ["net-0000.params", "net-0012.params"],
+        ),
+        ("model.tflite", ["model.bin"], []),
+    ],
+)
+def test_model_files_of_multi_file_formats(tmp_path, name, siblings, expected):
+    for file in [name, *siblings]:
+        (tmp_path / file).write_text(file)
+    assert [f.name for f in _digest.model_files(tmp_path / name)] == [name, *expected]
+    before = _digest.model_digest(tmp_path / name)
+    if expected:
+        (tmp_path / expected[-1]).write_text("new weights")
+        assert _digest.model_digest(tmp_path / name) != before
+
+
+def test_model_files_needs_no_onnx_package_and_survives_broken_files(tmp_path, monkeypatch):
+    model = save_with_external_weights(tmp_path, seed=0)
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises from here on
+    assert [f.name for f in _digest.model_files(model)] == ["mlp.onnx", "mlp.weights"]
+    for content in (b"", b"\xff" * 64, model.read_bytes()[:-7]):
+        broken = tmp_path / "broken.onnx"
+        broken.write_bytes(content)
+        assert _digest.model_files(broken) == [broken]
+
+
+def test_external_data_locations_of_large_models_are_remembered(tmp_path, monkeypatch):
+    model = save_with_external_weights(tmp_path, seed=0)
+    with model.open("ab") as f:  # pad past the memo's threshold; protobuf skips unknown fields
+        f.write(b"\xfa\x3f" + bytes([0x80, 0x80, 0x40]) + b"\0" * (1 << 20))
+    reads = []
+    real = _digest._read_locations
+    monkeypatch.setattr(_digest, "_read_locations", lambda p: reads.append(p) or real(p))
+    assert _digest.model_files(model)[1].name == "mlp.weights"
+    monkeypatch.setattr(_digest, "_in_process", {})  # a new process
+    assert _digest.model_files(model)[1].name == "mlp.weights"
+    assert len(reads) == 1
+
+
+# --- publishing never deletes a conversion another process published ---
+
+
+def test_clearing_a_leftover_never_deletes_a_conversion_published_meanwhile(
+    converter, fake_model, monkeypatch
+):
+    """Process A finds an unreadable leftover where it wants to publish; process B replaces the
+    leftover with its own conversion right after A checked it, before A clears it. A must use
+    B's conversion, not delete it."""
+    first = _convert.convert(converter(), fake_model, SessionOptions())
+    entry = first.path.parent
+    (entry / _convert.MANIFEST).write_text("{broken")  # the leftover
+    real_read = _convert._read
+    reads_by_a = []
+
+    def read_then_b_publishes(directory: Path):
+        found = real_read(directory)
+        if directory == entry:
+            reads_by_a.append(found)
+        if len(reads_by_a) == 2 and directory == entry:  # A's check before it clears the entry
+            monkeypatch.setattr(_convert, "_read", real_read)  # B runs unhooked
+            shutil.rmtree(entry)
+            published_by_b = _convert.convert(converter(), fake_model, SessionOptions())
+            (entry / "b.txt").write_text("B's entry")  # tells B's entry from any other
+            monkeypatch.setattr(_convert, "_read", read_then_b_publishes)
+            assert published_by_b.path.parent == entry
+        return found  # what A saw
+
+    monkeypatch.setattr(_convert, "_read", read_then_b_publishes)
+    a = _convert.convert(converter(), fake_model, SessionOptions())
+    assert reads_by_a[:2] == [None, None]
+    assert (entry / "b.txt").is_file() and a.path == first.path and a.path.is_file()
+    assert [p.name for p in entry.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_an_unreadable_leftover_is_replaced(converter, fake_model):
+    first = _convert.convert(converter(), fake_model, SessionOptions())
+    (first.path.parent / _convert.MANIFEST).unlink()
+    (first.path.parent / "junk").write_text("left by an older unifer")
+    second = _convert.convert(converter(), fake_model, SessionOptions())
+    assert second.path == first.path and not (first.path.parent / "junk").exists()
+    assert [p.name for p in first.path.parent.parent.iterdir()] == [first.path.parent.name]
+
+
+# --- a source no backend can load is reported as such, not as the reference's failure ---
+
+
+def test_a_source_the_reference_cannot_load_is_reported_unreadable(converter, tmp_path):
+    class Lenient(FakeConverter):
+        """Produces a model from anything, as real converters do from an empty ONNX file."""
+
+        def convert(self, source: Path, out_dir: Path, options: SessionOptions, /) -> Path:
+            out = out_dir / (source.stem + ".fake2")
+            out.write_text(json.dumps({"inputs": [], "outputs": [], "gain": 1.0}))
+            return out
+
+    register_backend(Lenient)
+    empty = tmp_path / "empty.fake"
+    empty.write_text("")
+    with pytest.raises(ModelLoadError, match="source model .*empty.fake is unreadable") as info:
+        Engine.load(empty, backend="fake2")
+    assert "fake, which checks the conversion to fake2" in info.value.message
+    assert isinstance(info.value.__cause__, json.JSONDecodeError)  # the native cause
+    assert list((tmp_path.parent).glob("**/converted/fake2/empty-*")) == []
+
+
+def test_converting_an_empty_onnx_file_names_the_file(tmp_path):
+    pytest.importorskip("unifer_litert")
+    from unifer._engine import readers
+
+    if not [n for n in readers(".onnx") if n != "litert"]:
+        pytest.skip("no other backend reads .onnx files to check the conversion with")
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(ModelLoadError, match=r"source model .*empty\.onnx is unreadable"):
+        Engine.load(empty, backend="litert")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata as metadata
+import shutil
 
 import pytest
 
@@ -107,3 +109,70 @@ def test_static_auto_order():
         "alpha",
         "zeta",
     ]
+
+
+def make_site(site, *, runtime: str, version: str, top_level: str) -> None:
+    """A site directory holding a plugin that requires ``fakert`` and imports the ``fakert``
+    package, and ``runtime`` (another distribution) providing ``top_level``."""
+    plugin = site / "unifer_altplug"
+    plugin.mkdir(exist_ok=True)
+    (plugin / "__init__.py").write_text(
+        "class AltBackend:\n    def open(self, model, options, /):\n        import fakert\n"
+    )
+    info = site / "unifer_altplug-1.0.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: unifer-altplug\nVersion: 1.0\nRequires-Dist: fakert>=1\n"
+    )
+    (info / "entry_points.txt").write_text(
+        f"[{_registry.GROUP}]\naltplug = unifer_altplug:AltBackend\n"
+    )
+    for old in site.glob(f"{runtime.replace('-', '_')}-*.dist-info"):
+        shutil.rmtree(old)  # what pip does on an upgrade
+    runtime_info = site / f"{runtime.replace('-', '_')}-{version}.dist-info"
+    runtime_info.mkdir()
+    (runtime_info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {runtime}\nVersion: {version}\n"
+    )
+    (runtime_info / "top_level.txt").write_text(f"{top_level}\n")
+
+
+@pytest.fixture
+def fresh_metadata():
+    """Forget every per-process metadata read, before and after (a new process would not have
+    them)."""
+
+    def forget() -> None:
+        importlib.invalidate_caches()
+        for cached in (_registry._entry_points, _registry.installed_versions):
+            cached.cache_clear()
+        _registry._import_providers.cache_clear()
+
+    forget()
+    yield forget
+    forget()
+
+
+def test_versions_follow_a_replacement_distribution_of_the_runtime(
+    tmp_path, monkeypatch, fresh_metadata
+):
+    """Like onnxruntime-gpu installed instead of the required onnxruntime: the key must still
+    change when the distribution that provides the runtime is upgraded."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    make_site(tmp_path, runtime="fakert-gpu", version="1.0", top_level="fakert")
+    before = dict(_registry.installed_versions("altplug"))
+    assert before == {"unifer-altplug": "1.0", "fakert": "not installed", "fakert-gpu": "1.0"}
+    make_site(tmp_path, runtime="fakert-gpu", version="1.1", top_level="fakert")
+    fresh_metadata()
+    assert _registry.installed_versions("altplug")["fakert-gpu"] == "1.1"
+
+
+def test_versions_ignore_distributions_of_packages_the_plugin_does_not_import(
+    tmp_path, monkeypatch, fresh_metadata
+):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    make_site(tmp_path, runtime="fakert-gpu", version="1.0", top_level="unrelated")
+    assert dict(_registry.installed_versions("altplug")) == {
+        "unifer-altplug": "1.0",
+        "fakert": "not installed",
+    }

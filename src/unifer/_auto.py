@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from . import _autocache, _convert, _hardware, _registry
 from ._devices import device_option, effective_device
-from ._digest import content_digest
+from ._digest import model_digest
 from ._errors import ModelFormatError, ModelLoadError, UniferError, UnsupportedOptionError
 from ._select import (
     Candidate,
@@ -278,9 +278,8 @@ def _cache_key(
 ) -> str:
     from . import __version__
 
-    files = [path, path.with_suffix(".bin")] if path.suffix.lower() == ".xml" else [path]
     parts: dict[str, Any] = {
-        "model": [content_digest(f) for f in files if f.exists()],
+        "model": model_digest(path),  # every file of it: external weights, an IR's .bin
         "objective": objective,
         "precisions": list(precisions),
         "threads": list(threads),

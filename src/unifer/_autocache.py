@@ -3,7 +3,9 @@
 Each entry maps a key (model digest, input shapes, objective, precisions, threads, runtime versions,
 unifer version, hardware fingerprint) to the measured ranking. Writers take an exclusive lock on a
 side file, re-read, merge and replace the file atomically, so two processes measuring at once both
-land their entries. A corrupt file is reported once (logged) and rebuilt; it is never fatal.
+land their entries. A corrupt file is reported once (logged) and rebuilt; it is never fatal, and
+neither is a decision that cannot be written (read-only cache directory, a Windows reader holding
+the file): it is logged, and measured again next time.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from ._cache import atomic_write_bytes, cache_dir
+from ._cache import CACHE_DIR_ENV, atomic_write_bytes, cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +72,26 @@ def lookup(key: str) -> dict[str, Any] | None:
 
 
 def store(key: str, entry: dict[str, Any]) -> None:
-    """Add or replace one decision, keeping what other processes wrote meanwhile."""
-    path = cache_file()
-    with _locked(path):
-        current = _read(path)
-        current[key] = entry
-        payload = {"schema": SCHEMA, "entries": current}
-        atomic_write_bytes(path, json.dumps(payload, indent=1, sort_keys=True).encode())
+    """Add or replace one decision, keeping what other processes wrote meanwhile.
+
+    Never raises for the file system: the decision is only a shortcut for the next load, and the
+    caller holds the measured winner's open session, which a failure here would lose.
+    """
+    try:
+        path = cache_file()
+        with _locked(path):
+            current = _read(path)
+            current[key] = entry
+            payload = {"schema": SCHEMA, "entries": current}
+            atomic_write_bytes(path, json.dumps(payload, indent=1, sort_keys=True).encode())
+    except OSError as exc:
+        logger.warning(
+            "the auto decision could not be cached (%s: %s); the model loads anyway, and the next "
+            "load measures again. Make the cache directory writable, or point $%s at one that is",
+            type(exc).__name__,
+            exc,
+            CACHE_DIR_ENV,
+        )
 
 
 def clear() -> int:

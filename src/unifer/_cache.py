@@ -32,7 +32,12 @@ def cache_dir(*parts: str) -> Path:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old or the new file, whole."""
+    """Write ``data`` to ``path`` so that readers see either the old or the new file, whole.
+
+    Raises OSError when the directory is not writable or (Windows) a reader holds ``path``; the
+    temporary file is removed then. Callers whose file is only a shortcut (the digest memo, auto
+    decisions) catch it: a cache that cannot be written must not fail the work it would speed up.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

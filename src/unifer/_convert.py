@@ -4,13 +4,15 @@ A backend that implements :class:`~unifer.backend.Converter` can turn another fo
 its own. The core owns everything around the conversion, so every plugin gets the same guarantees:
 
 - It happens only when asked: ``unifer convert``, or naming a backend that cannot read the file.
-- The result goes to unifer's cache directory, keyed by the source's content digest, the target
-  backend and the converter's version; it is built in a temporary directory and moved into place
-  with one rename, so concurrent processes never see half a conversion. Nothing is written next to
-  the user's model.
+- The result goes to unifer's cache directory, keyed by the content of every file the source
+  consists of (an ONNX model's external-data weights too), the target backend and the converter's
+  version; it is built in a temporary directory and moved into place with one rename, so concurrent
+  processes never see half a conversion, and a published conversion is never deleted by another
+  process. Nothing is written next to the user's model.
 - The converted model is checked against the source on seeded inputs (max abs diff, cosine), with
   another backend that reads the source as the reference. A conversion that changes the outputs
-  beyond the fp32 tolerance is refused unless the user accepts it explicitly.
+  beyond the fp32 tolerance is refused unless the user accepts it explicitly; a source that the
+  reference cannot load is reported as unreadable, and nothing is cached.
 """
 
 from __future__ import annotations
@@ -20,16 +22,17 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from . import _registry
 from ._cache import cache_dir
-from ._digest import content_digest
+from ._digest import content_digest, model_digest
 from ._errors import ConversionMismatchError, ModelLoadError, UniferError
 from ._parity import FP32_MAX_RELATIVE_DIFF, compare, seeded_feeds
-from .backend import Backend, Converter, SessionOptions
+from .backend import Backend, Converter, Session, SessionOptions
 
 MANIFEST: Final = "conversion.json"
 SCHEMA: Final = 1
@@ -125,11 +128,15 @@ def cached(backend: Backend, source: Path, options: SessionOptions) -> Conversio
 def _location(
     backend: Converter, source: Path, options: SessionOptions
 ) -> tuple[Path, Path, str, str]:
-    """The cache root, the entry's directory, the source digest and the converter version."""
-    digest = content_digest(source)
+    """The cache root, the entry's directory, the source file's digest and the converter version.
+
+    The entry is keyed by every file of the source (:func:`model_digest`): a conversion bakes in
+    the weights, which may sit in files of their own that change while the source file does not.
+    """
     version = backend.converter_version(options)
     root = cache_dir("converted", backend.name)
-    return root, root / f"{source.stem}-{_key(digest, backend.name, version)}", digest, version
+    key = _key(model_digest(source), backend.name, version)
+    return root, root / f"{source.stem}-{key}", content_digest(source), version
 
 
 def _key(digest: str, target: str, version: str) -> str:
@@ -190,22 +197,60 @@ def _convert_into(
             "created": created,
         }
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        # Another process may have published the same conversion meanwhile: use theirs. Only an
-        # unreadable leftover is removed, never an entry that someone else may be reading.
-        if (done := _read(final)) is not None:
-            return done
-        shutil.rmtree(final, ignore_errors=True)
-        try:
-            os.rename(work, final)
-        except OSError:
-            if (done := _read(final)) is not None:
-                return done
-            raise
+        if (theirs := _publish(work, final)) is not None:
+            return theirs
         return Conversion(
             str(source), digest, backend.name, version, final / primary.name, check, created
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+#: Rounds of "publish, else clear an unreadable leftover" before giving up; more than one is
+#: needed only while other processes are replacing the same leftover.
+_PUBLISH_ATTEMPTS: Final = 3
+
+
+def _publish(work: Path, final: Path) -> Conversion | None:
+    """Move the finished conversion ``work`` to ``final`` with one rename; return None when it
+    was published, or the conversion another process published there first (use theirs).
+
+    The rename is tried first: it fails while anything occupies ``final``. Only an unreadable
+    leftover is cleared, by :func:`_discard`, which never deletes a published conversion.
+    """
+    for _ in range(_PUBLISH_ATTEMPTS):
+        try:
+            os.rename(work, final)
+            return None
+        except OSError as exc:
+            failure = exc
+        if (theirs := _read(final)) is not None:
+            return theirs
+        _discard(final)
+    raise failure  # the cache directory refuses the rename, or the entry never stayed clear
+
+
+def _discard(entry: Path) -> None:
+    """Delete the unreadable cache entry ``entry``, unless it was replaced meanwhile.
+
+    It is first renamed to a name of its own, atomically, so that no other process can publish
+    into it while it is being deleted. Another process may have replaced the leftover between our
+    check and the rename; what was moved aside is therefore checked again, and a readable
+    conversion is put back (or, if ``entry`` was taken again meanwhile, dropped: an equal
+    conversion is there).
+    """
+    aside = entry.with_name(f".old-{uuid.uuid4().hex}")
+    try:
+        os.rename(entry, aside)
+    except FileNotFoundError:
+        return  # another process cleared it first
+    if _read(aside) is not None:
+        try:
+            os.rename(aside, entry)
+            return
+        except OSError:
+            pass
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _check(backend: Converter, source: Path, converted: Path, options: SessionOptions) -> Check:
@@ -214,7 +259,7 @@ def _check(backend: Converter, source: Path, converted: Path, options: SessionOp
     reference = _reference_backend(source.suffix.lower(), exclude=backend.name)
     if reference is None:
         return Check(reference=None, note="no other installed backend reads the source format")
-    ref_session = reference.open(source, SessionOptions(threads=options.threads))
+    ref_session = _open_source(reference, source, backend.name, options)
     try:
         feeds = seeded_feeds(ref_session.inputs)
         want = ref_session.run(feeds)
@@ -234,6 +279,25 @@ def _check(backend: Converter, source: Path, converted: Path, options: SessionOp
         passed=parity.within(),
         note=parity.problem,
     )
+
+
+def _open_source(reference: Backend, source: Path, target: str, options: SessionOptions) -> Session:
+    """Open the source with the reference backend; a source it cannot load is unreadable.
+
+    The converter may have produced something from a file that is no model at all (an empty ONNX
+    file parses as an empty graph), so this is where a broken source shows: it must be reported
+    as the source's fault, not as a problem of the reference backend the user never asked for.
+    """
+    try:
+        return reference.open(source, SessionOptions(threads=options.threads))
+    except ModelLoadError as exc:
+        native = exc.__cause__ if exc.__cause__ is not None else exc
+        detail = " ".join(str(native).split())  # runtimes' messages span lines
+        raise ModelLoadError(
+            f"the source model {source} is unreadable: {reference.name}, which checks the "
+            f"conversion to {target} against it, could not load it ({detail}). Check that "
+            f"{source.name} is a complete, valid model (re-export or re-download it)"
+        ) from native
 
 
 def _reference_backend(suffix: str, *, exclude: str) -> Backend | None:

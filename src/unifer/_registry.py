@@ -11,9 +11,11 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib.metadata as metadata
+import importlib.util
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from ._errors import BackendNotFoundError, BackendUnavailableError, PluginError
@@ -231,6 +233,11 @@ def installed_versions(name: str) -> Mapping[str, str]:
     imports no runtime (``backend="auto"`` keys its cached decisions on these, and a cached load
     must stay cheap).
 
+    A required runtime that is not installed was usually replaced by another distribution of the
+    same import package (onnxruntime-gpu for onnxruntime, opencv-contrib-python for
+    opencv-python-headless): then the installed distributions that provide a package the plugin
+    imports are recorded too (:func:`_providers_of_imports`), so upgrading them is noticed.
+
     A backend registered in-process has no distribution: its probed version stands in. Read once
     per process, like :func:`cached_probe`.
     """
@@ -239,6 +246,7 @@ def installed_versions(name: str) -> Mapping[str, str]:
         return {name: str(cached_probe(name).version)}
     dist = eps[0].dist
     versions: dict[str, str] = {dist.name: dist.version}
+    replaced = False
     for requirement in dist.requires or ():
         match = _REQUIREMENT_NAME.match(requirement)
         if match is None:
@@ -249,12 +257,69 @@ def installed_versions(name: str) -> Mapping[str, str]:
             # An extra's requirement may be absent (tensorrt keeps its runtime in one).
             if not _EXTRA_MARKER.search(requirement):
                 versions[match.group(0)] = "not installed"
+                replaced = True
+    if replaced:
+        known = {_canonical(n) for n in versions}
+        for provider, version in _providers_of_imports(eps[0].module).items():
+            if _canonical(provider) not in known:
+                versions[provider] = version
     return versions
 
 
 #: The project name at the start of a requirement string (PEP 508).
 _REQUIREMENT_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _EXTRA_MARKER: Final = re.compile(r";.*\bextra\s*==")
+#: The top-level package of an import statement, wherever it is (plugins import lazily).
+_IMPORT: Final = re.compile(r"^[ \t]*(?:from|import)[ \t]+([A-Za-z_]\w*)", re.MULTILINE)
+
+
+def _canonical(project: str) -> str:
+    """A project name normalized as PEP 503 compares them."""
+    return re.sub(r"[-_.]+", "-", project).lower()
+
+
+def _providers_of_imports(module: str) -> dict[str, str]:
+    """The installed distributions, with their versions, that provide a top-level package which
+    the source of the plugin package ``module`` imports.
+
+    Only metadata and source text are read: nothing is imported (this runs before probing). The
+    plugin's imports are found in its ``.py`` files; a plugin installed without them (only
+    bytecode) names no provider, and its key stays as without this.
+    """
+    providers = _import_providers()
+    found: dict[str, str] = {}
+    for package in sorted(_imported_packages(module)):
+        for project in providers.get(package, ()):
+            try:
+                found.setdefault(project, metadata.version(project))
+            except metadata.PackageNotFoundError:  # metadata without a version: nothing to key on
+                continue
+    return found
+
+
+#: ``packages_distributions()`` reads every installed distribution's file list: once per process.
+_import_providers: Final = functools.cache(metadata.packages_distributions)
+
+
+def _imported_packages(module: str) -> set[str]:
+    """Top-level package names in the import statements of the plugin package ``module``."""
+    try:
+        spec = importlib.util.find_spec(module.partition(".")[0])  # a top level: not imported
+    except (ImportError, ValueError):
+        return set()
+    if spec is None:
+        return set()
+    if spec.submodule_search_locations:
+        files = [f for d in spec.submodule_search_locations for f in Path(d).rglob("*.py")]
+    else:
+        files = [Path(spec.origin)] if spec.origin and spec.origin.endswith(".py") else []
+    names: set[str] = set()
+    for file in files:
+        try:
+            names.update(_IMPORT.findall(file.read_text(encoding="utf-8", errors="replace")))
+        except OSError:
+            continue
+    return names
 
 
 def describe_backends() -> list[BackendInfo]:

@@ -275,11 +275,19 @@ def cache_show(as_json: bool) -> None:
         click.echo(f"  {name + '/':<12} {size / 2**20:10.1f} MiB")
     click.echo(f"auto decisions: {len(decisions)} ({_autocache.cache_file()})")
     for key, entry in decisions.items():
-        ranking = entry.get("ranking") or ["?"]
-        click.echo(
-            f"  {key}  {entry.get('model', '?')}  {entry.get('objective', '?')}: "
-            f"{ranking[0]}  ({entry.get('created', '?')})"
-        )
+        click.echo(f"  {key}  {_decision_line(entry)}")
+
+
+def _decision_line(entry: object) -> str:
+    """One cached decision in words; an entry this unifer did not write is flagged, not fatal
+    (``backend="auto"`` ignores it and measures again)."""
+    ranking = entry.get("ranking") if isinstance(entry, dict) else None
+    if not isinstance(entry, dict) or not isinstance(ranking, list) or not ranking:
+        return "malformed entry, ignored (unifer cache clear --auto-only removes it)"
+    return (
+        f"{entry.get('model', '?')}  {entry.get('objective', '?')}: {ranking[0]}  "
+        f"({entry.get('created', '?')})"
+    )
 
 
 @cache.command("clear")

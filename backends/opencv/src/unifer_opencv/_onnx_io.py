@@ -12,10 +12,11 @@ The field numbers are those of ``onnx/onnx.proto`` (stable since IR version 3).
 from __future__ import annotations
 
 import mmap
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from unifer._protowire import LEN, VARINT, WireFormatError, fields
 
 __all__ = ["GraphIO", "OnnxFormatError", "ValueInfo", "read_graph_io"]
 
@@ -43,15 +44,8 @@ _SHAPE_DIM: Final = 1
 _DIM_VALUE: Final = 1
 _DIM_PARAM: Final = 2
 
-# Wire types
-_VARINT: Final = 0
-_FIXED64: Final = 1
-_LEN: Final = 2
-_FIXED32: Final = 5
-
-
-class OnnxFormatError(ValueError):
-    """The file is not a well-formed ONNX ModelProto (truncated, or not protobuf at all)."""
+#: The file is not a well-formed ONNX ModelProto (truncated, or not protobuf at all).
+OnnxFormatError = WireFormatError
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +86,7 @@ def read_graph_io(path: Path) -> GraphIO:
 
 
 def _read_model(buf: mmap.mmap) -> GraphIO:
-    graphs = [(a, b) for number, wire, a, b in _fields(buf, 0, len(buf)) if number == _MODEL_GRAPH]
+    graphs = [(a, b) for number, wire, a, b in fields(buf, 0, len(buf)) if number == _MODEL_GRAPH]
     if not graphs:
         raise OnnxFormatError("it holds no graph")
     inputs: list[ValueInfo] = []
@@ -101,8 +95,8 @@ def _read_model(buf: mmap.mmap) -> GraphIO:
     # A message field repeated on the wire is merged by protobuf; for the repeated fields read
     # here that means appending, so every occurrence of the graph is read in order.
     for start, end in graphs:
-        for number, wire, a, b in _fields(buf, start, end):
-            if wire != _LEN:
+        for number, wire, a, b in fields(buf, start, end):
+            if wire != LEN:
                 continue
             if number == _GRAPH_INPUT:
                 inputs.append(_value_info(buf, a, b))
@@ -111,8 +105,8 @@ def _read_model(buf: mmap.mmap) -> GraphIO:
             elif number == _GRAPH_INITIALIZER:
                 initializers.add(_tensor_name(buf, a, b))
             elif number == _GRAPH_SPARSE_INITIALIZER:
-                for n, w, va, vb in _fields(buf, a, b):
-                    if n == _SPARSE_VALUES and w == _LEN:
+                for n, w, va, vb in fields(buf, a, b):
+                    if n == _SPARSE_VALUES and w == LEN:
                         initializers.add(_tensor_name(buf, va, vb))
     return GraphIO(
         inputs=tuple(v for v in inputs if v.name not in initializers), outputs=tuple(outputs)
@@ -121,8 +115,8 @@ def _read_model(buf: mmap.mmap) -> GraphIO:
 
 def _tensor_name(buf: mmap.mmap, start: int, end: int) -> str:
     name = ""
-    for number, wire, a, b in _fields(buf, start, end):
-        if number == _TENSOR_NAME and wire == _LEN:
+    for number, wire, a, b in fields(buf, start, end):
+        if number == _TENSOR_NAME and wire == LEN:
             name = _text(buf, a, b)
     return name
 
@@ -132,14 +126,14 @@ def _value_info(buf: mmap.mmap, start: int, end: int) -> ValueInfo:
     kind = "undeclared"
     elem_type = 0
     shape: tuple[int | str | None, ...] | None = None
-    for number, wire, a, b in _fields(buf, start, end):
-        if wire != _LEN:
+    for number, wire, a, b in fields(buf, start, end):
+        if wire != LEN:
             continue
         if number == _VALUE_NAME:
             name = _text(buf, a, b)
         elif number == _VALUE_TYPE:
-            for type_number, type_wire, ta, tb in _fields(buf, a, b):
-                if type_wire != _LEN or type_number not in _TYPE_KINDS:
+            for type_number, type_wire, ta, tb in fields(buf, a, b):
+                if type_wire != LEN or type_number not in _TYPE_KINDS:
                     continue
                 kind = _TYPE_KINDS[type_number]
                 if type_number == _TYPE_TENSOR:
@@ -152,14 +146,14 @@ def _tensor_type(
 ) -> tuple[int, tuple[int | str | None, ...] | None]:
     elem_type = 0
     shape: tuple[int | str | None, ...] | None = None
-    for number, wire, a, b in _fields(buf, start, end):
-        if number == _TENSOR_ELEM_TYPE and wire == _VARINT:
+    for number, wire, a, b in fields(buf, start, end):
+        if number == _TENSOR_ELEM_TYPE and wire == VARINT:
             elem_type = a
-        elif number == _TENSOR_SHAPE and wire == _LEN:
+        elif number == _TENSOR_SHAPE and wire == LEN:
             dims = tuple(
                 _dim(buf, da, db)
-                for n, w, da, db in _fields(buf, a, b)
-                if n == _SHAPE_DIM and w == _LEN
+                for n, w, da, db in fields(buf, a, b)
+                if n == _SHAPE_DIM and w == LEN
             )
             shape = (shape or ()) + dims  # a repeated shape message merges by appending dims
     return elem_type, shape
@@ -167,11 +161,11 @@ def _tensor_type(
 
 def _dim(buf: mmap.mmap, start: int, end: int) -> int | str | None:
     dim: int | str | None = None
-    for number, wire, a, b in _fields(buf, start, end):
-        if number == _DIM_VALUE and wire == _VARINT:
+    for number, wire, a, b in fields(buf, start, end):
+        if number == _DIM_VALUE and wire == VARINT:
             value = a - (1 << 64) if a >= 1 << 63 else a  # int64 is two's complement on the wire
             dim = value if value >= 0 else None  # some exporters write -1 for "unknown"
-        elif number == _DIM_PARAM and wire == _LEN:
+        elif number == _DIM_PARAM and wire == LEN:
             dim = _text(buf, a, b) or None
     return dim
 
@@ -181,52 +175,3 @@ def _text(buf: mmap.mmap, start: int, end: int) -> str:
         return buf[start:end].decode("utf-8")
     except UnicodeDecodeError as exc:
         raise OnnxFormatError(f"a name at byte {start} is not UTF-8") from exc
-
-
-def _varint(buf: mmap.mmap, pos: int, end: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        if pos >= end:
-            raise OnnxFormatError(f"a number runs past the end of its message at byte {pos}")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift >= 70:
-            raise OnnxFormatError(f"a number at byte {pos} is longer than 10 bytes")
-
-
-def _fields(buf: mmap.mmap, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-    """Yield ``(field number, wire type, a, b)`` for each field of the message in [start, end).
-
-    For a varint ``a`` is its value; for a length-delimited field ``[a, b)`` is its payload; fixed
-    32/64-bit fields are skipped with ``a = b = 0``.
-    """
-    pos = start
-    while pos < end:
-        key, pos = _varint(buf, pos, end)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise OnnxFormatError(f"field number 0 at byte {pos}: not a protobuf message")
-        if wire == _VARINT:
-            value, pos = _varint(buf, pos, end)
-            yield number, wire, value, 0
-        elif wire == _LEN:
-            length, pos = _varint(buf, pos, end)
-            if pos + length > end:
-                raise OnnxFormatError(
-                    f"field {number} at byte {pos} claims {length} bytes but its message ends "
-                    f"{end - pos} bytes later (the file looks truncated)"
-                )
-            yield number, wire, pos, pos + length
-            pos += length
-        elif wire in (_FIXED64, _FIXED32):
-            pos += 8 if wire == _FIXED64 else 4
-            if pos > end:
-                raise OnnxFormatError(f"field {number} runs past the end of its message")
-            yield number, wire, 0, 0
-        else:  # 3 and 4 are the deprecated groups, which onnx.proto never uses; 6 and 7 are invalid
-            raise OnnxFormatError(f"wire type {wire} at byte {pos}: not an ONNX protobuf message")
