@@ -505,6 +505,15 @@ def test_terminal_table_throughput_is_samples_per_second():
     assert row[:end].split()[-1] == "20.0"
 
 
+def test_terminal_legend_says_what_latency_is():
+    result = synthetic_result()
+    assert "latency = end-to-end (uint8 RGB" in bench.format_table(result)
+    for record in result.records:  # a model without preprocessing: only the model was timed
+        if record.get("latency"):
+            record["latency"]["end_to_end"] = None
+    assert "latency = inference only (no preprocessing" in bench.format_table(result)
+
+
 def test_several_variants_are_named_in_failures_and_disturbances():
     result = synthetic_result()
     result.records[1]["batch"] = 8  # the disturbed one

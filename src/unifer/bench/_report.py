@@ -186,9 +186,16 @@ def format_table(result: Result) -> str:
     out.extend(line(r) for r in rows)
     model = result.model.get("spec", "?")
     ref = result.reference.get("backend")
+    # Without preprocessing (a model file with no sidecar) only the model itself was timed.
+    end_to_end = any(_get(r, "latency", "end_to_end") for r in result.records)
+    latency = (
+        "end-to-end (uint8 RGB -> preprocessing -> inference -> output)"
+        if end_to_end
+        else "inference only (no preprocessing: seeded feeds as the model takes them)"
+    )
     out.append("")
     out.append(
-        f"{model}; latency = end-to-end (uint8 RGB -> preprocessing -> inference -> output), "
+        f"{model}; latency = {latency}, "
         f"'model ms' = inference only (median); 'samples/s' = batch x 1000 / mean; "
         f"'cpu cores' = CPU kept busy while timed; integrity vs {ref} fp32"
     )
