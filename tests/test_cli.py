@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -238,3 +239,87 @@ def test_cache_show_flags_malformed_decisions(cli, fake_backend, fake_model):
     assert text.count("malformed entry, ignored") == 3
     assert "fake/fp32" in text  # the well-formed decision is still shown
     assert json.loads(cli("cache", "show", "--json").output)["auto"]["abc"] == "oops"
+
+
+def test_predict_out_is_checked_before_the_model_is_loaded(cli, fake_backend, fake_model, tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((1, 3), np.float32))
+    missing = tmp_path / "no" / "such" / "dir" / "y.npy"
+    result = cli("predict", str(fake_model), str(tmp_path / "x.npy"), "--out", str(missing), code=2)
+    assert "does not exist" in result.output and "Traceback" not in result.output
+    assert fake_backend.opened == []  # refused before any work
+    result = cli("predict", str(fake_model), str(tmp_path / "x.npy"), "--out", "y.txt", code=2)
+    assert ".npy, .npz or .json" in result.output
+
+
+def test_predict_writes_the_file_it_names(cli, fake_backend, fake_model, tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((1, 3), np.float32))
+    for name in ("EMB.NPY", "ALL.Npz"):
+        cli("predict", str(fake_model), str(tmp_path / "x.npy"), "--out", str(tmp_path / name))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ALL.Npz",
+        "EMB.NPY",
+        "model.fake",
+        "x.npy",
+    ]
+    with np.load(tmp_path / "ALL.Npz") as archive:
+        np.testing.assert_array_equal(archive["y"], np.full((1, 3), 2.0, np.float32))
+
+
+def test_npz_outputs_may_have_any_name(cli, fake_backend, make_fake_model, tmp_path):
+    # np.savez(path, **outputs) would collide with its own 'file' and 'allow_pickle' parameters.
+    model = make_fake_model(
+        tmp_path / "m.fake",
+        outputs=[{"name": n, "shape": ["N", 3], "dtype": "float32"} for n in ("file", "y")],
+    )
+    np.save(tmp_path / "x.npy", np.ones((1, 3), np.float32))
+    cli("predict", str(model), str(tmp_path / "x.npy"), "--out", str(tmp_path / "o.npz"))
+    with np.load(tmp_path / "o.npz") as archive:
+        assert sorted(archive.files) == ["file", "y"]
+
+
+def test_json_output_is_strict_json(cli, fake_backend, fake_model, tmp_path):
+    np.save(tmp_path / "x.npy", np.array([[np.inf, 1.0, -np.inf]], np.float32))
+    text = cli("predict", str(fake_model), str(tmp_path / "x.npy"), "--json").output
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"bare {constant} in JSON output")
+
+    data = json.loads(text, parse_constant=refuse)
+    assert data["outputs"]["y"]["values"] == [[None, 2.0, None]]
+
+
+@pytest.mark.parametrize("content", [b"not numpy at all", b"PK\x03\x04broken zip"])
+def test_unreadable_numpy_input_is_a_clean_error(cli, fake_backend, fake_model, tmp_path, content):
+    for name in ("x.npy", "x.npz"):
+        (tmp_path / name).write_bytes(content)
+        result = cli("predict", str(fake_model), str(tmp_path / name), code=1)
+        assert "InputError: cannot read" in result.output and "Traceback" not in result.output
+
+
+def test_a_tensor_npy_for_a_builtin_model_is_its_input(cli, tmp_path):
+    pytest.importorskip("onnx")
+    if "onnxruntime" not in json.dumps(json.loads(cli("backends", "--json").output)["backends"]):
+        pytest.skip("needs a backend that reads ONNX")
+    x = np.random.default_rng(0).standard_normal((1, 3, 112, 112)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    args = ("builtin:arcface-tiny", str(tmp_path / "x.npy"), "--backend", "onnxruntime", "--json")
+    data = json.loads(cli("predict", *args).output)
+    assert np.array(data["outputs"]["embedding"]["values"]).shape == (1, 512)
+
+
+def test_convert_out_may_be_the_cache_entry_itself(cli, tmp_path):
+    pytest.importorskip("onnx")
+    if "litert" not in json.dumps(json.loads(cli("backends", "--json").output)["backends"]):
+        pytest.skip("needs the litert backend")
+    first = json.loads(cli("convert", "builtin:arcface-tiny", "--to", "litert", "--json").output)
+    entry = str(Path(first["files"][0]).parent)
+    again = json.loads(
+        cli("convert", "builtin:arcface-tiny", "--to", "litert", "--out", entry, "--json").output
+    )
+    assert again["files"] == first["files"]
+
+
+def test_importing_the_main_module_runs_nothing():
+    import importlib
+
+    importlib.import_module("unifer.__main__")  # a SystemExit here would fail the test

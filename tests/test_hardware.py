@@ -218,3 +218,25 @@ def test_nvml_gpus_through_a_real_shared_library(tmp_path: Path):
 def test_nvml_that_fails_lists_nothing(tmp_path: Path):
     assert nvml_gpus(str(nvml_stub(tmp_path, fail=1))) == []  # nvmlInit fails
     assert nvml_gpus(str(nvml_stub(tmp_path, fail=2))) == []  # the device count fails
+
+
+def test_a_gpu_listed_by_nvml_is_not_listed_again_from_its_drm_card(tmp_path: Path):
+    # The usual GPU container: /dev/nvidia0 and NVML, no /proc/driver/nvidia, the card in sysfs.
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev/nvidia0").touch()
+    device = tmp_path / "devices/0000:01:00.0"
+    device.mkdir(parents=True)
+    (device / "vendor").write_text("0x10de\n")
+    (tmp_path / "sys/class/drm/card0").mkdir(parents=True)
+    (tmp_path / "sys/class/drm/card0/device").symlink_to(device)
+    listed = [{"vendor": "nvidia", "name": "NVIDIA H200", "pci": "nvml:0", "driver": "580.1"}]
+    found = gpus(tmp_path / "proc", tmp_path / "sys", tmp_path / "dev", nvml=lambda: listed)
+    assert found == listed
+    # Without NVML's answer the card itself is still listed, each NVIDIA card once.
+    second = tmp_path / "devices/0000:02:00.0"
+    second.mkdir()
+    (second / "vendor").write_text("0x10de\n")
+    (tmp_path / "sys/class/drm/card1").mkdir()
+    (tmp_path / "sys/class/drm/card1/device").symlink_to(second)
+    found = gpus(tmp_path / "proc", tmp_path / "sys", tmp_path / "dev", nvml=lambda: [])
+    assert [g["pci"] for g in found] == ["0000:01:00.0", "0000:02:00.0"]

@@ -2,4 +2,5 @@
 
 from unifer.cli import main
 
-main()
+if __name__ == "__main__":  # importing this module (docs tools, test collectors) runs nothing
+    main()

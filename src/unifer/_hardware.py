@@ -272,12 +272,15 @@ def gpus(
         }
     if not found and (dev / "nvidia0").exists():
         found.update((g["pci"], g) for g in (nvml or nvml_gpus)())
+    # The driver listed its GPUs: their DRM cards are the same devices (NVML's are named nvml:N,
+    # not by PCI address, so the address check below would not catch them).
+    nvidia_listed = bool(found)
     for card in sorted((sys_root / "class/drm").glob("card[0-9]*")):
         if "-" in card.name:  # card0-HDMI-A-1 and the like are connectors, not devices
             continue
         device = card / "device"
         vendor = (_read(device / "vendor") or "").strip().lower()
-        if vendor not in _GPU_VENDORS:
+        if vendor not in _GPU_VENDORS or (nvidia_listed and _GPU_VENDORS[vendor] == "nvidia"):
             continue
         try:
             address = device.resolve().name.lower()

@@ -7,10 +7,12 @@ message (what, why, how to fix) with exit status 1, not a traceback.
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, BinaryIO, Final, TypeVar, cast
 
 import click
 import numpy as np
@@ -76,7 +78,23 @@ def parse_backend_options(args: Sequence[str]) -> dict[str, dict[str, object]]:
 
 
 def emit_json(data: object) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    click.echo(to_json(data, indent=2))
+
+
+def to_json(data: object, *, indent: int | None = None) -> str:
+    """Strict JSON: a non-finite float (a model's NaN or inf output) becomes null, since bare NaN
+    and Infinity tokens are not JSON and strict parsers reject them."""
+    return json.dumps(_finite(data), indent=indent, default=str, allow_nan=False)
+
+
+def _finite(data: object) -> object:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(value) for value in data]
+    return data
 
 
 def spec_dict(spec: TensorSpec) -> dict[str, object]:
@@ -361,8 +379,7 @@ def convert(
     )
     files = sorted(p for p in result.path.parent.iterdir() if p.name != _convert.MANIFEST)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        files = [Path(shutil.copy2(f, out / f.name)) for f in files]
+        files = _copy_into(files, out)
     if as_json:
         emit_json({**result.to_dict(), "files": [str(f) for f in files]})
         return
@@ -419,6 +436,8 @@ def predict(
     MODEL is a model file or a built-in model such as builtin:arcface-r18.
     """
     preprocess = _preprocess_from(preprocess_arg)
+    if out is not None:
+        _check_out(out)
     with Engine.load(
         model,
         backend=backend,
@@ -429,7 +448,7 @@ def predict(
         device=device,
     ) as engine:
         feeds = _read_input(input_path, engine)
-        if isinstance(feeds, np.ndarray):
+        if isinstance(feeds, np.ndarray):  # an image: preprocessed
             outputs = {engine.outputs[0].name: engine.predict(feeds)}
         else:
             outputs = engine.run(feeds)
@@ -462,6 +481,23 @@ def predict(
         click.echo(f"written to {out}")
 
 
+def _copy_into(files: list[Path], out: Path) -> list[Path]:
+    """Copy ``files`` into the directory ``out``; a file already there (``out`` is the cache
+    entry itself) is left as it is."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        copied = []
+        for file in files:
+            target = out / file.name
+            if not (target.exists() and target.samefile(file)):
+                shutil.copy2(file, target)
+            copied.append(target)
+    except OSError as exc:
+        message = f"cannot write to {out}: {exc.strerror}"
+        raise click.BadParameter(message, param_hint="--out") from exc
+    return copied
+
+
 def _preprocess_from(arg: str | None) -> Preprocess | None:
     if arg is None:
         return None
@@ -477,13 +513,29 @@ def _preprocess_from(arg: str | None) -> Preprocess | None:
 
 
 def _read_input(path: Path, engine: Engine) -> np.ndarray | dict[str, np.ndarray]:
-    """An array for predict() (.npy or image), or named feeds for run() (.npz)."""
+    """An image for predict(), or named feeds for run(): a .npz's arrays, or a .npy as the
+    model's single input -- unless it holds uint8 pixels for a model with preprocessing (a
+    float32 tensor for a built-in model is its input as it is, not an image)."""
     suffix = path.suffix.lower()
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
-    if suffix == ".npy":
-        return np.load(path, allow_pickle=False)  # type: ignore[no-any-return]
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return {name: archive[name] for name in archive.files}
+        if suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+            if engine.preprocess is not None and array.dtype == np.uint8:
+                return array  # type: ignore[no-any-return]
+            if len(engine.inputs) != 1:
+                raise InputError(
+                    f"the model has {len(engine.inputs)} inputs; pass them in a .npz file, one "
+                    "array per input name"
+                )
+            return {engine.inputs[0].name: array}
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise InputError(
+            f"cannot read {path.name} as a numpy {suffix} file: {exc}. Save it with np.save / "
+            "np.savez (numeric arrays, no Python objects)"
+        ) from exc
     if suffix in IMAGE_SUFFIXES:
         if engine.preprocess is None:
             raise InputError(
@@ -516,21 +568,44 @@ def _read_image(path: Path) -> np.ndarray:
     return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
-def _write_outputs(out: Path, outputs: Mapping[str, np.ndarray]) -> None:
-    suffix = out.suffix.lower()
-    if suffix == ".npy":
-        if len(outputs) != 1:
-            raise click.BadParameter(
-                f"the model has {len(outputs)} outputs; write them to a .npz or .json file",
-                param_hint="--out",
-            )
-        np.save(out, next(iter(outputs.values())))
-    elif suffix == ".npz":
-        np.savez(out, **outputs)  # type: ignore[arg-type]
-    elif suffix == ".json":
-        out.write_text(json.dumps({name: a.tolist() for name, a in outputs.items()}))
-    else:
+OUT_SUFFIXES: Final = (".npy", ".npz", ".json")
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an --out that cannot be written before any model is loaded or run."""
+    if out.suffix.lower() not in OUT_SUFFIXES:
         raise click.BadParameter("use a .npy, .npz or .json file name", param_hint="--out")
+    if not out.parent.is_dir():
+        raise click.BadParameter(f"the directory {out.parent} does not exist", param_hint="--out")
+
+
+def _write_outputs(out: Path, outputs: Mapping[str, np.ndarray]) -> None:
+    # Written through an open file: numpy would append ".npy" to "EMB.NPY" given the name.
+    suffix = out.suffix.lower()
+    if suffix == ".npy" and len(outputs) != 1:
+        raise click.BadParameter(
+            f"the model has {len(outputs)} outputs; write them to a .npz or .json file",
+            param_hint="--out",
+        )
+    try:
+        with out.open("wb") as file:
+            if suffix == ".npy":
+                np.save(file, next(iter(outputs.values())))
+            elif suffix == ".npz":
+                _write_npz(file, outputs)
+            else:
+                file.write(to_json({name: a.tolist() for name, a in outputs.items()}).encode())
+    except OSError as exc:
+        raise click.BadParameter(f"cannot write {out}: {exc.strerror}", param_hint="--out") from exc
+
+
+def _write_npz(file: BinaryIO, outputs: Mapping[str, np.ndarray]) -> None:
+    """np.savez's format, by hand: savez takes the names as keyword arguments, so outputs called
+    'file' or 'allow_pickle' collide with its own parameters."""
+    with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in outputs.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 @main.command("bench")
