@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -381,6 +382,59 @@ def test_rewritten_model_is_not_served_stale(tmp_path: Path) -> None:
     assert not old_dir.exists(), "the stale version's compiled model should be removed"
 
 
+def test_a_copy_keeping_size_and_mtime_and_changed_external_weights_are_recompiled(
+    tmp_path: Path,
+) -> None:
+    """Neither changes what OpenVINO's own key (path, size, mtime) or a stat-based key sees."""
+    x = np.ones((1, 4), np.float32)
+    path = tmp_path / "mm.onnx"
+    source = matmul_model(tmp_path / "other.onnx", 3 * np.eye(4, dtype=np.float32))
+    matmul_model(path, np.eye(4, dtype=np.float32))
+    with Engine.load(path, backend="openvino") as engine:
+        np.testing.assert_array_equal(engine.run({"x": x})["y"], x)
+    stat = path.stat()
+    shutil.copyfile(source, path)  # same size; then the old mtime, as cp -p or rsync -a leave it
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with Engine.load(path, backend="openvino") as engine:
+        assert engine.settings["loaded_from_cache"] is False
+        np.testing.assert_array_equal(engine.run({"x": x})["y"], 3 * x)
+
+    def save_external(directory: Path, scale: float) -> Path:
+        directory.mkdir(exist_ok=True)
+        plain = matmul_model(directory / "plain.onnx", scale * np.eye(4, dtype=np.float32))
+        model = directory / "ext.onnx"
+        onnx.save_model(
+            onnx.load(plain),
+            model,
+            save_as_external_data=True,
+            location="ext.weights",
+            size_threshold=0,
+        )
+        return model
+
+    external = save_external(tmp_path / "a", 2.0)
+    with Engine.load(external, backend="openvino") as engine:
+        np.testing.assert_array_equal(engine.run({"x": x})["y"], 2 * x)
+    newer = save_external(tmp_path / "b", 5.0)
+    shutil.copyfile(newer.with_name("ext.weights"), external.with_name("ext.weights"))
+    with Engine.load(external, backend="openvino") as engine:  # ext.onnx itself is untouched
+        assert engine.settings["loaded_from_cache"] is False
+        np.testing.assert_array_equal(engine.run({"x": x})["y"], 5 * x)
+
+
+def test_a_cache_that_cannot_be_written_warns_and_compiles_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, x, exact = integer_matmul(tmp_path)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as a read-only cache directory
+    with pytest.warns(UniferWarning, match="cannot be cached") as caught:
+        engine = Engine.load(path, backend="openvino")
+    assert {w.filename for w in caught} == {__file__}
+    with engine:
+        assert engine.settings["cache_dir"] is None
+        np.testing.assert_array_equal(engine.run({"x": x})["y"], exact)
+
+
 def test_cache_can_be_turned_off(tmp_path: Path, cache_root: Path) -> None:
     path, _, _ = integer_matmul(tmp_path)
     options = {"openvino": {"cache": False}}
@@ -414,6 +468,31 @@ def test_nothing_is_written_next_to_the_model(tmp_path: Path) -> None:
 
 
 # -- errors ---------------------------------------------------------------------------------------
+
+
+def test_element_types_numpy_cannot_hold_are_refused(tmp_path: Path) -> None:
+    # OpenVINO's to_dtype() says float16 for bf16: feeding float16 bits as bf16 gives nonsense.
+    path = save_model(
+        tmp_path / "bf16.onnx",
+        [helper.make_node("Identity", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [3])],
+    )
+    with pytest.raises(ModelLoadError, match="input 'x' of element type bf16"):
+        Engine.load(path, backend="openvino")
+
+
+def test_outputs_sharing_a_name_are_refused(tmp_path: Path) -> None:
+    # What ovc writes for a PyTorch `return y, n, y`: two Results of one tensor.
+    x = ov.opset13.parameter([2], ov.Type.f32, name="x")
+    y = ov.opset13.relu(x)
+    y.output(0).set_names({"y"})
+    n = ov.opset13.negative(x)
+    n.output(0).set_names({"n"})
+    xml = tmp_path / "dup.xml"
+    ov.save_model(ov.Model([y, n, y], [x]), xml)
+    with pytest.raises(ModelLoadError, match="several outputs named 'y'"):
+        Engine.load(xml, backend="openvino")
 
 
 @pytest.mark.parametrize("kind", ["truncated", "garbage", "empty"])

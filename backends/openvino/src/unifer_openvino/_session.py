@@ -6,8 +6,10 @@ inside ``probe()`` and ``open()``, so importing the plugin never loads the runti
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
+import os
 import queue
 import re
 import shutil
@@ -18,7 +20,8 @@ from typing import Any, Final
 import numpy as np
 import openvino as ov
 
-from unifer import InferenceError, ModelNotFoundError, UnsupportedOptionError
+from unifer import InferenceError, ModelLoadError, ModelNotFoundError, UnsupportedOptionError
+from unifer._digest import model_digest
 from unifer.backend import (
     SessionOptions,
     TensorSpec,
@@ -101,27 +104,34 @@ def _check_files(model: Path) -> None:
             )
 
 
-def _compiled_cache(root: Path, model: Path) -> Path:
-    """The CACHE_DIR for this version of ``model``, under this backend's cache directory.
+def _compiled_cache(root: Path, model: Path) -> Path | None:
+    """The CACHE_DIR for this version of ``model``, under this backend's cache directory, or None
+    (with a warning) when it cannot be written: a cache must not fail the load it would speed up.
 
     OpenVINO keys a model compiled from a path by the path, size and modification time in whole
-    seconds, so a file rewritten within the same second (re-exported with the same size) would load
-    stale compiled code. Keying a directory per version by path, size and mtime in nanoseconds
-    closes that gap; older versions of the same path are removed so the cache does not grow.
+    seconds, which misses a file rewritten within the same second, a copy that keeps its mtime
+    (``cp -p``, ``rsync -a``) and an ONNX model's external weights. A directory per version of
+    every file the model consists of (their content digest, remembered across processes) closes
+    those gaps; older versions of the same path are removed so the cache does not grow.
     """
-    files = [model] if model.suffix.lower() != ".xml" else [model, model.with_suffix(".bin")]
     resolved = model.resolve()
-    version = hashlib.sha256()
-    for file in files:
-        stat = file.stat()
-        version.update(f"{stat.st_size}:{stat.st_mtime_ns}:".encode())
     path_key = hashlib.sha256(str(resolved).encode()).hexdigest()[:16]
     directory = root / f"{resolved.stem}-{path_key}"
-    current = directory / version.hexdigest()[:16]
+    current = directory / model_digest(model)[:16]
     if directory.is_dir():
         for stale in directory.iterdir():
             if stale != current:
                 shutil.rmtree(stale, ignore_errors=True)
+    try:
+        current.mkdir(parents=True, exist_ok=True)
+        if not os.access(current, os.W_OK):
+            raise PermissionError(errno.EACCES, "not writable")
+    except OSError as exc:
+        warn_user(
+            f"compiled models cannot be cached in {current} ({exc.strerror}); compiling "
+            f"{model.name} without the cache. Point $UNIFER_CACHE_DIR at a writable directory"
+        )
+        return None
     return current
 
 
@@ -156,6 +166,36 @@ def _port_name(port: ov.ConstOutput) -> str:
     if names:
         return str(min(names, key=lambda n: (len(n), n)))
     return str(node)
+
+
+#: OpenVINO element types numpy holds as they are. to_dtype() maps others onto a numpy type of the
+#: same width (bf16 -> float16, f8/u4 -> uint8, string -> bytes of length 0): feeding or reading
+#: those would silently reinterpret the bits.
+_NUMPY_TYPES: Final = frozenset(
+    {"f16", "f32", "f64", "i8", "i16", "i32", "i64", "u8", "u16", "u32", "u64", "boolean"}
+)
+
+
+def _check_ports(compiled: ov.CompiledModel, model: Path) -> None:
+    """Refuse what run() could not return faithfully: element types numpy cannot hold, and
+    outputs sharing a name (run() returns them by name, so one would be dropped)."""
+    for kind, ports in (("input", compiled.inputs), ("output", compiled.outputs)):
+        for port in ports:
+            element = port.get_element_type().get_type_name()
+            if element not in _NUMPY_TYPES:
+                raise ModelLoadError(
+                    f"{model} has {kind} {_port_name(port)!r} of element type {element}, which "
+                    "numpy cannot hold (OpenVINO would pass it as another type of the same "
+                    "width); unifer's openvino backend runs f16/f32/f64, integer and boolean "
+                    "tensors. Convert that tensor in the model, or use another backend"
+                )
+    names = [_port_name(port) for port in compiled.outputs]
+    if repeated := sorted({n for n in names if names.count(n) > 1}):
+        raise ModelLoadError(
+            f"{model} has several outputs named {', '.join(map(repr, repeated))} (one tensor "
+            "returned more than once); unifer returns outputs by name, so re-export the model "
+            "with each output once or under names of its own"
+        )
 
 
 def _spec(port: ov.ConstOutput) -> TensorSpec:
@@ -239,6 +279,7 @@ class OpenVINOSession:
         cache_dir = None
         if cache and options.cache_dir is not None:
             cache_dir = _compiled_cache(options.cache_dir, model)
+        if cache_dir is not None:
             config["CACHE_DIR"] = str(cache_dir)
 
         with translate_errors(NAME, RuntimeError, model=model):
@@ -256,6 +297,7 @@ class OpenVINOSession:
                     f"{applied_hint} although {options.precision} "
                     f"({config['INFERENCE_PRECISION_HINT']}) was requested"
                 )
+            _check_ports(compiled, model)
             threads = _get(compiled, "INFERENCE_NUM_THREADS")
             streams = _get(compiled, "NUM_STREAMS")
             performance = _get(compiled, "PERFORMANCE_HINT")
