@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -15,10 +16,13 @@ import pytest
 from unifer import (
     ConversionMismatchError,
     Engine,
+    InferenceError,
     ModelFormatError,
     ModelLoadError,
+    UnsupportedOptionError,
     _convert,
     _digest,
+    _parity,
     register_backend,
     unregister_backend,
 )
@@ -84,7 +88,11 @@ def test_naming_a_converting_backend_converts_verifies_and_caches(converter, fak
 
 def test_a_changed_source_is_converted_again(converter, fake_model, make_fake_model):
     Engine.load(fake_model, backend="fake2")
-    make_fake_model(fake_model, inputs=[{"name": "x", "shape": ["N", 4], "dtype": "float32"}])
+    make_fake_model(
+        fake_model,
+        inputs=[{"name": "x", "shape": ["N", 4], "dtype": "float32"}],
+        outputs=[{"name": "y", "shape": ["N", 4], "dtype": "float32"}],
+    )
     assert Engine.load(fake_model, backend="fake2").inputs[0].shape == ("N", 4)
     assert converter.conversions == 2
 
@@ -389,3 +397,114 @@ def test_converting_an_empty_onnx_file_names_the_file(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(ModelLoadError, match=r"source model .*empty\.onnx is unreadable"):
         Engine.load(empty, backend="litert")
+
+
+# --- what the check compares: the caller's options, shapes, several batch sizes, zero outputs ---
+
+
+def test_the_check_opens_the_converted_model_with_the_callers_options(fake_backend, fake_model):
+    """An ncnn model whose inputs declare no size opens only with backend_options; so must the
+    converted model in the check."""
+
+    class Needy(FakeConverter):
+        def open(self, model: Path, options: SessionOptions, /):
+            if "input_shapes" not in options.extra:
+                raise UnsupportedOptionError("pass input_shapes")
+            return super().open(model, options)
+
+    extra = {"input_shapes": {"x": [3]}}
+    record = _convert.convert(Needy(), fake_model, SessionOptions(extra=extra))
+    assert record.check.passed is True
+
+
+def test_an_output_that_contradicts_its_own_declaration_fails_the_check(fake_backend, fake_model):
+    """The converted model declares [1, N, 3] (as its source does) but returns [N, 3]: wrong even
+    where the reference loses the leading dimension the same way."""
+
+    class RankDropping(FakeConverter):
+        def convert(self, source: Path, out_dir: Path, options: SessionOptions, /) -> Path:
+            out = super().convert(source, out_dir, options)
+            spec = json.loads(out.read_text())
+            spec["outputs"][0]["shape"] = [1, "N", 3]
+            out.write_text(json.dumps(spec))
+            return out
+
+    with pytest.raises(ConversionMismatchError, match=r"shape \(1, 3\), but its model declares"):
+        _convert.convert(RankDropping(), fake_model, SessionOptions())
+
+
+class SampleMixing(FakeConverter):
+    """Gives every sample the first one's result, as an operator over the batch axis converted
+    for batch 1 does: right at batch 1 only."""
+
+    def open(self, model: Path, options: SessionOptions, /):
+        session = super().open(model, options)
+        run = session.run
+        session.run = lambda feeds: {
+            k: np.broadcast_to(v[:1], v.shape).copy() for k, v in run(feeds).items()
+        }
+        return session
+
+
+def test_a_dynamic_batch_is_also_checked_at_a_batch_of_several(fake_backend, fake_model):
+    with pytest.raises(ConversionMismatchError, match=r"at batch 3 \(batch 1 matches\)"):
+        _convert.convert(SampleMixing(), fake_model, SessionOptions())
+
+
+def test_a_fixed_batch_or_one_the_source_cannot_vary_is_checked_at_batch_1(
+    fake_backend, make_fake_model, tmp_path, monkeypatch
+):
+    fixed = make_fake_model(
+        tmp_path / "fixed.fake",
+        inputs=[{"name": "x", "shape": [1, 3], "dtype": "float32"}],
+        outputs=[{"name": "y", "shape": [1, 3], "dtype": "float32"}],
+    )
+    assert _convert.convert(SampleMixing(), fixed, SessionOptions()).check.passed is True
+
+    real_run = FakeSession.run
+
+    def batch_1_only(self, feeds):
+        if next(iter(feeds.values())).shape[0] != 1:
+            raise InferenceError("the graph reshapes to batch 1")
+        return real_run(self, feeds)
+
+    monkeypatch.setattr(FakeSession, "run", batch_1_only)
+    declared = make_fake_model(tmp_path / "declared.fake")  # ["N", 3], but runs at 1 only
+    assert _convert.convert(SampleMixing(), declared, SessionOptions()).check.passed is True
+
+
+def test_an_all_zero_reference_is_compared_not_crashed_on(fake_backend, fake_model, monkeypatch):
+    """Every reference value 0: the relative difference is divided by float32's tiny; the record
+    must still be JSON (the manifest)."""
+
+    def zeros(inputs, *, batch=1, seed=0):
+        return {s.name: np.zeros((batch, *s.shape[1:]), s.dtype) for s in inputs}
+
+    monkeypatch.setattr(_convert, "seeded_feeds", zeros)
+
+    class Offset(FakeConverter):
+        def converter_version(self, options: SessionOptions, /) -> str:
+            return "fake2-offset 1"
+
+        def open(self, model: Path, options: SessionOptions, /):
+            session = super().open(model, options)
+            run = session.run
+            session.run = lambda feeds: {k: v + 1 for k, v in run(feeds).items()}
+            return session
+
+    assert _convert.convert(FakeConverter(), fake_model, SessionOptions()).check.passed is True
+    with pytest.raises(ConversionMismatchError, match="max abs diff 1 "):
+        _convert.convert(Offset(), fake_model, SessionOptions())
+
+
+def test_parity_numbers_are_python_floats():
+    parity = _parity.worst(
+        [
+            _parity.compare({"y": np.zeros((2, 3), np.float32)}, {"y": np.ones((2, 3))}),
+            _parity.compare({"y": np.ones((1, 3), np.float32)}, {"y": np.ones((1, 3))}),
+        ]
+    )
+    numbers = [parity.max_abs_diff, parity.max_relative_diff, parity.min_cosine]
+    assert all(type(n) is float for n in [*numbers, parity.reference_max_abs])
+    assert parity.samples == 3 and parity.min_cosine == 0.0 and parity.max_abs_diff == 1.0
+    json.dumps(dataclasses.asdict(parity))

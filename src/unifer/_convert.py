@@ -9,14 +9,19 @@ its own. The core owns everything around the conversion, so every plugin gets th
   version; it is built in a temporary directory and moved into place with one rename, so concurrent
   processes never see half a conversion, and a published conversion is never deleted by another
   process. Nothing is written next to the user's model.
-- The converted model is checked against the source on seeded inputs (max abs diff, cosine), with
-  another backend that reads the source as the reference. A conversion that changes the outputs
-  beyond the fp32 tolerance is refused unless the user accepts it explicitly; a source that the
-  reference cannot load is reported as unreadable, and nothing is cached.
+- The converted model is checked against the source on seeded inputs (output shapes, max abs
+  diff, cosine), with another backend that reads the source as the reference, at batch 1 and, for
+  a source with a dynamic batch dimension, at a batch of several samples too. The converted model
+  is opened with the caller's options for its backend, at fp32. An output whose shape differs from
+  the reference's, or from the converted model's own declaration, fails the check. A conversion
+  that changes the outputs beyond the fp32 tolerance is refused unless the user accepts it
+  explicitly; a source that the reference cannot load is reported as unreadable, and nothing is
+  cached.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -27,11 +32,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import numpy as np
+
 from . import _registry
 from ._cache import cache_dir
 from ._digest import content_digest, model_digest
-from ._errors import ConversionMismatchError, ModelLoadError, UniferError
-from ._parity import FP32_MAX_RELATIVE_DIFF, compare, seeded_feeds
+from ._errors import ConversionMismatchError, InferenceError, ModelLoadError, UniferError
+from ._parity import FP32_MAX_RELATIVE_DIFF, Parity, compare, seeded_feeds, worst
 from .backend import Backend, Converter, Session, SessionOptions
 
 MANIFEST: Final = "conversion.json"
@@ -107,11 +114,12 @@ def convert(
         conversion = _convert_into(backend, source, options, root, final, digest, version)
     if conversion.check.passed is False and not accept_mismatch:
         c = conversion.check
+        why = f": {c.note}" if c.note else ""
         raise ConversionMismatchError(
             f"converting {source.name} to {backend.name} changed its outputs: max abs diff "
             f"{c.max_abs_diff:.3g} ({c.max_relative_diff:.3g} of the output scale, tolerance "
-            f"{FP32_MAX_RELATIVE_DIFF}), cosine {c.min_cosine:.6f} against {c.reference}. Use "
-            f"another backend, or accept it explicitly: unifer convert {source} --to "
+            f"{FP32_MAX_RELATIVE_DIFF}), cosine {c.min_cosine:.6f} against {c.reference}{why}. "
+            f"Use another backend, or accept it explicitly: unifer convert {source} --to "
             f"{backend.name} --accept-mismatch, then load the converted file"
         )
     return conversion
@@ -253,32 +261,72 @@ def _discard(entry: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+#: The batch size the check runs besides 1 when the source's batch dimension is dynamic: operators
+#: that mix the samples of a batch, and runtimes that run a batch sample by sample, differ there.
+CHECK_BATCH: Final = 3
+
+#: One run of the source: (batch size, feeds, the reference's outputs).
+_Run = tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]
+
+
 def _check(backend: Converter, source: Path, converted: Path, options: SessionOptions) -> Check:
-    """Run source and converted model on the same seeded inputs and compare every output."""
-    fp32 = SessionOptions(threads=options.threads, cache_dir=options.cache_dir)
+    """Run source and converted model on the same seeded inputs and compare every output: at
+    batch 1, and at :data:`CHECK_BATCH` too when the source takes any batch size."""
     reference = _reference_backend(source.suffix.lower(), exclude=backend.name)
     if reference is None:
         return Check(reference=None, note="no other installed backend reads the source format")
     ref_session = _open_source(reference, source, backend.name, options)
     try:
-        feeds = seeded_feeds(ref_session.inputs)
-        want = ref_session.run(feeds)
+        runs = _reference_runs(ref_session)
     finally:
         ref_session.close()
+    # The caller's backend_options open the converted model (it may need them to load at all, as
+    # an ncnn model with undeclared input sizes does); the precision is fp32, the reference's.
+    fp32 = SessionOptions(threads=options.threads, cache_dir=options.cache_dir, extra=options.extra)
     session = backend.open(converted, fp32)
     try:
-        got = session.run(feeds)
+        parities = [
+            (batch, compare(want, session.run(feeds), declared=session.outputs))
+            for batch, feeds, want in runs
+        ]
     finally:
         session.close()
-    parity = compare(want, got)
+    parity = worst(p for _, p in parities)
     return Check(
         reference=reference.name,
         max_abs_diff=parity.max_abs_diff,
         max_relative_diff=parity.max_relative_diff,
         min_cosine=parity.min_cosine,
         passed=parity.within(),
-        note=parity.problem,
+        note=_failure(parities),
     )
+
+
+def _reference_runs(session: Session) -> list[_Run]:
+    """The source's runs at each batch size the check compares."""
+    runs = [_run(session, 1)]
+    if any(spec.shape and not isinstance(spec.shape[0], int) for spec in session.inputs):
+        # A batch dimension declared dynamic that the source itself cannot use (a Reshape fixed
+        # to 1) leaves nothing to compare at that size.
+        with contextlib.suppress(InferenceError):
+            runs.append(_run(session, CHECK_BATCH))
+    return runs
+
+
+def _run(session: Session, batch: int) -> _Run:
+    feeds = seeded_feeds(session.inputs, batch=batch)
+    return batch, feeds, session.run(feeds)
+
+
+def _failure(parities: list[tuple[int, Parity]]) -> str | None:
+    """Why the check failed, naming the batch size when batch 1 alone would have passed."""
+    failed = [(batch, parity) for batch, parity in parities if not parity.within()]
+    if not failed:
+        return None
+    batch, parity = failed[0]
+    if batch == 1:
+        return parity.problem
+    return f"at batch {batch} (batch 1 matches): {parity.problem or 'the values differ'}"
 
 
 def _open_source(reference: Backend, source: Path, target: str, options: SessionOptions) -> Session:

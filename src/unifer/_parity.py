@@ -7,7 +7,7 @@ rejecting auto-selection candidates, and the benchmark's output integrity.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -21,10 +21,17 @@ from .backend import TensorSpec
 FP32_MAX_RELATIVE_DIFF: Final = 1e-4
 FP32_MIN_COSINE: Final = 0.99999
 
+#: The floor of the scale a difference is divided by, as a Python float: a numpy scalar would make
+#: the ratio a numpy scalar too, which JSON (the conversion cache's manifest) cannot hold.
+_TINY: Final = float(np.finfo(np.float32).tiny)
+
 
 @dataclass(frozen=True, slots=True)
 class Parity:
-    """The worst case over all outputs, and all samples of the batch, of one comparison."""
+    """The worst case over all outputs, and all samples of the batch, of one comparison.
+
+    Every number is a Python ``float`` (or ``int``), so a Parity converts to JSON as it is.
+    """
 
     max_abs_diff: float
     max_relative_diff: float
@@ -75,9 +82,21 @@ def seeded_feeds(
     return feeds
 
 
-def compare(want: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> Parity:
+def compare(
+    want: Mapping[str, np.ndarray],
+    got: Mapping[str, np.ndarray],
+    *,
+    declared: Sequence[TensorSpec] = (),
+) -> Parity:
     """Compare ``got`` with the reference ``want`` output by output: by name when the names agree,
-    else by position (a converted model may rename its outputs)."""
+    else by position (a converted model may rename its outputs).
+
+    ``declared``: the output specs of the session that returned ``got``. An output whose rank or
+    fixed sizes differ from its own declaration is wrong whatever the reference returns (a
+    reference can lose a dimension just as the session did).
+    """
+    if (problem := _undeclared_shape(declared, got)) is not None:
+        return _incomparable(problem)
     if set(want) == set(got):
         pairs = [(name, want[name], got[name]) for name in want]
     else:
@@ -104,11 +123,37 @@ def compare(want: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> Pa
         diff = float(np.abs(ref - other).max())
         scale = float(np.abs(ref).max())
         max_abs = max(max_abs, diff)
-        max_rel = max(max_rel, diff / max(scale, np.finfo(np.float32).tiny))
+        max_rel = max(max_rel, diff / max(scale, _TINY))
         ref_max = max(ref_max, scale)
         min_cos = min([min_cos, *(_cosine(r, o) for r, o in zip(ref, other, strict=True))])
         samples += rows
     return Parity(max_abs, max_rel, min_cos, samples=samples, reference_max_abs=ref_max)
+
+
+def worst(parities: Iterable[Parity]) -> Parity:
+    """The worst case of several comparisons (of one model at several batch sizes), as one."""
+    items = list(parities)
+    return Parity(
+        max(p.max_abs_diff for p in items),
+        max(p.max_relative_diff for p in items),
+        min(p.min_cosine for p in items),
+        samples=sum(p.samples for p in items),
+        reference_max_abs=max(p.reference_max_abs for p in items),
+        problem=next((p.problem for p in items if p.problem is not None), None),
+    )
+
+
+def _undeclared_shape(declared: Sequence[TensorSpec], got: Mapping[str, np.ndarray]) -> str | None:
+    """Why an output in ``got`` does not have the rank and fixed sizes ``declared`` for it."""
+    for spec in declared:
+        if spec.name not in got:
+            continue  # a missing output is compare's to report
+        shape = got[spec.name].shape
+        if len(shape) != len(spec.shape) or any(
+            isinstance(d, int) and d != size for d, size in zip(spec.shape, shape, strict=True)
+        ):
+            return f"output {spec.name!r} has shape {shape}, but its model declares {spec}"
+    return None
 
 
 def _incomparable(problem: str) -> Parity:

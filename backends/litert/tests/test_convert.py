@@ -238,3 +238,74 @@ def test_unsupported_dtype_and_corrupt_files_are_refused(tmp_path: Path) -> None
     with pytest.raises(ModelLoadError, match="broken.onnx") as info:
         convert(broken)
     assert info.value.__cause__ is not None
+
+
+def test_constants_that_add_leading_dimensions_keep_them(tmp_path: Path) -> None:
+    """ONNX broadcasting gives the result the rank of the widest operand, the constant included:
+    [N, 6] + [1, 1, 6] is [1, N, 6], which TFLite computes only if the 1s are written."""
+    nodes = [
+        helper.make_node("Add", ["x", "c3"], ["added"]),
+        helper.make_node("Mul", ["x", "scalar3"], ["scaled"]),
+        helper.make_node("Sub", ["wide", "x"], ["wider"]),
+        # The nn.Linear pattern with a bias of rank 3.
+        helper.make_node("MatMul", ["x", "w"], ["m"]),
+        helper.make_node("Add", ["m", "b3"], ["linear"]),
+    ]
+    init = {
+        "c3": weights(1, 1, 6),
+        "scalar3": weights(1, 1, 1),
+        "wide": weights(2, 1, 6),
+        "w": weights(6, 5),
+        "b3": weights(1, 1, 5),
+    }
+    outputs = [
+        f32("added", [1, "N", 6]),
+        f32("scaled", [1, "N", 6]),
+        f32("wider", [2, "N", 6]),
+        f32("linear", [1, "N", 5]),
+    ]
+    source = save(tmp_path / "rank_up.onnx", nodes, [f32("x", ["N", 6])], outputs, init)
+    compare(source, {"x": RNG.standard_normal((3, 6)).astype(F32)})
+
+
+def test_every_form_of_constant_is_folded(tmp_path: Path) -> None:
+    nodes = [
+        helper.make_node("Constant", [], ["target"], value_ints=[-1, 8]),
+        helper.make_node("Reshape", ["x", "target"], ["flat"]),
+        helper.make_node("Constant", [], ["two"], value_float=2.0),
+        helper.make_node("Mul", ["flat", "two"], ["doubled"]),
+        helper.make_node("Constant", [], ["ramp"], value_floats=[0.25 * i for i in range(8)]),
+        helper.make_node("Add", ["doubled", "ramp"], ["shifted"]),
+        helper.make_node("Constant", [], ["three"], value_int=3),
+        helper.make_node("Cast", ["three"], ["three_f"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["shifted", "three_f"], ["y"]),
+        helper.make_node("Constant", [], ["label"], value_string="unused"),
+    ]
+    source = save(
+        tmp_path / "constants.onnx", nodes, [f32("x", ["N", 2, 2, 2])], [f32("y", ["N", 8])], {}
+    )
+    compare(source, {"x": RNG.standard_normal((2, 2, 2, 2)).astype(F32)})
+
+
+def test_other_domains_are_refused_only_where_a_node_uses_one(tmp_path: Path) -> None:
+    """PyTorch's dynamo exporter lists its onnxscript libraries (after the default domain, at
+    version 1) in plain CNNs whose nodes are all standard; the opset is the default domain's."""
+    nodes = [helper.make_node("Clip", ["x", "low", "high"], ["y"])]  # bounds as inputs: opset 11+
+    graph = helper.make_graph(
+        nodes,
+        "clip",
+        [f32("x", ["N", 4])],
+        [f32("y", ["N", 4])],
+        [numpy_helper.from_array(np.array(v, F32), n) for n, v in (("low", -0.5), ("high", 0.3))],
+    )
+    domains = [helper.make_opsetid("", 18), helper.make_opsetid("pkg.onnxscript.torch_lib", 1)]
+    model = helper.make_model(graph, opset_imports=domains)
+    model.ir_version = 8
+    source = tmp_path / "dynamo.onnx"
+    onnx.save(model, source)
+    compare(source, {"x": RNG.standard_normal((3, 4)).astype(F32)})
+
+    model.graph.node[0].domain = "pkg.onnxscript.torch_lib"
+    onnx.save(model, source)
+    with pytest.raises(ModelLoadError, match=r"operator Clip \(node 'y'\) is not supported"):
+        convert(source)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
@@ -36,6 +36,8 @@ class TestNcnnContract(BackendContract):
     dynamic_batch = True
     # A float model cannot run at int8: ncnn quantizes only models made with ncnn2int8.
     unsupported_precision = "int8"
+    # The plugin's ONNX -> ncnn writer refuses a graph output that is a constant.
+    constant_outputs = False
 
     def model_file(self, model: ToyModel, directory: Path) -> Path:
         source_dir = directory.parent / f"{directory.name}-onnx"
@@ -44,6 +46,9 @@ class TestNcnnContract(BackendContract):
         return NcnnBackend().convert(
             source, directory, SessionOptions(extra={"converter": "unifer"})
         )
+
+    def runtime_threads(self, session: Any) -> int | None:
+        return int(session._net.opt.num_threads)  # the ncnn.Net's own options
 
     @pytest.mark.skip(reason=INT64_REASON)
     def test_specs_are_well_formed(self, backend: Backend, model_dir: Path) -> None: ...

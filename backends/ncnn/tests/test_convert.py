@@ -427,6 +427,53 @@ def test_unsupported_forms_are_explained(
         convert(source)
 
 
+@pytest.mark.parametrize(
+    ("nodes", "initializers"),
+    [
+        ([helper.make_node("Add", ["x", "c"], ["y"])], {"c": f32(1, 1, 6)}),
+        ([helper.make_node("Mul", ["c", "x"], ["y"])], {"c": f32(1, 1, 1)}),
+        (
+            [
+                helper.make_node("MatMul", ["x", "w"], ["m"]),
+                helper.make_node("Add", ["m", "c"], ["y"]),
+            ],
+            {"w": f32(6, 5), "c": f32(1, 1, 5)},
+        ),
+    ],
+    ids=["vector", "scalar", "matmul-bias"],
+)
+def test_a_constant_that_adds_leading_dimensions_is_refused(
+    tmp_path: Path, nodes: list[onnx.NodeProto], initializers: dict[str, np.ndarray]
+) -> None:
+    """[N, 6] + [1, 1, 6] is [1, N, 6] in ONNX: the batch is no longer first, which ncnn (one
+    sample at a time) cannot produce; written anyway, the result would be [N, 6]."""
+    source = save(tmp_path, nodes, [("x", ["N", 6])], ["y"], initializers)
+    with pytest.raises(ModelLoadError, match=r"puts dimensions in front of the batch"):
+        convert(source)
+
+
+@pytest.mark.parametrize("converter", ["unifer", "auto"])
+def test_dynamic_sizes_beyond_the_batch_are_refused_with_the_fix(
+    tmp_path: Path, converter: str
+) -> None:
+    """No route converts them (pnnx resolves shapes at conversion), so the message says how to fix
+    the model rather than to try pnnx."""
+    source = save(
+        tmp_path,
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+        [("x", ["N", 4, "H", "W"])],
+        ["y"],
+        {"w": f32(4, 4, 3, 3)},
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ModelLoadError) as info:
+        NcnnBackend().convert(source, out, SessionOptions(extra={"converter": converter}))
+    message = str(info.value)
+    assert "input 'x' has shape [N,4,H,W], with dynamic sizes beyond the batch" in message
+    assert "make_dynamic_shape_fixed" in message and "pip install" not in message
+
+
 def test_broadcasting_two_tensors_is_refused(tmp_path: Path) -> None:
     source = save(
         tmp_path,

@@ -230,6 +230,23 @@ def test_a_wrong_pnnx_conversion_is_caught_by_the_check(tmp_path: Path) -> None:
 
 
 @needs_pnnx
+def test_an_operator_across_the_batch_is_caught_by_the_check_at_batch_3(tmp_path: Path) -> None:
+    """x + x[0:1] adds the first sample to every sample. pnnx converts at batch 1, where the slice
+    is the sample itself, and ncnn runs a batch sample by sample: right at batch 1 only, so the
+    check runs a batch of 3 as well."""
+    nodes = [
+        helper.make_node("Slice", ["x", "zero", "one", "zero"], ["first"]),
+        helper.make_node("Add", ["x", "first"], ["y"]),
+    ]
+    one, zero = np.array([1], np.int64), np.array([0], np.int64)
+    source = save(
+        tmp_path / "first.onnx", nodes, [("x", ["N", 4, 6, 6])], ["y"], {"zero": zero, "one": one}
+    )
+    with pytest.raises(ConversionMismatchError, match=r"at batch 3 \(batch 1 matches\)"):
+        Engine.load(source, backend="ncnn")
+
+
+@needs_pnnx
 def test_onnx_names_that_clash_with_pnnx_blob_names(tmp_path: Path) -> None:
     """The input is called ``out0``, the outputs ``in0`` and ``1``: pnnx's own blob names."""
     source = save(

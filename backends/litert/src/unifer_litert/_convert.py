@@ -38,7 +38,7 @@ from unifer import MissingDependencyError, ModelLoadError
 from ._writer import ModelWriter
 
 #: Bump whenever the bytes written for the same ONNX file change: it is part of the cache key.
-WRITER_VERSION: Final = "2"
+WRITER_VERSION: Final = "3"
 CONVERTER: Final = f"unifer-litert onnx->tflite {WRITER_VERSION}"
 
 SUPPORTED_OPS: Final = (
@@ -150,11 +150,11 @@ class _Converter:
 
         self.graph = model.graph
         self.numpy_helper = numpy_helper
-        self.opset = 1
-        for opset in model.opset_import:
-            if opset.domain not in ("", "ai.onnx"):
-                raise _Unsupported(f"operators of domain {opset.domain!r} are not supported")
-            self.opset = int(opset.version)
+        # Other domains an exporter lists (PyTorch's lists its onnxscript function libraries) are
+        # harmless until a node uses one: run() refuses such nodes by name.
+        self.opset = next(
+            (int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 1
+        )
         self.writer = ModelWriter(f"Converted from ONNX by {CONVERTER}")
         self.writer.metadata("unifer_converter", CONVERTER.encode())
         self.values: dict[str, _Value] = {}
@@ -224,12 +224,13 @@ class _Converter:
     # -- constant folding --------------------------------------------------------------------------
 
     def foldable(self, node: Any) -> bool:
-        """Whether every input of ``node`` is a known constant (and the node is deterministic)."""
+        """Whether every input of ``node`` is a known constant (and the node is deterministic).
+
+        A node without inputs qualifies: a Constant, in any of its attribute forms.
+        """
         names = [n for n in node.input if n]
-        return (
-            bool(names)
-            and node.op_type not in _NEVER_FOLD
-            and all(n in self.values and self.values[n].const is not None for n in names)
+        return node.op_type not in _NEVER_FOLD and all(
+            n in self.values and self.values[n].const is not None for n in names
         )
 
     def fold(self, node: Any) -> None:
@@ -296,15 +297,19 @@ class _Converter:
         self.layouts[key] = tensor
         return tensor
 
-    def broadcast_const(self, name: str, array: np.ndarray, like: _Value) -> int:
-        """``array`` (logical, broadcasting against ``like``) written in ``like``'s layout."""
+    def broadcast_const(self, name: str, array: np.ndarray, like: _Value, *, keep: int = 1) -> int:
+        """``array`` (logical, broadcasting against ``like``) written in ``like``'s layout.
+
+        Leading 1s are dropped down to rank ``keep``: they broadcast anyway where another operand
+        has ``like``'s rank, but where none has, they are what gives the result that rank.
+        """
         rank = len(like.shape)
         if array.ndim > rank:
             raise _Unsupported(f"constant {name!r} has more dimensions than the tensor it joins")
         aligned = array.reshape((1,) * (rank - array.ndim) + array.shape)
         stored = aligned.transpose(np.argsort(like.perm).tolist())
-        while stored.ndim > 1 and stored.shape[0] == 1:
-            stored = stored[0]  # leading 1s broadcast anyway; keep the constant compact
+        while stored.ndim > keep and stored.shape[0] == 1:
+            stored = stored[0]  # keep the constant compact
         return self.writer.constant(name, np.ascontiguousarray(stored.astype(like.dtype)))
 
     def copy(self, tensor: int, name: str, value: _Value) -> int:
@@ -331,12 +336,6 @@ class _Converter:
         return value.const
 
     # -- operators ---------------------------------------------------------------------------------
-
-    def _op_Constant(self, node: Any, attrs: dict[str, Any]) -> None:
-        if "value" not in attrs:
-            raise _Unsupported("Constant is supported only with a 'value' tensor")
-        array = attrs["value"]
-        self.values[node.output[0]] = _Value(array.shape, array.dtype, const=array)
 
     def _op_Identity(self, node: Any, attrs: dict[str, Any]) -> None:
         self.values[node.output[0]] = self.values[node.input[0]]
@@ -471,10 +470,15 @@ class _Converter:
         else:
             perm = identity(rank)  # mixed ranks: broadcast in ONNX order, as ONNX defines it
         like = _Value((0,) * rank, a.dtype if a.const is None else b.dtype, perm=perm)
+        # The result has the rank of the widest operand, in TFLite as in ONNX: where no tensor has
+        # the output's rank, the constant's leading 1s are what give the result that rank.
+        keep = 1 if variables else rank
         inputs = []
         for name, value in zip(names, (a, b), strict=True):
             if value.const is not None:
-                inputs.append(self.broadcast_const(f"{output}/{name}", value.const, like))
+                inputs.append(
+                    self.broadcast_const(f"{output}/{name}", value.const, like, keep=keep)
+                )
             elif len(value.shape) == rank:
                 inputs.append(self.physical(name, perm))
             else:

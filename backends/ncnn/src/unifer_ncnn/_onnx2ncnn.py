@@ -10,7 +10,9 @@ extra).
 
 ncnn has no batch dimension: one ``Input`` blob holds one sample, so every ONNX tensor's first
 dimension is the batch and each layer works on one sample. The supported operators all act on each
-sample independently, which makes running sample by sample exact.
+sample independently, which makes running sample by sample exact; what would move the batch from
+the first axis (a constant of higher rank than the tensor it is added to) is refused, and so are
+dynamic sizes beyond the batch (an ``Input`` declares the fixed size of one sample).
 
 Facts of the formats this relies on (ncnn's ``param-and-model-file-structure`` and
 ``operation-param-weight-table`` docs, checked by loading the result in ncnn):
@@ -36,7 +38,7 @@ import numpy.typing as npt
 from unifer import MissingDependencyError, ModelLoadError
 
 #: Bumped whenever the written files change for the same source; part of the conversion cache key.
-WRITER_VERSION: Final = "1"
+WRITER_VERSION: Final = "2"
 
 #: What the writer covers, for the refusal message.
 COVERED: Final = (
@@ -45,6 +47,11 @@ COVERED: Final = (
     "float32 tensors"
 )
 ONNX_INSTALL: Final = 'pip install "unifer-ncnn[convert]" (or: pip install onnx)'
+#: How to fix input sizes that ncnn needs fixed (beyond the batch); both routes need them.
+FIX_SIZES: Final = (
+    "Fix those sizes in the ONNX model (e.g. python -m onnxruntime.tools.make_dynamic_shape_fixed "
+    "--dim_param NAME --dim_value SIZE in.onnx out.onnx) and convert that file"
+)
 
 #: ncnn reads a name with "%255s": no whitespace, at most 255 characters (kept well below).
 _NAME_OK: Final = re.compile(r"\S{1,200}")
@@ -72,6 +79,10 @@ class _Layer:
 
 class _Unsupported(Exception):
     """The graph uses something this converter does not translate; becomes UnsupportedModel."""
+
+
+class _Unconvertible(Exception):
+    """The model cannot become an ncnn model by either route (pnnx refuses it too)."""
 
 
 class UnsupportedModel(ModelLoadError):
@@ -114,6 +125,8 @@ def convert(source: Path, out_dir: Path) -> Path:
         layers = _Converter(onnx, model).run()
     except _Unsupported as exc:
         raise UnsupportedModel(source, str(exc)) from exc
+    except _Unconvertible as exc:
+        raise ModelLoadError(f"{source.name} cannot be converted to ncnn: {exc}") from exc
     param = out_dir / f"{source.stem}.param"
     _write(layers, param, param.with_suffix(".bin"))
     return param
@@ -367,12 +380,17 @@ class _Converter:
                 f"input {name!r} has shape {_show(shape)}; ncnn needs a batch dimension followed "
                 "by 1 to 4 sample dimensions"
             )
-        sample = shape[1:]
-        params: list[tuple[int, Param]] = []
-        if all(isinstance(d, int) and d > 0 for d in sample):
-            # ncnn's Input params: 0=w 1=h 11=d 2=c, innermost first.
-            keys = {1: (0,), 2: (1, 0), 3: (2, 1, 0), 4: (2, 11, 1, 0)}[len(sample)]
-            params = sorted((key, int(d)) for key, d in zip(keys, sample, strict=True))  # type: ignore[arg-type]
+        sample = [d for d in shape[1:] if isinstance(d, int) and d > 0]
+        if len(sample) != len(shape) - 1:
+            # An Input without sizes would open only with the input_shapes backend option, while
+            # the sizes the conversion assumed would be unknown; pnnx needs them fixed too.
+            raise _Unconvertible(
+                f"input {name!r} has shape {_show(shape)}, with dynamic sizes beyond the batch "
+                f"dimension; ncnn declares the fixed size of one sample. {FIX_SIZES}"
+            )
+        # ncnn's Input params: 0=w 1=h 11=d 2=c, innermost first.
+        keys = {1: (0,), 2: (1, 0), 3: (2, 1, 0), 4: (2, 11, 1, 0)}[len(sample)]
+        params: list[tuple[int, Param]] = sorted(zip(keys, sample, strict=True))
         self.blob[name] = self.new_blob(name)  # an I/O name is valid, so it is kept
         self.layers.append(_Layer("Input", self.new_layer(name), [], [name], params))
 
@@ -564,6 +582,15 @@ class _Converter:
         tensor, constant = (b, self.consts[a]) if a_const else (a, self.consts[b])
         kind = swapped if a_const else op
         x = self.blob_of(tensor, node)
+        if constant.ndim > 1 and constant.ndim > self.rank(tensor, node):
+            # ONNX's result then has the constant's rank, the batch no longer first: ncnn, one
+            # sample at a time, cannot produce it. (Every tensor has rank >= 1: a batch.)
+            raise _Unsupported(
+                f"{node.op_type} node {node.name!r} combines {tensor!r} of shape "
+                f"{_show(self.shape(tensor, node))} with a constant of shape "
+                f"{list(constant.shape)}, which puts dimensions in front of the batch (ncnn keeps "
+                "the batch first); give the constant at most the tensor's rank"
+            )
         if constant.size == 1:
             value = float(np.float32(constant.reshape(())))
             self.emit("BinaryOp", node, [x], [(0, kind), (1, 1), (2, value)])
@@ -664,7 +691,8 @@ class _Converter:
         if len(others) != 1 or others[0] not in self.consts:
             return None
         c = self.consts[others[0]]
-        if c.size != size or c.shape[-1] != size:
+        # A constant of rank 3 or more would make the Add's result wider than the MatMul's.
+        if c.ndim > 2 or c.size != size or c.shape[-1] != size:
             return None
         return add, c.reshape(size).astype(np.float32)
 

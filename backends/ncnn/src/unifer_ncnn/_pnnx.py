@@ -23,8 +23,9 @@ nothing is written next to the user's file. The result is then made to look like
   exits 0: a layer type ncnn does not know is refused here, with pnnx's notes about it.
 
 ncnn has no batch dimension: pnnx traces the model at batch 1 and drops that axis, and the session
-runs a batch sample by sample. Other dimensions must be fixed in the ONNX model: pnnx resolves
-shapes at conversion time.
+runs a batch sample by sample. An operator across the batch axis is therefore right at batch 1
+only; the core's check, which also runs a batch of several samples, refuses such a conversion.
+Other dimensions must be fixed in the ONNX model: pnnx resolves shapes at conversion time.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from typing import Any, Final
 from unifer import MissingDependencyError, ModelLoadError
 
 from . import _param
-from ._onnx2ncnn import ONNX_INSTALL
+from ._onnx2ncnn import FIX_SIZES, ONNX_INSTALL
 
 #: Bumped whenever what this module does to pnnx's output changes; part of the cache key.
 GLUE_VERSION: Final = "1"
@@ -263,9 +264,7 @@ def _signature(source: Path, model: Any) -> tuple[list[tuple[str, tuple[int, ...
             raise ModelLoadError(
                 f"pnnx cannot convert {source.name} for ncnn: input {info.name!r} has shape "
                 f"[{shown}], with dynamic sizes beyond the batch dimension; pnnx resolves shapes "
-                "when it converts. Fix those sizes in the ONNX model (e.g. python -m "
-                "onnxruntime.tools.make_dynamic_shape_fixed --dim_param NAME --dim_value SIZE "
-                "in.onnx out.onnx) and convert that file"
+                f"when it converts. {FIX_SIZES}"
             )
         inputs.append((info.name, tuple(int(d) for d in sample if d is not None)))
     outputs = [o.name for o in graph.output]
