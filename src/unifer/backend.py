@@ -21,6 +21,7 @@ import numpy as np
 
 from ._errors import (
     InferenceError,
+    InputError,
     ModelLoadError,
     UniferError,
     UniferWarning,
@@ -38,6 +39,7 @@ __all__ = [
     "Session",
     "SessionOptions",
     "TensorSpec",
+    "refuse_int64_beyond_int32",
     "reject_precision",
     "translate_errors",
     "warn_unknown_options",
@@ -250,6 +252,24 @@ def warn_user(message: str) -> None:
 
 def _in_unifer(frame: Any) -> bool:
     return str(frame.f_globals.get("__name__", "")).partition(".")[0].startswith("unifer")
+
+
+_INT32: Final = np.iinfo(np.int32)
+
+
+def refuse_int64_beyond_int32(runtime: str, name: str, array: np.ndarray) -> None:
+    """Raise :class:`InputError` when the int64 feed ``array`` holds values int32 cannot.
+
+    For runtimes that compute int64 tensors in int32 (OpenCV DNN, OpenVINO's CPU plugin): they
+    keep the low 32 bits without any error, so such a feed would give wrong numbers silently.
+    """
+    if array.size and (array.min() < _INT32.min or array.max() > _INT32.max):
+        raise InputError(
+            f"input {name!r} holds int64 values outside the int32 range "
+            f"({int(array.min())} .. {int(array.max())}); {runtime} computes int64 tensors in "
+            "int32 and would silently wrap them. Use another backend for this model, e.g. "
+            "backend='onnxruntime'"
+        )
 
 
 def reject_precision(backend: str, precision: str, supported: Sequence[str], why: str) -> None:

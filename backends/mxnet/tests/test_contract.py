@@ -13,6 +13,7 @@ from typing import ClassVar
 
 import pytest
 
+from unifer import ModelLoadError
 from unifer.backend import Backend, SessionOptions
 from unifer.testing import BackendContract
 from unifer.testing.models import ToyModel
@@ -32,6 +33,16 @@ class TestMXNetContract(BackendContract):
     # Executors are bound per input shape, so the batch dimension stays dynamic.
     dynamic_batch = True
     unsupported_precision = "int8"
+
+    @pytest.mark.xfail(
+        strict=True,
+        raises=ModelLoadError,
+        reason="mxnet.contrib.onnx imports an Identity of a graph input as a new variable without "
+        "a shape ('identity1_data'), so the passthrough model cannot load; the plugin says so "
+        "with ModelLoadError (README, known limits)",
+    )
+    def test_results_belong_to_the_caller(self, model_dir: Path) -> None:
+        super().test_results_belong_to_the_caller(model_dir)
 
     def model_file(self, model: ToyModel, directory: Path) -> Path:
         source_dir = directory.parent / f"{directory.name}-onnx"

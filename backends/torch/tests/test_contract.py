@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
@@ -33,6 +33,11 @@ class TestTorchContract(BackendContract):
     # The kit opens every engine and session on this device (the default, "auto", would pick a GPU
     # where there is one).
     backend_options: ClassVar[Mapping[str, object]] = {"device": "cpu"}
+
+    def runtime_threads(self, session: Any) -> int | None:
+        import torch
+
+        return int(torch.get_num_threads())  # process-wide in PyTorch
 
 
 @pytest.mark.gpu

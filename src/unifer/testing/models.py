@@ -44,6 +44,26 @@ class ToyModel:
         """Seeded inputs with the given batch size."""
         return self.make_feeds(np.random.default_rng(seed), batch)
 
+    @property
+    def input_dtypes(self) -> dict[str, np.dtype]:
+        """The graph's declared input dtypes by name, in graph order."""
+        return _dtypes(self.proto.graph.input)
+
+    @property
+    def output_dtypes(self) -> dict[str, np.dtype]:
+        """The graph's declared output dtypes by name, in graph order: what a backend must return,
+        whatever it advertises."""
+        return _dtypes(self.proto.graph.output)
+
+
+def _dtypes(values: Any) -> dict[str, np.dtype]:
+    from onnx import helper
+
+    return {
+        v.name: np.dtype(helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type))
+        for v in values
+    }
+
 
 def _finish(graph: Any) -> onnx.ModelProto:
     import onnx
@@ -90,8 +110,19 @@ def mlp(*, batch: str | int = "N", seed: int = 0) -> ToyModel:
     return ToyModel("mlp", _finish(graph), make_feeds, reference)
 
 
-def multi_io() -> ToyModel:
-    """Three inputs (two float32, one int64) sharing a dynamic batch, three outputs."""
+#: What :func:`multi_io` with ``wide_int64=True`` draws ``k`` from: far beyond int32, within
+#: int64 with room for ``k + 1``, and beyond float64's 53-bit integers.
+WIDE_INT64 = 2**62
+
+
+def multi_io(*, wide_int64: bool = False) -> ToyModel:
+    """Three inputs (two float32, one int64) sharing a dynamic batch, three outputs.
+
+    ``k`` is drawn from [-1000, 1000) by default. ``wide_int64=True`` draws it from
+    [-2**62, 2**62) with its first value beyond the int32 range (and a batch of 2 or more has a
+    negative one too), so a runtime that computes int64 in int32 or float64 returns wrong numbers
+    instead of passing by luck.
+    """
     from onnx import TensorProto, helper, numpy_helper
 
     graph = helper.make_graph(
@@ -118,7 +149,7 @@ def multi_io() -> ToyModel:
         return {
             "a": rng.standard_normal((n, 3)).astype(np.float32),
             "b": rng.standard_normal((n, 3)).astype(np.float32),
-            "k": rng.integers(-1000, 1000, size=n, dtype=np.int64),
+            "k": _int64s(rng, n) if wide_int64 else rng.integers(-1000, 1000, n, dtype=np.int64),
         }
 
     def reference(feeds: Feeds) -> Feeds:
@@ -129,6 +160,59 @@ def multi_io() -> ToyModel:
         }
 
     return ToyModel("multi_io", _finish(graph), make_feeds, reference)
+
+
+def _int64s(rng: np.random.Generator, n: int) -> np.ndarray:
+    k = rng.integers(-WIDE_INT64, WIDE_INT64, size=n, dtype=np.int64)
+    # Whatever the seed: one value beyond int32 and float64's exact integers (int32 would keep its
+    # low bits, 3; float64 would round it), and one just beyond int32 on the negative side.
+    if n:
+        k[0] = 2**60 + 2**40 + 3
+    if n > 1:
+        k[-1] = -(2**35) - 7
+    return k
+
+
+def passthrough(*, constant_output: bool = True) -> ToyModel:
+    """Outputs a runtime may hand back without computing them: ``x`` float32 [batch, 4] in;
+    ``same`` (Identity of ``x``), ``constant`` (a Constant node, float32 [4]) and ``scaled``
+    (``x * 2``) out. A backend that returns the caller's feed, a cached constant or a reused
+    output buffer shows up as shared memory between results and feeds or earlier results.
+    ``constant_output=False`` leaves ``constant`` out, for formats that cannot output a constant.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    constant = np.array([1.5, -2.0, 0.25, 8.0], dtype=np.float32)
+    nodes = [
+        helper.make_node("Identity", ["x"], ["same"]),
+        helper.make_node("Constant", [], ["constant"], value=numpy_helper.from_array(constant)),
+        helper.make_node("Mul", ["x", "two"], ["scaled"]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("same", TensorProto.FLOAT, ["N", 4]),
+        helper.make_tensor_value_info("constant", TensorProto.FLOAT, [4]),
+        helper.make_tensor_value_info("scaled", TensorProto.FLOAT, ["N", 4]),
+    ]
+    if not constant_output:
+        del nodes[1], outputs[1]
+    graph = helper.make_graph(
+        nodes,
+        "passthrough",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        outputs,
+        initializer=[numpy_helper.from_array(np.array(2, dtype=np.float32), "two")],
+    )
+
+    def make_feeds(rng: np.random.Generator, n: int) -> Feeds:
+        return {"x": rng.standard_normal((n, 4)).astype(np.float32)}
+
+    def reference(feeds: Feeds) -> Feeds:
+        want = {"same": feeds["x"].copy(), "constant": constant.copy(), "scaled": feeds["x"] * 2}
+        if not constant_output:
+            del want["constant"]
+        return want
+
+    return ToyModel("passthrough", _finish(graph), make_feeds, reference)
 
 
 def image_conv(*, size: int = 16, layout: str = "nchw", seed: int = 0) -> ToyModel:

@@ -21,6 +21,7 @@ from unifer import InferenceError, InputError, ModelLoadError, UnsupportedOption
 from unifer.backend import (
     SessionOptions,
     TensorSpec,
+    refuse_int64_beyond_int32,
     reject_precision,
     translate_errors,
     warn_unknown_options,
@@ -66,7 +67,6 @@ _ONNX_TYPE_NAMES: Final = {
     22: "int4",
     23: "float4e2m1",
 }
-_INT32: Final = np.iinfo(np.int32)
 
 # -- the process-wide thread count -----------------------------------------------------------------
 
@@ -161,7 +161,7 @@ class OpenCVSession:
                     "the call, or use another backend, e.g. backend='onnxruntime'"
                 )
         for name in self._int64_inputs:
-            _check_int32_range(name, feeds[name])
+            refuse_int64_beyond_int32("OpenCV DNN", name, feeds[name])
         with self._lock, translate_errors(NAME, cv2.error):
             for name in self._input_names:
                 net.setInput(feeds[name], name)  # copies the array into the Net's own blob
@@ -177,18 +177,6 @@ class OpenCVSession:
         self._net = None  # the Net is freed when the last run() holding it returns
         if self._release is not None:
             self._release()  # a finalize runs once, so a second close() does nothing
-
-
-def _check_int32_range(name: str, array: np.ndarray) -> None:
-    # cv2.dnn stores int64 tensors as int32 and keeps only the low 32 bits of each value without
-    # any error; refuse such feeds instead of returning wrong numbers.
-    if array.size and (array.min() < _INT32.min or array.max() > _INT32.max):
-        raise InputError(
-            f"input {name!r} holds int64 values outside the int32 range "
-            f"({int(array.min())} .. {int(array.max())}); OpenCV DNN computes int64 tensors in "
-            "int32 and would silently wrap them. Use another backend for this model, e.g. "
-            "backend='onnxruntime'"
-        )
 
 
 # -- opening --------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from unifer._digest import model_digest
 from unifer.backend import (
     SessionOptions,
     TensorSpec,
+    refuse_int64_beyond_int32,
     reject_precision,
     translate_errors,
     warn_unknown_options,
@@ -228,6 +229,7 @@ class OpenVINOSession:
         self._inputs = tuple(_spec(p) for p in compiled.inputs)
         self._outputs = tuple(_spec(p) for p in compiled.outputs)
         self._input_names = tuple(s.name for s in self._inputs)
+        self._int64_inputs = tuple(s.name for s in self._inputs if s.dtype == np.int64)
         self._output_names = tuple(s.name for s in self._outputs)
         size = num_requests or int(_get(compiled, "OPTIMAL_NUMBER_OF_INFER_REQUESTS") or 1)
         # CompiledModel.__call__ reuses one hidden request and blocks concurrent callers; a queue of
@@ -335,6 +337,8 @@ class OpenVINOSession:
             raise InferenceError(
                 "this OpenVINO session is closed; open the model again to run it", backend=NAME
             )
+        for name in self._int64_inputs:
+            refuse_int64_beyond_int32("OpenVINO", name, feeds[name])
         request = pool.get()
         try:
             with translate_errors(NAME, RuntimeError):

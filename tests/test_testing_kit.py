@@ -1,0 +1,244 @@
+"""The conformance kit (unifer.testing) fails on broken backends.
+
+A kit check that cannot fail passes every plugin and proves nothing. Each test here wraps the
+onnxruntime backend with one deliberate defect, registers it under its own name, and runs the kit
+check that must catch it; each defect is deterministic (no timing luck).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("unifer_onnxruntime")
+
+from unifer import register_backend, unregister_backend
+from unifer.backend import Backend, SessionOptions, TensorSpec
+from unifer.testing import BackendContract
+from unifer_onnxruntime import OnnxRuntimeBackend
+
+
+class Wrapped:
+    """A session that delegates to onnxruntime's; subclasses break one thing."""
+
+    def __init__(self, inner: Any, options: SessionOptions) -> None:
+        self.inner = inner
+        self.options = options
+        self.calls = 0
+
+    @property
+    def inputs(self) -> Sequence[TensorSpec]:
+        return tuple(self.inner.inputs)
+
+    @property
+    def outputs(self) -> Sequence[TensorSpec]:
+        return tuple(self.inner.outputs)
+
+    @property
+    def settings(self) -> Mapping[str, object]:
+        return self.inner.settings  # type: ignore[no-any-return]
+
+    def run(self, feeds: Mapping[str, np.ndarray], /) -> dict[str, np.ndarray]:
+        self.calls += 1
+        return self.inner.run(feeds)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class Advertises32(Wrapped):
+    """Advertises and returns int64 outputs as int32 (its specs and results agree)."""
+
+    @property
+    def outputs(self) -> Sequence[TensorSpec]:
+        return tuple(
+            TensorSpec(s.name, s.shape, np.dtype(np.int32) if s.dtype == np.int64 else s.dtype)
+            for s in self.inner.outputs
+        )
+
+    def run(self, feeds: Mapping[str, np.ndarray], /) -> dict[str, np.ndarray]:
+        out = super().run(feeds)
+        return {k: v.astype(np.int32) if v.dtype == np.int64 else v for k, v in out.items()}
+
+
+class Wraps32(Wrapped):
+    """Right dtypes, but computes int64 in int32, as some runtimes do silently."""
+
+    def run(self, feeds: Mapping[str, np.ndarray], /) -> dict[str, np.ndarray]:
+        narrowed = {
+            k: v.astype(np.int32).astype(np.int64) if v.dtype == np.int64 else v
+            for k, v in feeds.items()
+        }
+        return super().run(narrowed)
+
+
+class EchoesThreads(Wrapped):
+    """Opens the runtime with its default threads and reports the requested ones."""
+
+    @property
+    def settings(self) -> Mapping[str, object]:
+        return {**self.inner.settings, "threads": self.options.threads}
+
+
+class WrongSometimes(Wrapped):
+    """Returns zeros on a few calls after the first eight (the kit's serial runs)."""
+
+    def run(self, feeds: Mapping[str, np.ndarray], /) -> dict[str, np.ndarray]:
+        out = super().run(feeds)
+        if self.calls > 8 and self.calls % 7 == 3:
+            return {k: np.zeros_like(v) for k, v in out.items()}
+        return out
+
+
+class ReturnsTheFeed(Wrapped):
+    """Hands back the caller's feed for an output equal to it (an Identity)."""
+
+    def run(self, feeds: Mapping[str, np.ndarray], /) -> dict[str, np.ndarray]:
+        out = super().run(feeds)
+        for name, value in out.items():
+            for feed in feeds.values():
+                if feed.shape == value.shape and np.array_equal(feed, value):
+                    out[name] = feed
+        return out
+
+
+class CachesConstants(Wrapped):
+    """Hands back the same array every call for an output that does not change (a Constant)."""
+
+    def __init__(self, inner: Any, options: SessionOptions) -> None:
+        super().__init__(inner, options)
+        self.cache: dict[str, np.ndarray] = {}
+
+    def run(self, feeds: Mapping[str, np.ndarray], /) -> dict[str, np.ndarray]:
+        out = super().run(feeds)
+        for name, value in out.items():
+            cached = self.cache.setdefault(name, value)
+            if cached.shape == value.shape and np.array_equal(cached, value):
+                out[name] = cached
+        return out
+
+
+def broken(session: type[Wrapped]) -> type[Backend]:
+    """An onnxruntime backend, under its own name, whose sessions are ``session``."""
+
+    class Broken(OnnxRuntimeBackend):
+        name: ClassVar[str] = session.__name__.lower()
+
+        def open(self, model: Path, options: SessionOptions, /) -> Wrapped:  # type: ignore[override]
+            plain = SessionOptions(
+                threads=None if session is EchoesThreads else options.threads,
+                precision=options.precision,
+                cache_dir=options.cache_dir,
+                extra=options.extra,
+            )
+            return session(super().open(model, plain), options)
+
+    Broken.__qualname__ = Broken.__name__ = session.__name__
+    return Broken
+
+
+def native_threads(self: BackendContract, session: Wrapped) -> int:
+    """The kit's hook, as backends/onnxruntime/tests/test_contract.py implements it."""
+    return int(session.inner._session.get_session_options().intra_op_num_threads)
+
+
+def kit(session: type[Wrapped], **attributes: object) -> BackendContract:
+    """A kit instance for the broken backend, as a plugin's tests would subclass it."""
+    namespace: dict[str, object] = {
+        "backend_class": broken(session),
+        "runtime_modules": ("onnxruntime",),
+        "runtime_threads": native_threads,
+        **attributes,
+    }
+    return type(f"Test{session.__name__}", (BackendContract,), namespace)()  # type: ignore[return-value]
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "models"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture
+def registered(request: pytest.FixtureRequest) -> Iterator[BackendContract]:
+    """The kit for the broken backend ``request.param``, registered for the test."""
+    contract = kit(request.param)
+    register_backend(contract.backend_class)
+    yield contract
+    unregister_backend(contract.backend_class.name)
+
+
+@pytest.mark.parametrize(
+    ("runtime_modules", "match"),
+    [((), "runtime_modules is empty"), (("onnxruntimee",), "none of runtime_modules")],
+)
+def test_runtime_modules_that_name_nothing_fail(
+    runtime_modules: tuple[str, ...], match: str
+) -> None:
+    # The real plugin: its module must be importable in the kit's subprocess.
+    contract = kit(Wrapped, backend_class=OnnxRuntimeBackend, runtime_modules=runtime_modules)
+    with pytest.raises(AssertionError, match=match):
+        contract.test_plugin_module_imports_without_its_runtime()
+    kit(Wrapped, backend_class=OnnxRuntimeBackend).test_plugin_module_imports_without_its_runtime()
+
+
+@pytest.mark.parametrize("registered", [Advertises32], indirect=True)
+def test_int64_advertised_as_int32_fails(registered: BackendContract, model_dir: Path) -> None:
+    backend = registered.backend_class()
+    with pytest.raises(AssertionError):
+        registered.test_specs_are_well_formed(backend, model_dir)
+    with pytest.raises(AssertionError, match="k_plus_one"):
+        registered.test_run_returns_every_output_with_its_dtype(model_dir)
+
+
+@pytest.mark.parametrize("registered", [Wraps32], indirect=True)
+def test_int64_computed_in_int32_fails(registered: BackendContract, model_dir: Path) -> None:
+    with pytest.raises(AssertionError, match="k_plus_one"):
+        registered.test_run_returns_every_output_with_its_dtype(model_dir)
+
+
+def test_the_int64_opt_out_demands_a_refusal(model_dir: Path) -> None:
+    contract = kit(Wraps32, int64_beyond_int32=False)
+    register_backend(contract.backend_class)
+    try:
+        with pytest.raises(pytest.fail.Exception, match="DID NOT RAISE"):
+            contract.test_run_returns_every_output_with_its_dtype(model_dir)
+    finally:
+        unregister_backend(contract.backend_class.name)
+
+
+@pytest.mark.parametrize("registered", [EchoesThreads], indirect=True)
+def test_threads_echoed_but_not_applied_fails(registered: BackendContract, model_dir: Path) -> None:
+    registered.test_settings_report_what_was_applied(model_dir)  # the echo alone passes there
+    with pytest.raises(AssertionError, match="threads=1 was requested"):
+        registered.test_threads_are_applied_by_the_runtime(model_dir)
+
+
+@pytest.mark.parametrize("registered", [WrongSometimes], indirect=True)
+def test_any_wrong_concurrent_call_fails(registered: BackendContract, model_dir: Path) -> None:
+    with pytest.raises(AssertionError, match="concurrent calls differ"):
+        registered.test_concurrent_runs_match_serial_runs(model_dir)
+
+
+@pytest.mark.parametrize("registered", [ReturnsTheFeed, CachesConstants], indirect=True)
+def test_results_aliasing_feeds_or_earlier_results_fail(
+    registered: BackendContract, model_dir: Path
+) -> None:
+    with pytest.raises(AssertionError, match="results share memory"):
+        registered.test_results_belong_to_the_caller(model_dir)
+
+
+def test_the_constant_output_opt_out_demands_a_refusal(model_dir: Path) -> None:
+    contract = kit(Wrapped, constant_outputs=False)
+    register_backend(contract.backend_class)
+    try:
+        with pytest.raises(pytest.fail.Exception, match="DID NOT RAISE"):
+            contract.test_results_belong_to_the_caller(model_dir)
+    finally:
+        unregister_backend(contract.backend_class.name)
