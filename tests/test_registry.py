@@ -176,3 +176,13 @@ def test_versions_ignore_distributions_of_packages_the_plugin_does_not_import(
         "unifer-altplug": "1.0",
         "fakert": "not installed",
     }
+
+
+def test_an_extra_s_other_name_points_at_its_backend(fake_backend, monkeypatch):
+    # 'tflite' is an install extra of litert, not a backend name.
+    monkeypatch.setitem(_registry.FIRST_PARTY, "fakelite", "fake")
+    with pytest.raises(
+        BackendNotFoundError,
+        match="'fakelite' names the install extra of backend 'fake': use 'fake'",
+    ):
+        _registry.get_backend("fakelite")

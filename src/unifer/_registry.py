@@ -187,6 +187,10 @@ def _not_found_message(name: str) -> str:
     installed = backend_names()
     parts = [f"no backend named {name!r} is installed"]
     parts.append(f"installed: {', '.join(installed)}" if installed else "no backends are installed")
+    alias = FIRST_PARTY.get(name)
+    if alias is not None and alias != name and alias in installed:  # tflite: litert's extra
+        parts.append(f"{name!r} names the install extra of backend {alias!r}: use {alias!r}")
+        return "; ".join(parts)
     close = difflib.get_close_matches(name, sorted(set(installed) | set(FIRST_PARTY)), n=1)
     if close and close[0] != name:
         parts.append(f"did you mean {close[0]!r}?")

@@ -193,6 +193,8 @@ def test_engine_converts_onnx_when_litert_is_named(tmp_path: Path) -> None:
         assert isinstance(conversion, dict)
         assert conversion["converter"] == LiteRTBackend().converter_version(SessionOptions())
         assert conversion["check"]["passed"] is True
+        # The ONNX project's own runtime is the reference, as for auto and the bench.
+        assert conversion["check"]["reference"] == "onnxruntime"
         assert Path(conversion["path"]).suffix == ".tflite"
         assert engine.run({"input.1": np.zeros((1, 3, 112, 112), F32)})["embedding"].shape == (
             1,

@@ -360,15 +360,27 @@ class OpenVINOSession:
         self._compiled = None
 
 
+#: Devices that combine others: never listed in available_devices, refused later for another
+#: reason (they cannot pin the inference precision).
+_VIRTUAL_DEVICES: Final = ("AUTO", "MULTI", "HETERO", "BATCH")
+
+
 def _device_properties(core: ov.Core, device: str) -> frozenset[str]:
+    available = list(core.available_devices)
+    kind = device.partition(".")[0].partition(":")[0]
+    # A plugin installed without its hardware (NPU on a machine without one) still answers
+    # property queries, so availability is checked first, by kind ("GPU" may be listed as "GPU.0").
+    listed = kind in _VIRTUAL_DEVICES or any(d.partition(".")[0] == kind for d in available)
     try:
-        return frozenset(core.get_property(device, "SUPPORTED_PROPERTIES"))
+        if listed:
+            return frozenset(core.get_property(device, "SUPPORTED_PROPERTIES"))
+        cause = None
     except RuntimeError as exc:
-        available = ", ".join(core.available_devices)
-        raise UnsupportedOptionError(
-            f"OpenVINO has no usable device {device!r} here (available: {available}); set "
-            "backend_options={'openvino': {'device': ...}} to one of them"
-        ) from exc
+        cause = exc
+    raise UnsupportedOptionError(
+        f"OpenVINO has no usable device {device!r} here (available: {', '.join(available)}); set "
+        "backend_options={'openvino': {'device': ...}} to one of them"
+    ) from cause
 
 
 def _precision_hint(
