@@ -26,6 +26,7 @@ if importlib.util.find_spec("torch") is None:
     )
 
 import onnx
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from unifer import Engine, MissingDependencyError, ModelLoadError
@@ -33,8 +34,12 @@ from unifer import Engine, MissingDependencyError, ModelLoadError
 ort = pytest.importorskip("onnxruntime")
 
 CPU = {"torch": {"device": "cpu"}}
+BF16_ON_CPU = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 F32 = TensorProto.FLOAT
 I64 = TensorProto.INT64
+I32 = TensorProto.INT32
+I8 = TensorProto.INT8
+U8 = TensorProto.UINT8
 BOOL = TensorProto.BOOL
 RNG = np.random.default_rng(0)
 
@@ -88,6 +93,15 @@ def node(op: str, inputs: Sequence[str], outputs: Sequence[str] = ("y",), **attr
     return helper.make_node(op, list(inputs), list(outputs), **attrs)
 
 
+def with_dim_param(path: Path, axis: int, name: str) -> Path:
+    """Make dim ``axis`` of the model's first input symbolic (``name``), so that nothing that
+    depends on it is folded at load."""
+    model = onnx.load_model(str(path))
+    model.graph.input[0].type.tensor_type.shape.dim[axis].dim_param = name
+    onnx.save_model(model, str(path))
+    return path
+
+
 def unary(op: str, x: np.ndarray | None = None, **attrs: Any) -> Case:
     return Case([node(op, ["x"], **attrs)], {"x": rand(2, 3, 4) if x is None else x})
 
@@ -103,6 +117,8 @@ def conv_case(**attrs: Any) -> Case:
         constants={"w": weight, "b": rand(6)},
     )
 
+
+NOOP_REDUCTIONS = ("ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceMean", "ReduceLogSumExp")
 
 CASES: dict[str, Case] = {
     # -- convolution ------------------------------------------------------------------------
@@ -190,6 +206,13 @@ CASES: dict[str, Case] = {
     ),
     "maxpool-1d": Case(
         [node("MaxPool", ["x"], kernel_shape=[3], strides=[2])], {"x": rand(1, 2, 9)}
+    ),
+    "maxpool-int8-asymmetric": Case(
+        # Padded with int8's lowest value: -inf does not fit an int8 tensor.
+        [node("MaxPool", ["x"], kernel_shape=[2, 2], pads=[1, 1, 0, 0])],
+        {"x": np.arange(-8, 8, dtype=np.int8).reshape(1, 1, 4, 4)},
+        outputs={"y": I8},
+        opset=12,
     ),
     "avgpool-exclude-pad": Case(
         [node("AveragePool", ["x"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])],
@@ -464,6 +487,34 @@ CASES: dict[str, Case] = {
         constants={"p": ints(2, 1, 0, 3), "a": ints(2, 3)},
         opset=18,
     ),
+    # F.pad's reflect/replicate/circular modes pad only the last 1-3 axes of a 2-D..5-D tensor.
+    "pad-reflect-1d": Case(
+        [node("Pad", ["x", "p"], mode="reflect")], {"x": rand(6)}, constants={"p": ints(2, 3)}
+    ),
+    "pad-edge-2d-both-axes": Case(
+        [node("Pad", ["x", "p"], mode="edge")], {"x": rand(4, 5)}, constants={"p": ints(1, 2, 3, 0)}
+    ),
+    "pad-edge-batch-axis": Case(
+        [node("Pad", ["x", "p"], mode="edge")],
+        {"x": rand(2, 3, 4, 5)},
+        constants={"p": ints(1, 0, 0, 0, 0, 0, 0, 2)},
+    ),
+    "pad-reflect-channel-axis-3d": Case(
+        [node("Pad", ["x", "p"], mode="reflect")],
+        {"x": rand(2, 4, 5)},
+        constants={"p": ints(0, 1, 0, 0, 2, 0)},
+    ),
+    "pad-reflect-crop": Case(
+        [node("Pad", ["x", "p"], mode="reflect")],
+        {"x": rand(1, 2, 6, 5)},
+        constants={"p": ints(0, 0, -1, 2, 0, 0, 1, -1)},
+    ),
+    "pad-wrap-5d": Case(
+        [node("Pad", ["x", "p"], mode="wrap")],
+        {"x": rand(1, 2, 3, 4, 5)},
+        constants={"p": ints(0, 1, 1, 2, 0, 0, 0, 1, 0, 3)},
+        opset=19,
+    ),
     "pad-opset9-attrs": Case(
         [node("Pad", ["x"], pads=[0, 1, 0, 2], value=-1.0)], {"x": rand(3, 4)}, opset=9
     ),
@@ -520,6 +571,35 @@ CASES: dict[str, Case] = {
         {"x": rand(1, 2, 9, 8)},
         constants={"z": ints(1, 2, 4, 3)},
     ),
+    # Resize-10 has no nearest_mode: onnxruntime truncates upsampling and rounds downsampling up.
+    "resize10-nearest-up3": Case(
+        [node("Resize", ["x", "s"], mode="nearest")],
+        {"x": rand(1, 1, 2, 4)},
+        constants={"s": np.array([1, 1, 3, 3], np.float32)},
+        opset=10,
+    ),
+    "resize10-nearest-down": Case(
+        [node("Resize", ["x", "s"], mode="nearest")],
+        {"x": rand(1, 1, 6, 6)},
+        constants={"s": np.array([1, 1, 0.5, 0.6], np.float32)},
+        opset=10,
+    ),
+    "resize-nearest-batch-axis": Case(
+        [node("Resize", ["x", "", "s"], mode="nearest")],
+        {"x": rand(2, 1, 5, 7)},
+        constants={"s": np.array([2, 1, 1, 1], np.float32)},
+    ),
+    **{
+        f"resize-linear-{np.dtype(dtype).name}": Case(
+            # Weights of 1/4 and 3/4 are exact in float32, so onnxruntime's truncation and this
+            # converter's agree to the unit.
+            [node("Resize", ["x", "", "s"], mode="linear")],
+            {"x": RNG.integers(low, 256, (1, 2, 4, 5)).astype(dtype)},
+            outputs={"y": onnx_type},
+            constants={"s": np.array([1, 1, 2, 2], np.float32)},
+        )
+        for dtype, onnx_type, low in ((np.uint8, U8, 0), (np.int32, I32, -256))
+    },
     "upsample-opset9": Case(
         [node("Upsample", ["x", "s"], mode="nearest")],
         {"x": rand(1, 2, 3, 3)},
@@ -549,6 +629,23 @@ CASES: dict[str, Case] = {
         ],
         {"x": rand(2, 3, 4)},
         outputs=("a", "b", "c", "d", "e", "f"),
+    ),
+    "reduce-noop-with-empty-axes": Case(
+        # No axes input, and an empty one: the elementwise part still applies (|x|, x*x, ...).
+        [
+            node(op, ["x", *axes], [f"{op}{len(axes)}"], noop_with_empty_axes=1)
+            for op in NOOP_REDUCTIONS
+            for axes in ([], ["none"])
+        ],
+        {"x": rand(2, 3, 4)},
+        outputs=[f"{op}{n}" for op in NOOP_REDUCTIONS for n in (0, 1)],
+        constants={"none": np.zeros(0, np.int64)},
+        opset=18,
+    ),
+    "reducemean-int32-truncates": Case(
+        [node("ReduceMean", ["x"], axes=[1])],
+        {"x": np.array([[-3, 0, 1], [1, 2, 2], [7, -7, 5]], np.int32)},
+        outputs={"y": I32},
     ),
     "argmax-last-index": Case(
         [
@@ -587,10 +684,7 @@ def test_matches_onnxruntime(case_id: str, tmp_path: Path) -> None:
 def test_dynamic_batch_through_shape_arithmetic(tmp_path: Path) -> None:
     """A symbolic batch: the Shape subgraph runs at every call instead of being folded."""
     case = CASES["dynamic-shape-arithmetic"]
-    model = onnx.load_model(str(case.save(tmp_path / "m.onnx")))
-    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
-    path = tmp_path / "dynamic.onnx"
-    onnx.save_model(model, str(path))
+    path = with_dim_param(case.save(tmp_path / "dynamic.onnx"), 0, "N")
     raw = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with Engine.load(path, backend="torch", backend_options=CPU) as engine:
         assert engine.inputs[0].shape == ("N", 2, 4)
@@ -606,6 +700,80 @@ def test_static_shape_arithmetic_is_folded_at_load(tmp_path: Path) -> None:
     with Engine.load(path, backend="torch", backend_options=CPU) as engine:
         # Everything but the Reshape of the input depends on its (static) shape only.
         assert engine.settings["nodes_folded_at_load"] == 6
+
+
+def parity(case: Case, path: Path, precision: str, atol: float) -> np.ndarray:
+    """Run ``path`` (``case`` saved) with torch at ``precision`` and onnxruntime (fp32); check that
+    the shapes agree and the values within ``atol``; return torch's output."""
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, case.feeds)
+    with Engine.load(path, backend="torch", precision=precision, backend_options=CPU) as engine:
+        (got,) = engine.run(case.feeds).values()
+    assert got.shape == want[0].shape
+    np.testing.assert_allclose(got, want[0], atol=atol)
+    return got
+
+
+@pytest.mark.skipif(not BF16_ON_CPU, reason="oneDNN has no bf16 kernels for this CPU")
+def test_shape_arithmetic_stays_float32_in_bf16(tmp_path: Path) -> None:
+    """An exporter's dynamic-size arithmetic in float: Cast(H, FLOAT) * 0.7 -> Cast(INT64). In
+    bf16, 602 would become 600 and 0.7 0.69921875: a height of 420 instead of 421."""
+    case = Case(
+        [
+            node("Shape", ["x"], ["shape"]),
+            node("Gather", ["shape", "two"], ["h"], axis=0),
+            node("Cast", ["h"], ["hf"], to=F32),
+            node("Mul", ["hf", "factor"], ["scaled"]),
+            node("Cast", ["scaled"], ["h2"], to=I64),
+            node("Unsqueeze", ["h2", "zero"], ["h2_1d"]),
+            node("Concat", ["nc", "h2_1d", "w"], ["sizes"], axis=0),
+            node("Resize", ["x", "", "", "sizes"], mode="nearest"),
+        ],
+        {"x": rand(1, 1, 602, 4)},
+        constants={
+            "two": np.int64(2),
+            "factor": np.float32(0.7),
+            "zero": ints(0),
+            "nc": ints(1, 1),
+            "w": ints(4),
+        },
+    )
+    path = with_dim_param(case.save(tmp_path / "sizes.onnx"), 2, "H")
+    assert parity(case, path, "bf16", atol=0.02).shape == (1, 1, 421, 4)
+
+
+@pytest.mark.skipif(not BF16_ON_CPU, reason="oneDNN has no bf16 kernels for this CPU")
+def test_an_integer_input_cast_to_float_is_computed_in_bf16(tmp_path: Path) -> None:
+    """Only values that feed integers stay float32: a uint8 image cast to float feeds a Conv whose
+    weights are bf16, which takes bf16 input only."""
+    case = Case(
+        [
+            node("Cast", ["x"], ["xf"], to=F32),
+            node("Sub", ["xf", "mean"], ["centred"]),
+            node("Conv", ["centred", "w"]),
+        ],
+        {"x": RNG.integers(0, 256, (1, 3, 8, 8)).astype(np.uint8)},
+        constants={"mean": np.float32(127.5), "w": rand(4, 3, 3, 3) / 64},
+    )
+    parity(case, case.save(tmp_path / "uint8.onnx"), "bf16", atol=0.05)
+
+
+@pytest.mark.parametrize(
+    ("op", "attrs", "match"),
+    [
+        ("Concat", {}, r"has no 'axis' attribute, which Concat requires"),
+        ("Cast", {}, r"has no 'to' attribute"),
+        ("LRN", {}, r"has no 'size' attribute"),
+        ("MaxPool", {}, r"has no 'kernel_shape' attribute"),
+        ("Cast", {"to": "float"}, r"has an invalid attribute: invalid literal for int"),
+    ],
+)
+def test_a_malformed_node_is_a_load_error_naming_it(
+    tmp_path: Path, op: str, attrs: dict[str, Any], match: str
+) -> None:
+    case = Case([node(op, ["x"], name="bad", **attrs)], {"x": rand(1, 2, 3, 3)})
+    with pytest.raises(ModelLoadError, match=rf"node 'bad' \({op}\) {match}") as info:
+        Engine.load(case.save(tmp_path / "bad.onnx"), backend="torch", backend_options=CPU)
+    assert "onnx.checker.check_model" in str(info.value)
 
 
 def test_unsupported_operators_are_named_at_load(tmp_path: Path) -> None:

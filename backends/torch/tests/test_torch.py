@@ -8,6 +8,7 @@ import threading
 import warnings
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -457,6 +458,22 @@ def test_threads_are_process_wide_and_a_conflict_warns(arcface_tiny: Path) -> No
         assert torch.get_num_threads() == 1  # b closed: a's value is back
     # Both closed: a third value conflicts with nobody.
     Engine.load(arcface_tiny, backend="torch", threads=1, backend_options={"torch": CPU}).close()
+
+
+def test_threads_apply_in_a_pool_thread_that_ran_torch_before(arcface_tiny: Path) -> None:
+    """torch.set_num_threads sets the calling thread's count (OpenMP keeps one per thread): a
+    worker that ran torch before the engine was opened has its own until run() aligns it."""
+    feeds = {"input.1": np.zeros((1, 3, 112, 112), np.float32)}
+    with ThreadPoolExecutor(1) as pool:
+        before = pool.submit(torch.get_num_threads).result()
+        wanted = before + 1
+        options = {"torch": CPU}
+        with Engine.load(
+            arcface_tiny, backend="torch", threads=wanted, backend_options=options
+        ) as e:
+            assert pool.submit(torch.get_num_threads).result() == before
+            pool.submit(e.run, feeds).result()
+            assert pool.submit(torch.get_num_threads).result() == wanted
 
 
 def test_closed_session_refuses_to_run(arcface_tiny: Path) -> None:

@@ -23,7 +23,7 @@ read, so a missing ``onnx`` is a :class:`~unifer.MissingDependencyError` with th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeAlias
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 #: Identifies this converter's behaviour; reported in ``settings["converter"]``.
-CONVERTER_VERSION: Final = "1"
+CONVERTER_VERSION: Final = "2"
 ONNX_INSTALL: Final = 'pip install "unifer-torch[onnx]"'
 #: Default-domain opsets older than this use the pre-numpy broadcasting rules (``broadcast`` and
 #: ``axis`` attributes), which this converter does not implement.
@@ -127,14 +127,15 @@ class Context:
 
     ``float_dtype`` is what ONNX ``float`` (float32) means inside the graph: float32 normally, the
     compute dtype (bfloat16/float16) when the session runs the model at reduced precision, so a
-    ``Cast(to=FLOAT)`` or a ``ConstantOfShape`` of floats does not bring float32 back midway.
+    ``Cast(to=FLOAT)`` or a ``ConstantOfShape`` of floats does not bring float32 back midway;
+    except where ``exact``: values that only feed integers (:func:`_feeding_integers`).
     """
 
     float_dtype: torch.dtype = torch.float32
 
-    def dtype(self, onnx_type: int) -> torch.dtype:
+    def dtype(self, onnx_type: int, exact: bool = False) -> torch.dtype:
         dtype = TORCH_DTYPES[onnx_type]
-        return self.float_dtype if dtype == torch.float32 else dtype
+        return self.float_dtype if dtype == torch.float32 and not exact else dtype
 
 
 @dataclass(frozen=True)
@@ -162,24 +163,30 @@ class OnnxModule(torch.nn.Module):  # type: ignore[misc]  # torch is untyped whe
         inputs: Sequence[str],
         outputs: Sequence[str],
         context: Context,
+        exact: Collection[str] = (),
     ) -> None:
         super().__init__()
         self._constant_buffers: list[tuple[str, str]] = []
+        self._exact_keys: set[str] = set()
+        """Constants that stay float32 at reduced precision (they only feed integers)."""
         for index, (name, value) in enumerate(constants.items()):
             key = f"c{index}"
             self.register_buffer(key, value, persistent=False)
             self._constant_buffers.append((name, key))
+            if name in exact:
+                self._exact_keys.add(key)
         self._steps = tuple(steps)
         self._input_names = tuple(inputs)
         self._output_names = tuple(outputs)
         self.context = context
 
     def set_float_dtype(self, dtype: torch.dtype) -> OnnxModule:
-        """Run the graph's float32 arithmetic in ``dtype``: casts the floating constants too."""
+        """Run the graph's float32 arithmetic in ``dtype``: casts the floating constants too (except
+        those of shape arithmetic)."""
         self.context.float_dtype = dtype
         for _, key in self._constant_buffers:
             value = self._buffers[key]
-            if value is not None and value.dtype == torch.float32:
+            if value is not None and value.dtype == torch.float32 and key not in self._exact_keys:
                 self._buffers[key] = value.to(dtype)
         return self
 
@@ -301,6 +308,7 @@ def convert(proto: Any, path: Path) -> GraphIO:
             "another backend for this model, e.g. backend='onnxruntime'"
         )
 
+    exact = _feeding_integers(nodes, constants, {s.name for s in outputs})
     known: set[str] = {*constants, *(s.name for s in inputs)}
     fns: list[tuple[_Node, OpFn]] = []
     unsupported_variants: list[str] = []
@@ -316,6 +324,7 @@ def convert(proto: Any, path: Path) -> GraphIO:
             i: constants[name] for i, name in enumerate(node.inputs) if name in constants
         }
         node.static_shapes = static_shapes
+        node.exact = all(name in exact for name in node.outputs if name)
         builder = node.builder
         if builder is None:  # listed in `problems` above, which raised
             continue
@@ -325,6 +334,12 @@ def convert(proto: Any, path: Path) -> GraphIO:
             unsupported_variants.append(f"{node.label} ({node.op_type}): {exc}")
             known.update(node.outputs)
             continue
+        except (TypeError, ValueError, KeyError, IndexError) as exc:
+            # An attribute of the wrong type or shape (a string where ints belong, ...).
+            raise GraphError(
+                f"node {node.label} ({node.op_type}) has an invalid attribute: "
+                f"{exc or type(exc).__name__}"
+            ) from exc
         if _foldable(node):
             # Every input is a constant (or the shape of a static input): evaluate once, now.
             if node.op_type == "Shape" and node.inputs[0] not in constants:
@@ -361,7 +376,9 @@ def convert(proto: Any, path: Path) -> GraphIO:
     steps = _schedule(fns, [s.name for s in outputs])
     used = {name for step in steps for name in step.inputs} | {s.name for s in outputs}
     kept = {name: value for name, value in constants.items() if name in used}
-    module = OnnxModule(kept, steps, [s.name for s in inputs], [s.name for s in outputs], context)
+    module = OnnxModule(
+        kept, steps, [s.name for s in inputs], [s.name for s in outputs], context, exact
+    )
     module.eval()
     return GraphIO(
         module=module,
@@ -426,6 +443,52 @@ def _foldable(node: _Node) -> bool:
     return all(i in node.constants or not name for i, name in enumerate(node.inputs))
 
 
+#: ONNX integer and bool element types (uint8, int8, int16, int32, int64, bool).
+_INTEGER_TYPES: Final = frozenset({2, 3, 5, 6, 7, 9})
+#: Ops whose outputs are computed from their inputs value by value, or move values around: what
+#: they read feeds integers when everything they produce does.
+_PASS_THROUGH: Final = frozenset(
+    {
+        "Abs", "Add", "Ceil", "Clip", "Concat", "Div", "Expand", "Floor", "Gather", "Identity",
+        "Max", "Min", "Mod", "Mul", "Neg", "Pow", "Reshape", "Round", "Slice", "Sqrt", "Squeeze",
+        "Sub", "Unsqueeze",
+    }
+)  # fmt: skip
+_COMPARISONS: Final = frozenset({"Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual"})
+#: Float inputs that only decide an output's shape: Resize's roi, scales and sizes (scales at 1
+#: before opset 11), Upsample's scales.
+_SHAPE_INPUTS: Final = {"Resize": frozenset({1, 2, 3}), "Upsample": frozenset({1})}
+
+
+def _feeding_integers(
+    nodes: Sequence[_Node], constants: Iterable[str], graph_outputs: Collection[str]
+) -> set[str]:
+    """Values that only feed integers: shape arithmetic such as ``Cast(Shape(x)[2], FLOAT) * 0.5
+    -> Cast(INT64)``, or a Resize's scales. They stay float32 when the graph runs in bf16/fp16,
+    whose 8- or 11-bit mantissa would change the integers (a height of 301 would become 300)."""
+    readers: dict[str, list[tuple[_Node, int]]] = {}
+    for node in nodes:
+        for index, name in enumerate(node.inputs):
+            if name:
+                readers.setdefault(name, []).append((node, index))
+    found: set[str] = set()
+
+    def integer_read(node: _Node, index: int) -> bool:
+        if node.op_type == "Cast":  # (a malformed `to` is reported when the Cast is built)
+            return node.attr("to") in _INTEGER_TYPES
+        if node.op_type in _COMPARISONS or index in _SHAPE_INPUTS.get(node.op_type, ()):
+            return True
+        return node.op_type in _PASS_THROUGH and all(n in found for n in node.outputs if n)
+
+    # A value's readers come after its producer: walking the nodes backwards decides them first.
+    names = [name for node in reversed(nodes) for name in node.outputs if name]
+    for name in [*names, *constants]:
+        reads = readers.get(name)
+        if reads and name not in graph_outputs and all(integer_read(n, i) for n, i in reads):
+            found.add(name)
+    return found
+
+
 def _schedule(fns: Sequence[tuple[_Node, OpFn]], graph_outputs: Sequence[str]) -> list[Step]:
     """Steps in graph order, each with the values that can be dropped once it has run."""
     last_use: dict[str, int] = {}
@@ -483,6 +546,8 @@ class _Node:
     context: Context
     constants: dict[int, Tensor] = field(default_factory=dict)
     static_shapes: dict[str, Any] = field(default_factory=dict)
+    exact: bool = False
+    """The node's outputs only feed integers: a float result stays float32 (see Context)."""
 
     @classmethod
     def parse(cls, proto: Any, index: int, opset: int, context: Context) -> _Node:
@@ -524,6 +589,15 @@ class _Node:
 
     def attr(self, name: str, default: Any = None) -> Any:
         return self.attrs.get(name, default)
+
+    def required(self, name: str) -> Any:
+        """Attribute ``name``, which the operator requires: a file without it is malformed."""
+        if name not in self.attrs:
+            raise GraphError(
+                f"node {self.label} ({self.op_type}) has no {name!r} attribute, which "
+                f"{self.op_type} requires"
+            )
+        return self.attrs[name]
 
     def const(self, index: int) -> Tensor | None:
         """Input ``index`` when it is a constant known at load time, else None."""
@@ -756,7 +830,7 @@ def _where(node: _Node) -> OpFn:
 
 @_op("BitShift")
 def _bit_shift(node: _Node) -> OpFn:
-    left = str(node.attr("direction")) == "LEFT"
+    left = str(node.required("direction")) == "LEFT"
     fn: OpFn = torch.bitwise_left_shift if left else torch.bitwise_right_shift
     return fn
 
@@ -795,7 +869,7 @@ def _gemm(node: _Node) -> OpFn:
 
 @_op("Einsum")
 def _einsum(node: _Node) -> OpFn:
-    equation = str(node.attr("equation")).replace(" ", "")
+    equation = str(node.required("equation")).replace(" ", "")
     return lambda *xs: torch.einsum(equation, *xs)
 
 
@@ -945,7 +1019,7 @@ def _layer_norm(node: _Node) -> OpFn:
 
 @_op("LRN")
 def _lrn(node: _Node) -> OpFn:
-    size = int(node.attr("size"))
+    size = int(node.required("size"))
     if size % 2 == 0:
         # torch centres an even window one channel lower than ONNX does.
         raise Unsupported(f"an even size ({size})")
@@ -963,7 +1037,7 @@ _AVG_POOL: Final = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 def _pool_params(node: _Node) -> tuple[str, list[int], list[int], list[int], list[int], bool]:
     auto_pad = _check_auto_pad(node)
-    kernel = list(node.attr("kernel_shape"))
+    kernel = list(node.required("kernel_shape"))
     rank = len(kernel)
     if rank not in _MAX_POOL:
         raise Unsupported(f"{rank}-D pooling")
@@ -1004,8 +1078,9 @@ def _max_pool(node: _Node) -> OpFn:
         begins, ends = p[:rank], p[rank:]
         if begins == ends and all(2 * b <= k for b, k in zip(begins, kernel, strict=True)):
             return pool(x, kernel, strides, begins, dilations, ceil_mode)
-        # Padding torch cannot express: pad with -inf (never the max), then pool unpadded.
-        padded = F.pad(x, _torch_pad(p), value=-math.inf)
+        # Padding torch cannot express: pad with the lowest value (never the max), then pool.
+        lowest = -math.inf if x.is_floating_point() else torch.iinfo(x.dtype).min
+        padded = F.pad(x, _torch_pad(p), value=lowest)
         return pool(padded, kernel, strides, 0, dilations, ceil_mode)
 
     return run
@@ -1125,7 +1200,7 @@ def _unsqueeze(node: _Node) -> OpFn:
 
 @_op("Concat")
 def _concat(node: _Node) -> OpFn:
-    axis = int(node.attr("axis"))
+    axis = int(node.required("axis"))
     return lambda *xs: torch.cat(xs, dim=axis)
 
 
@@ -1157,8 +1232,8 @@ def _split(node: _Node) -> OpFn:
 @_op("Slice")
 def _slice(node: _Node) -> OpFn:
     if node.opset < 10:
-        starts_attr = list(node.attr("starts"))
-        ends_attr = list(node.attr("ends"))
+        starts_attr = list(node.required("starts"))
+        ends_attr = list(node.required("ends"))
         axes_attr = node.attr("axes")
 
         def run_attrs(x: Tensor) -> Tensor:
@@ -1273,9 +1348,11 @@ def _constant_of_shape(node: _Node) -> OpFn:
     fill = value.reshape(-1)[0].item() if value is not None else 0.0
     onnx_type = _onnx_type_of(value.dtype) if value is not None else 1
     context = node.context
+    exact = node.exact
 
     def run(shape: Tensor) -> Tensor:
-        return torch.full(_ints(shape), fill, dtype=context.dtype(onnx_type), device=shape.device)
+        dtype = context.dtype(onnx_type, exact)
+        return torch.full(_ints(shape), fill, dtype=dtype, device=shape.device)
 
     return run
 
@@ -1307,11 +1384,12 @@ def _constant(node: _Node) -> OpFn:
 
 @_op("Cast")
 def _cast(node: _Node) -> OpFn:
-    to = int(node.attr("to"))
+    to = int(node.required("to"))
     if to not in TORCH_DTYPES:
         raise Unsupported(f"casting to {ONNX_TYPE_NAMES.get(to, f'type {to}')}")
     context = node.context
-    return lambda x: x.to(context.dtype(to))
+    exact = node.exact
+    return lambda x: x.to(context.dtype(to, exact))
 
 
 @_op("CastLike")
@@ -1329,18 +1407,18 @@ def _range(node: _Node) -> OpFn:
     return run
 
 
+_PAD_MODES: Final = ("constant", "reflect", "edge", "wrap")
+
+
 @_op("Pad")
 def _pad(node: _Node) -> OpFn:
     mode = str(node.attr("mode", "constant"))
-    torch_mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}.get(mode)
-    if mode == "wrap":
-        torch_mode = "circular"
-    if torch_mode is None:
+    if mode not in _PAD_MODES:
         raise Unsupported(f"mode={mode!r}")
     if node.opset < 11:
-        pads_attr = list(node.attr("pads"))
+        pads_attr = list(node.required("pads"))
         value_attr = float(node.attr("value", 0.0))
-        return lambda x: _do_pad(x, pads_attr, None, torch_mode, value_attr)
+        return lambda x: _do_pad(x, pads_attr, None, mode, value_attr)
     baked = node.const_ints(1)
     baked_axes = node.const_ints(3) if node.has_input(3) else None
 
@@ -1350,7 +1428,7 @@ def _pad(node: _Node) -> OpFn:
         p = baked if baked is not None else _ints(pads)
         a = baked_axes if baked_axes is not None else (_ints(axes) if axes is not None else None)
         fill = value.item() if value is not None and value.numel() else 0.0
-        return _do_pad(x, p, a, torch_mode, fill)
+        return _do_pad(x, p, a, mode, fill)
 
     return run
 
@@ -1362,18 +1440,44 @@ def _do_pad(x: Tensor, pads: list[int], axes: list[int] | None, mode: str, value
             a = _axis(a, x.ndim)
             full[a], full[a + x.ndim] = pads[i], pads[i + len(axes)]
         pads = full
+    if mode != "constant":
+        # F.pad's other modes pad only the last 1-3 axes of a 2-D to 5-D tensor: gather the
+        # source position of every output position instead, one axis at a time.
+        for axis in range(x.ndim):
+            before, after = pads[axis], pads[axis + x.ndim]
+            if before or after:
+                source = _pad_source(x.shape[axis], before, after, mode)
+                x = x.index_select(axis, source.to(x.device))
+        return x
     torch_pads = _torch_pad(pads)
     # F.pad wants pairs from the last dim backwards; leading all-zero pairs may be dropped.
     while len(torch_pads) > 2 and torch_pads[-2:] == [0, 0]:
         torch_pads = torch_pads[:-2]
-    if mode == "constant":
-        return F.pad(x, torch_pads, value=value)
-    return F.pad(x, torch_pads, mode=mode)
+    return F.pad(x, torch_pads, value=value)
+
+
+def _pad_source(size: int, before: int, after: int, mode: str) -> Tensor:
+    """For each output position along an axis of ``size``, the input position it copies in
+    ``edge``, ``wrap`` or ``reflect`` mode. Negative pads crop first, as in the spec."""
+    start = max(-before, 0)
+    kept = size - start - max(-after, 0)
+    if kept <= 0 and (before > 0 or after > 0):
+        raise ValueError(f"Pad cannot extend an axis with no elements in mode {mode!r}")
+    position = torch.arange(-max(before, 0), kept + max(after, 0))
+    if mode == "edge":
+        source = position.clamp(0, kept - 1)
+    elif mode == "wrap":
+        source = position.remainder(kept)
+    else:  # reflect: mirrored without repeating the border value, so the period is 2 * (kept - 1)
+        period = max(2 * (kept - 1), 1)
+        folded = position.remainder(period)
+        source = torch.where(folded < kept, folded, period - folded)
+    return source + start
 
 
 @_op("DepthToSpace")
 def _depth_to_space(node: _Node) -> OpFn:
-    block = int(node.attr("blocksize"))
+    block = int(node.required("blocksize"))
     mode = str(node.attr("mode", "DCR"))
 
     def run(x: Tensor) -> Tensor:
@@ -1388,7 +1492,7 @@ def _depth_to_space(node: _Node) -> OpFn:
 
 @_op("SpaceToDepth")
 def _space_to_depth(node: _Node) -> OpFn:
-    block = int(node.attr("blocksize"))
+    block = int(node.required("blocksize"))
 
     def run(x: Tensor) -> Tensor:
         n, c, h, w = x.shape
@@ -1423,6 +1527,10 @@ _COORDINATE_MODES: Final = (
     "half_pixel_symmetric",
 )
 _NEAREST_MODES: Final = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
+#: Resize-10 and Upsample, which have no nearest_mode: onnxruntime truncates the source coordinate
+#: when upsampling (so does F.interpolate, whose nearest mode exports as Resize-10) and takes its
+#: ceiling when downsampling.
+_LEGACY_NEAREST: Final = "legacy"
 
 
 @_op("Resize", "Upsample")
@@ -1431,17 +1539,15 @@ def _resize(node: _Node) -> OpFn:
     if mode not in ("nearest", "linear", "bilinear", "trilinear"):
         raise Unsupported(f"mode={mode!r} (nearest and linear are supported)")
     linear = mode != "nearest"
-    if node.op_type == "Upsample":
-        coordinate, nearest_mode = "asymmetric", "floor"
-    elif node.opset < 11:
-        coordinate, nearest_mode = "asymmetric", "round_prefer_floor"
+    if node.op_type == "Upsample" or node.opset < 11:
+        coordinate, nearest_mode = "asymmetric", _LEGACY_NEAREST
     else:
         coordinate = str(node.attr("coordinate_transformation_mode", "half_pixel"))
         nearest_mode = str(node.attr("nearest_mode", "round_prefer_floor"))
+        if nearest_mode not in _NEAREST_MODES:
+            raise Unsupported(f"nearest_mode={nearest_mode!r}")
     if coordinate not in _COORDINATE_MODES:
         raise Unsupported(f"coordinate_transformation_mode={coordinate!r}")
-    if nearest_mode not in _NEAREST_MODES:
-        raise Unsupported(f"nearest_mode={nearest_mode!r}")
     if int(node.attr("antialias", 0)):
         raise Unsupported("antialias=1")
     if node.attr("axes") is not None:
@@ -1451,7 +1557,7 @@ def _resize(node: _Node) -> OpFn:
     if int(node.attr("exclude_outside", 0)):
         raise Unsupported("exclude_outside=1")
     if node.op_type == "Upsample" and node.opset < 9:
-        scales_attr = [float(s) for s in node.attr("scales")]
+        scales_attr = [float(s) for s in node.required("scales")]
     else:
         scales_attr = None
     # Input positions: Resize-10 and Upsample-9 (X, scales); Resize-11+ (X, roi, scales, sizes).
@@ -1472,10 +1578,12 @@ def _resize(node: _Node) -> OpFn:
             scales = [o / i for o, i in zip(out_sizes, in_sizes, strict=True)]
         else:
             out_sizes = [math.floor(i * s) for i, s in zip(in_sizes, scales, strict=True)]
-        if out_sizes[:2] != in_sizes[:2]:
-            raise ValueError("resizing the batch or channel dimension is not supported")
-        out = x
-        for axis in range(2, x.ndim):
+        # Integers are interpolated in float32 (in their own type the weights truncate to 0 and
+        # uint8 differences wrap), then truncated back as onnxruntime does (a C cast; the ONNX
+        # reference evaluator rounds instead, so it can be 1 higher).
+        integer = linear and not (x.is_floating_point() or x.is_complex())
+        out = x.float() if integer else x
+        for axis in range(x.ndim):  # batch and channel axes too: the spec allows resizing them
             if out_sizes[axis] == in_sizes[axis] and scales[axis] == 1.0:
                 continue
             source = _source_coordinates(
@@ -1484,9 +1592,9 @@ def _resize(node: _Node) -> OpFn:
             out = (
                 _linear_along(out, axis, source)
                 if linear
-                else _nearest_along(out, axis, source, nearest_mode, in_sizes[axis])
+                else _nearest_along(out, axis, source, nearest_mode, scales[axis])
             )
-        return out
+        return out.to(x.dtype) if integer else out
 
     return run
 
@@ -1513,8 +1621,10 @@ def _source_coordinates(
     return src.to(device)
 
 
-def _nearest_along(x: Tensor, axis: int, src: Tensor, mode: str, size_in: int) -> Tensor:
-    if mode == "floor":
+def _nearest_along(x: Tensor, axis: int, src: Tensor, mode: str, scale: float) -> Tensor:
+    if mode == _LEGACY_NEAREST:
+        idx = torch.ceil(src) if scale < 1 else torch.floor(src)  # src >= 0: floor truncates
+    elif mode == "floor":
         idx = torch.floor(src)
     elif mode == "ceil":
         idx = torch.ceil(src)
@@ -1522,7 +1632,7 @@ def _nearest_along(x: Tensor, axis: int, src: Tensor, mode: str, size_in: int) -
         idx = torch.floor(src + 0.5)
     else:  # round_prefer_floor
         idx = torch.ceil(src - 0.5)
-    idx = idx.clamp(0, size_in - 1).to(torch.int64)
+    idx = idx.clamp(0, x.shape[axis] - 1).to(torch.int64)
     return x.index_select(axis, idx)
 
 
@@ -1543,53 +1653,69 @@ def _linear_along(x: Tensor, axis: int, src: Tensor) -> Tensor:
 
 _REDUCE_AXES_AS_INPUT: Final = {"ReduceSum": 13}  # the others moved axes to an input in opset 18
 
+Elementwise = Callable[[Tensor], Tensor]
+Reduction = Callable[[Tensor, tuple[int, ...], bool], Tensor]
 
-@_op(
-    "ReduceMean",
-    "ReduceSum",
-    "ReduceMax",
-    "ReduceMin",
-    "ReduceProd",
-    "ReduceL1",
-    "ReduceL2",
-    "ReduceSumSquare",
-    "ReduceLogSumExp",
-)
+
+def _square(x: Tensor) -> Tensor:
+    return x * x
+
+
+def _sum(x: Tensor, dims: tuple[int, ...], keepdim: bool) -> Tensor:
+    # dtype: torch sums integers as int64; ONNX keeps the input's type.
+    return x.sum(dim=dims, keepdim=keepdim, dtype=x.dtype)
+
+
+def _mean(x: Tensor, dims: tuple[int, ...], keepdim: bool) -> Tensor:
+    if x.is_floating_point() or x.is_complex():
+        return x.mean(dim=dims, keepdim=keepdim)
+    # torch has no integer mean: divide the sum and truncate toward zero, as onnxruntime does.
+    count = math.prod(x.shape[d] for d in dims)
+    total = x.sum(dim=dims, keepdim=keepdim, dtype=torch.int64)
+    return torch.div(total, count, rounding_mode="trunc").to(x.dtype)
+
+
+def _prod(x: Tensor, dims: tuple[int, ...], keepdim: bool) -> Tensor:
+    out = x  # torch.prod takes one dim at a time
+    for d in sorted(dims, reverse=True):
+        out = out.prod(dim=d, keepdim=keepdim, dtype=x.dtype)
+    return out
+
+
+#: Each reduction as (elementwise step before, reduction, elementwise step after). With
+#: noop_with_empty_axes=1 and no axes the spec skips the reduction only: ReduceL1 is then |x|.
+_REDUCTIONS: Final[dict[str, tuple[Elementwise | None, Reduction, Elementwise | None]]] = {
+    "ReduceMean": (None, _mean, None),
+    "ReduceSum": (None, _sum, None),
+    "ReduceMax": (None, lambda x, dims, keep: x.amax(dim=dims, keepdim=keep), None),
+    "ReduceMin": (None, lambda x, dims, keep: x.amin(dim=dims, keepdim=keep), None),
+    "ReduceProd": (None, _prod, None),
+    "ReduceL1": (torch.abs, _sum, None),
+    "ReduceL2": (_square, _sum, torch.sqrt),
+    "ReduceSumSquare": (_square, _sum, None),
+    "ReduceLogSumExp": (
+        None,
+        lambda x, dims, keep: torch.logsumexp(x, dim=dims, keepdim=keep),
+        None,
+    ),
+}
+
+
+@_op(*_REDUCTIONS)
 def _reduce(node: _Node) -> OpFn:
     keepdims = bool(node.attr("keepdims", 1))
     noop_empty = bool(node.attr("noop_with_empty_axes", 0))
     axes, dynamic = _axes_input(node, 1, _REDUCE_AXES_AS_INPUT.get(node.op_type, 18))
-    op = node.op_type
-
-    def reduce(x: Tensor, dims: tuple[int, ...]) -> Tensor:
-        if op == "ReduceMean":
-            return x.mean(dim=dims, keepdim=keepdims)
-        if op == "ReduceSum":
-            return x.sum(dim=dims, keepdim=keepdims)
-        if op == "ReduceMax":
-            return x.amax(dim=dims, keepdim=keepdims)
-        if op == "ReduceMin":
-            return x.amin(dim=dims, keepdim=keepdims)
-        if op == "ReduceL1":
-            return x.abs().sum(dim=dims, keepdim=keepdims)
-        if op == "ReduceL2":
-            return torch.sqrt((x * x).sum(dim=dims, keepdim=keepdims))
-        if op == "ReduceSumSquare":
-            return (x * x).sum(dim=dims, keepdim=keepdims)
-        if op == "ReduceLogSumExp":
-            return torch.logsumexp(x, dim=dims, keepdim=keepdims)
-        out = x  # ReduceProd: torch.prod takes one dim at a time
-        for d in sorted(dims, reverse=True):
-            out = out.prod(dim=d, keepdim=keepdims)
-        return out
+    before, reduce, after = _REDUCTIONS[node.op_type]
 
     def run(x: Tensor, axes_in: Tensor | None = None) -> Tensor:
         chosen = _ints(axes_in) if dynamic else axes
-        if not chosen:
-            if noop_empty:
-                return x
-            chosen = list(range(x.ndim))
-        return reduce(x, tuple(sorted(_axis(a, x.ndim) for a in chosen)))
+        if before is not None:
+            x = before(x)
+        if chosen or not noop_empty:
+            dims = tuple(sorted(_axis(a, x.ndim) for a in chosen or range(x.ndim)))
+            x = reduce(x, dims, keepdims)
+        return after(x) if after is not None else x
 
     return run
 

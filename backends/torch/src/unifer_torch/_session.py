@@ -180,6 +180,12 @@ class _ProcessSetting:
             self._current = value
         return key, others
 
+    @property
+    def in_force(self) -> object:
+        """The value applied for the open sessions that asked for one; ``None`` when none is open
+        (the setting is then the application's again)."""
+        return self._current if self._requests else None
+
     def release(self, key: int) -> None:
         with self._lock:
             self._requests.pop(key, None)
@@ -193,6 +199,18 @@ class _ProcessSetting:
 
 _THREADS = _ProcessSetting(lambda n: torch.set_num_threads(n))
 _TF32 = _ProcessSetting(lambda allow: _set_cuda_fp32_math(allow))
+
+
+def _align_thread_count() -> None:
+    """Give the calling thread the intra-op thread count that open sessions asked for.
+
+    ``torch.set_num_threads`` sets it for the calling thread and threads started later (OpenMP
+    keeps one count per thread): a pool thread that ran torch before the engine was opened keeps
+    its old count. ``torch.get_num_threads`` is a cheap read, so each run checks.
+    """
+    wanted = _THREADS.in_force
+    if isinstance(wanted, int) and torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
 
 
 def _request_threads(threads: int, model: Path) -> int:
@@ -716,6 +734,7 @@ class TorchSession:
             raise InferenceError(
                 "this torch session is closed; open the model again to run it", backend=NAME
             )
+        _align_thread_count()
         with translate_errors(NAME, *NATIVE_ERRORS), torch.inference_mode():
             args = [self._tensor(feeds[name], cast) for name, cast in self._feed_plan]
             leaves = self._flatten(module(*args))
