@@ -100,7 +100,7 @@ def test_a_stored_engine_is_loaded_for_the_same_key(tmp_path: Path) -> None:
         ({"gpu_name": "NVIDIA H200"}, "GPU NVIDIA H100 80GB HBM3 and this is NVIDIA H200"),
         ({"compute_capability": (9, 1)}, "compute capability 9.0 and this is 9.1"),
         ({"precision": "fp16"}, "precision fp32 and this is fp16"),
-        ({"model_sha256": "b" * 64}, "model file aaaaaaaaaaaa... and this is bbbbbbbbbbbb..."),
+        ({"model_sha256": "b" * 64}, "model files aaaaaaaaaaaa... and this is bbbbbbbbbbbb..."),
         ({"build": Options(tf32=True).build_key()}, "build options"),
     ],
 )

@@ -114,6 +114,7 @@ def test_bad_device_is_refused(value: object) -> None:
         ({"cache": 1}, "'cache' must be True or False"),
         ({"builder_optimization_level": 6}, "from 0 to 5"),
         ({"builder_optimization_level": True}, "from 0 to 5"),
+        ({"builder_optimization_level": 3.0}, "from 0 to 5"),  # accepted, then dropped, before
         ({"profiles": [1, 2, 3]}, "'profiles' must map input names"),
     ],
 )

@@ -204,6 +204,17 @@ def test_driver_that_sees_no_gpu(tmp_path: Path) -> None:
     assert "CUDA_VISIBLE_DEVICES" in availability.reason
 
 
+def test_cuinit_without_a_visible_device_points_at_cuda_visible_devices(tmp_path: Path) -> None:
+    # With CUDA_VISIBLE_DEVICES hiding every GPU, cuInit itself returns CUDA_ERROR_NO_DEVICE.
+    availability = diagnose(host(tmp_path, driver=FakeDriver(init=100)))
+    assert not availability.ok
+    assert (
+        availability.reason is not None
+        and "sees no GPU this process may use" in availability.reason
+    )
+    assert availability.install == "unset or correct CUDA_VISIBLE_DEVICES"
+
+
 def test_tensorrt_not_installed(tmp_path: Path) -> None:
     availability = diagnose(host(tmp_path, installed=False))
     assert not availability.ok

@@ -405,6 +405,10 @@ def cudart() -> CudaRuntime:
 DRIVER_LIBRARIES: Final[Mapping[str, str]] = {"linux": "libcuda.so.1", "win32": "nvcuda.dll"}
 
 
+#: ``CUresult`` of a driver API call when no CUDA device is available (or visible).
+_CUDA_ERROR_NO_DEVICE: Final = 100
+
+
 @dataclass(frozen=True, slots=True)
 class DriverInfo:
     """What the NVIDIA driver reports."""
@@ -431,11 +435,11 @@ def driver_info(*, loader: Loader = ctypes.CDLL, platform: str | None = None) ->
             "--gpus all, which needs the NVIDIA Container Toolkit)"
         ) from exc
 
-    def call(name: str, *args: object) -> None:
+    def call(name: str, *args: object, allowed: tuple[int, ...] = ()) -> int:
         function = getattr(lib, name)
         function.restype = ctypes.c_int
-        code = function(*args)
-        if code != 0:
+        code = int(function(*args))
+        if code != 0 and code not in allowed:
             error = ctypes.c_char_p()
             get_name = lib.cuGetErrorName
             get_name.restype = ctypes.c_int
@@ -446,9 +450,14 @@ def driver_info(*, loader: Loader = ctypes.CDLL, platform: str | None = None) ->
                 "the driver matches the kernel module (nvidia-smi says) and that this process "
                 "may use the GPU (CUDA_VISIBLE_DEVICES, container device access)"
             )
+        return code
 
-    call("cuInit", ctypes.c_uint(0))
+    # cuInit itself fails with CUDA_ERROR_NO_DEVICE when CUDA_VISIBLE_DEVICES hides every GPU:
+    # that is "no device visible" (count 0), not a broken driver.
+    no_device = call("cuInit", ctypes.c_uint(0), allowed=(_CUDA_ERROR_NO_DEVICE,))
     version, count = ctypes.c_int(), ctypes.c_int()
-    call("cuDriverGetVersion", ctypes.byref(version))
+    call("cuDriverGetVersion", ctypes.byref(version))  # needs no cuInit
+    if no_device:
+        return DriverInfo(library, version.value, 0)
     call("cuDeviceGetCount", ctypes.byref(count))
     return DriverInfo(library, version.value, count.value)

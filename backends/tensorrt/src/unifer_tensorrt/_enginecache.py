@@ -2,11 +2,11 @@
 
 An engine is only valid for the GPU model, TensorRT version and build settings it was built with;
 loading a foreign one fails at best and misbehaves at worst. Each engine is stored with a JSON
-record of everything it was built for (model sha256, GPU name and compute capability, TensorRT
-version, precision, build options) and the sha256 of the engine bytes. Before an engine is
-loaded its record must match the current key field by field and its bytes the recorded digest;
-anything else (no record, another GPU, another TensorRT, a torn pair written by two processes)
-means "rebuild", with the reason reported in the session settings.
+record of everything it was built for (the digest of the model's files, GPU name and compute
+capability, TensorRT version, precision, build options) and the sha256 of the engine bytes. Before
+an engine is loaded its record must match the current key field by field and its bytes the recorded
+digest; anything else (no record, another GPU, another TensorRT, a torn pair written by two
+processes) means "rebuild", with the reason reported in the session settings.
 
 File names carry the model, the build options and the GPU, but deliberately not the TensorRT
 version: after an upgrade the entry is found, its record says "built with TensorRT X", and the
@@ -89,7 +89,7 @@ class Entry:
 
 
 _LABELS: Final = {
-    "model_sha256": "model file",
+    "model_sha256": "model files",
     "gpu_name": "GPU",
     "compute_capability": "compute capability",
     "tensorrt_version": "TensorRT version",

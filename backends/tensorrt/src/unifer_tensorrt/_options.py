@@ -27,6 +27,14 @@ OPTIONS: Final = (
     "tf32",
     "workspace_mib",
 )
+#: Options that shape how an engine is built from ONNX; a serialized engine runs as it was built.
+BUILD_OPTIONS: Final = (
+    "builder_optimization_level",
+    "max_batch",
+    "profiles",
+    "tf32",
+    "workspace_mib",
+)
 #: Serialized engines; ``.onnx`` files are built into one.
 ENGINE_SUFFIXES: Final = (".engine", ".plan")
 DEFAULT_MAX_BATCH: Final = 32
@@ -162,7 +170,8 @@ def parse_options(extra: Mapping[str, object]) -> Options:
             )
     workspace = extra.get("workspace_mib")
     level = extra.get("builder_optimization_level")
-    if level is not None and (isinstance(level, bool) or level not in range(6)):
+    # An int exactly: 3.0 or a numpy integer would pass "in range(6)" and then be dropped.
+    if level is not None and (type(level) is not int or not 0 <= level <= 5):
         raise UnsupportedOptionError(
             "backend option 'builder_optimization_level' must be an integer from 0 to 5 "
             f"(TensorRT's default is 3), got {level!r}"
@@ -184,7 +193,7 @@ def parse_options(extra: Mapping[str, object]) -> Options:
         workspace_mib=None
         if workspace is None
         else _positive_int("workspace_mib", workspace, "TensorRT's workspace pool in MiB"),
-        builder_optimization_level=level if isinstance(level, int) else None,
+        builder_optimization_level=level,
         cache=bool(extra.get("cache", True)),
     )
 

@@ -27,11 +27,12 @@ from unifer import (
     InferenceError,
     UnsupportedOptionError,
 )
-from unifer._digest import content_digest  # remembered across processes: no re-hash on a hit
+from unifer._digest import model_digest  # remembered across processes: no re-hash on a hit
 from unifer.backend import SessionOptions, TensorSpec, translate_errors, warn_user
 
 from . import _cuda, _enginecache
 from ._options import (
+    BUILD_OPTIONS,
     NAME,
     Options,
     Profile,
@@ -253,8 +254,14 @@ class _Slot:
         cuda.set_device(device)
         _logger().clear()
         self.context = engine.create_execution_context()
-        if self.context is None:
-            _fail("TensorRT could not create an execution context (out of GPU memory?)")
+        if self.context is None:  # not the model's fault: no ModelLoadError advice about the file
+            details = "; ".join(_logger().take()) or "TensorRT gave no reason"
+            raise InferenceError(
+                f"TensorRT could not create an execution context ({details}); the GPU is probably "
+                "out of memory. Free GPU memory, or open with backend_options={'tensorrt': "
+                "{'max_contexts': 1}} to keep fewer contexts",
+                backend=NAME,
+            )
         self.stream = _cuda.Stream(cuda)
         self.buffers: dict[str, _cuda.DeviceBuffer] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
@@ -320,13 +327,22 @@ class _Slot:
         self.stream.destroy()
 
 
+def _destroy(slot: _Slot) -> None:
+    """Destroy ``slot``; a CUDA failure is logged, so closing still frees every other context."""
+    try:
+        slot.destroy()
+    except _cuda.CudaError as exc:
+        logger.warning("could not release a TensorRT execution context: %s", exc)
+
+
 def _shape_problem(name: str, shape: tuple[int, ...], profile: Profile | None) -> str:
     if profile is None:
         return f"TensorRT rejected shape {list(shape)} for input {name!r}"
     return (
         f"TensorRT rejected shape {list(shape)} for input {name!r}: the engine accepts shapes "
-        f"from {list(profile.min)} to {list(profile.max)} (its optimisation profile). Open the "
-        "model with a larger backend_options={'tensorrt': {'max_batch': N}} or a 'profiles' entry"
+        f"from {list(profile.min)} to {list(profile.max)} (its optimisation profile). Open an ONNX "
+        "model with a larger backend_options={'tensorrt': {'max_batch': N}} or a 'profiles' "
+        "entry; a serialized engine must be rebuilt with a larger profile"
     )
 
 
@@ -374,7 +390,7 @@ class _Pool:
 
     def release(self, slot: _Slot) -> None:
         if self.closed:
-            slot.destroy()
+            _destroy(slot)
         else:
             self._free.put(slot)
             if self.closed:  # closed meanwhile: make sure it is not left behind
@@ -383,9 +399,10 @@ class _Pool:
     def drain(self) -> None:
         while True:
             try:
-                self._free.get_nowait().destroy()
+                slot = self._free.get_nowait()
             except queue.Empty:
                 return
+            _destroy(slot)
 
     def close(self) -> None:
         self.closed = True
@@ -468,9 +485,15 @@ class TensorRTSession:
                 f"backend option 'device' is {opts.device}, but this process sees {count} CUDA "
                 f"device(s) (cuda:0..cuda:{count - 1}); check CUDA_VISIBLE_DEVICES"
             )
-        cuda.set_device(opts.device)
-        gpu = cuda.device_name(opts.device)
-        capability = cuda.compute_capability(opts.device)
+        try:
+            cuda.set_device(opts.device)
+            gpu = cuda.device_name(opts.device)
+            capability = cuda.compute_capability(opts.device)
+        except _cuda.CudaError as exc:  # a GPU busy in exclusive-process mode, a lost device
+            raise BackendUnavailableError(
+                f"tensorrt cannot use cuda:{opts.device}: {exc}. Check that no other process "
+                "holds it exclusively (nvidia-smi) and that the driver is healthy"
+            ) from exc
         settings: dict[str, object] = {
             "device": f"cuda:{opts.device}",
             "gpu": gpu,
@@ -488,6 +511,12 @@ class TensorRTSession:
         runtime = trt.Runtime(_logger())
         if model_kind(model) == "engine":
             check_engine_precision(options.precision)
+            if ignored := [k for k in BUILD_OPTIONS if k in options.extra]:
+                warn_user(
+                    f"backend options {', '.join(ignored)} shape how TensorRT builds an engine "
+                    f"from ONNX; {model.name} is a serialized engine and runs as it was built, "
+                    "so they were ignored"
+                )
             with translate_errors(NAME, *_NATIVE, model=model):
                 engine = _deserialize(runtime, model.read_bytes())
                 settings["precision"] = "as built"
@@ -513,7 +542,7 @@ class TensorRTSession:
         engine = None
         if root is not None:
             key = _enginecache.CacheKey(
-                model_sha256=content_digest(model),
+                model_sha256=model_digest(model),  # every file: external weights too
                 gpu_name=gpu,
                 compute_capability=capability,
                 tensorrt_version=runtime_version(),
