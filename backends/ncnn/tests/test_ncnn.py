@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import struct
 import sys
 import threading
 from pathlib import Path
@@ -172,6 +173,28 @@ def test_an_int8_model_runs_only_at_int8(tmp_path: Path) -> None:
         assert engine.settings["use_int8_inference"] is True
         y = engine.run({"x": x})["y"]
     assert 1e-3 < np.abs(y - exact).max() < 0.05 * np.abs(exact).max()
+
+
+def test_an_int8_gemm_is_seen_as_int8_too(tmp_path: Path) -> None:
+    # ncnn2int8 also quantizes Gemm (int8_scale_term at param 18): it runs int8 kernels whatever
+    # use_int8_inference says, so at "fp32" it would be int8 in disguise.
+    text = (
+        "7767517\n2 2\nInput in 0 1 in 0=4 1=1\nGemm g 1 1 in out 3=1 5=1 6=1 8=2 9=4 10=4 18=1\n"
+    )
+    b = np.array([[1, 2, 3, 4], [-1, 0, 1, 2]], np.int8)
+    weights = (
+        struct.pack("<I", 0x000D4B38)  # ncnn's tag for int8 weight data
+        + b.tobytes()
+        + struct.pack("<I", 0)
+        + np.array([0.5, -0.25], np.float32).tobytes()
+        + np.array([10], np.float32).tobytes()  # B's scale
+    )
+    param = write_param(tmp_path, text, weights)
+    with pytest.raises(UnsupportedOptionError, match="quantized to INT8.*'g'"):
+        Engine.load(param, backend="ncnn")
+    with Engine.load(param, backend="ncnn", precision="int8") as engine:
+        y = engine.run({"in": np.array([[[0.1, 0.2, 0.3, 0.4]]], np.float32)})["out"]
+    np.testing.assert_allclose(y.ravel(), [0.8, -0.15], atol=1e-3)  # dequantized B: B / 10
 
 
 def test_engine_converts_an_onnx_file_when_ncnn_is_named(

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -226,3 +227,13 @@ def test_engine_device_argument_picks_the_vulkan_device(arcface_tiny: Converted)
             assert engine.settings["device"] == first
     with Engine.load(arcface_tiny.param, backend="ncnn", device="cpu") as engine:
         assert engine.settings["device"] == "cpu"
+
+
+@needs_vulkan
+def test_an_int8_model_is_refused_on_vulkan(tmp_path: Path) -> None:
+    # ncnn's int8 Gemm shader failed to compile on lavapipe and the process died (SIGSEGV).
+    param = tmp_path / "q.param"
+    param.write_text("7767517\n2 2\nInput in 0 1 in 0=4 1=1\nGemm g 1 1 in out 8=2 9=4 10=4 18=1\n")
+    param.with_suffix(".bin").write_bytes(b"")
+    with pytest.raises(UnsupportedOptionError, match="device='cpu'"):
+        Engine.load(param, backend="ncnn", precision="int8", backend_options=on("vulkan"))

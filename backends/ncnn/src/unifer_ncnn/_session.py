@@ -95,8 +95,21 @@ _WINOGRAD: Final = (
     "use_winograd43_convolution",
     "use_winograd63_convolution",
 )
-#: Layers whose ``8=int8_scale_term`` marks a model quantized with ncnn2int8.
-_INT8_LAYERS: Final = ("Convolution", "ConvolutionDepthWise", "InnerProduct")
+#: The layers ncnn2int8 quantizes, and the param id of their ``int8_scale_term``: a layer with it
+#: set runs int8 kernels whatever ``use_int8_inference`` says (ncnn's tools/quantize/ncnn2int8.cpp
+#: and each layer's load_param).
+_INT8_SCALE_TERM: Final = {
+    "Convolution": 8,
+    "ConvolutionDepthWise": 8,
+    "InnerProduct": 8,
+    "RNN": 8,
+    "LSTM": 8,
+    "GRU": 8,
+    "Gemm": 18,
+    "Embed": 18,
+    "MultiHeadAttention": 18,
+    "SDPA": 18,
+}
 
 
 def runtime_version() -> str:
@@ -131,7 +144,8 @@ def _input_shapes(value: object) -> dict[str, tuple[int, ...]]:
 def _int8_layer(graph: _param.Graph) -> str | None:
     """The first layer that declares int8 quantization scales, if any."""
     for layer in graph.layers:
-        if layer.type in _INT8_LAYERS and layer.params.get(8, "0") not in ("0", ""):
+        key = _INT8_SCALE_TERM.get(layer.type)
+        if key is not None and layer.params.get(key, "0") not in ("0", ""):
             return layer.name
     return None
 
@@ -199,7 +213,15 @@ class NcnnSession:
             )
         with translate_errors(NAME, ValueError, model=model):
             graph = _param.read(model)
-        _check_precision(options.precision, _int8_layer(graph))
+        int8_layer = _int8_layer(graph)
+        _check_precision(options.precision, int8_layer)
+        if int8_layer is not None and vulkan is not None:
+            # ncnn's int8 Vulkan shaders fail to compile on some drivers and the process then
+            # dies (SIGSEGV on lavapipe); its int8 layers are CPU kernels anyway.
+            raise UnsupportedOptionError(
+                f"{model.name} is quantized with ncnn2int8 (layer {int8_layer!r}), and ncnn's int8 "
+                "path on Vulkan can crash the process; open it with device='cpu'"
+            )
         inputs = _resolve_inputs(model, graph, shapes)
         if not graph.outputs:
             with translate_errors(NAME, ValueError, model=model):
