@@ -179,7 +179,7 @@ def open_auto(
     def where(candidate: Candidate) -> str:
         return effective_device(availabilities[candidate.backend], candidate.device)
 
-    pool = candidates(_prefer(available), thread_options, precisions, devices)
+    pool = candidates(_registry.reference_first(available), thread_options, precisions, devices)
     if not threads:
         pool = _runtime_threads_off_the_cpu(pool, where)
     if not measure:
@@ -256,11 +256,6 @@ def _runtime_threads_off_the_cpu(
     OpenVINO's GPU), or reset torch's process-wide setting for the sake of a CUDA candidate.
     """
     return [c if where(c).startswith("cpu") else dataclasses.replace(c, threads=None) for c in pool]
-
-
-def _prefer(names: list[str]) -> list[str]:
-    """Put the fp32 reference (onnxruntime, the most conformant ONNX runtime) first."""
-    return sorted(names, key=lambda n: n != "onnxruntime")
 
 
 def _ordered(trials: Sequence[Trial], ranking: Sequence[Trial]) -> list[Trial]:

@@ -348,15 +348,10 @@ def _open_source(reference: Backend, source: Path, target: str, options: Session
         ) from native
 
 
-#: The reference a conversion is checked against when it reads the source: the ONNX project's own
-#: runtime, as for auto's candidates and the bench's integrity (it is the most conformant).
-PREFERRED_REFERENCE: Final = "onnxruntime"
-
-
 def _reference_backend(suffix: str, *, exclude: str) -> Backend | None:
     from ._engine import readers
 
-    for name in sorted(readers(suffix), key=lambda n: n != PREFERRED_REFERENCE):
+    for name in _registry.reference_first(readers(suffix)):
         if name == exclude:
             continue
         if _registry.cached_probe(name).ok:

@@ -144,7 +144,8 @@ class Engine:
                 cannot run on.
             PreprocessError: ``preprocess`` does not fit the model's input.
         """
-        _check_arguments(backend, preprocess, objective, budget_s, allow_conversion)
+        _check_arguments(backend, preprocess, budget_s, allow_conversion)
+        goal = _auto.check_objective(objective)  # whichever backend opens
         path, preset = resolve_model(model)
         thread_counts = resolve_thread_choices(threads)
         precisions = _auto.allowed_precisions(precision)  # checks it whichever backend opens
@@ -184,7 +185,7 @@ class Engine:
                 path,
                 threads=thread_counts,
                 precisions=precisions,
-                objective=_auto.check_objective(objective),
+                objective=goal,
                 budget_s=budget_s,
                 open_candidate=open_candidate,
                 backend_options=options,
@@ -384,11 +385,7 @@ def resolve_model(model: str | os.PathLike[str]) -> tuple[Path, Preprocess | Non
 
 
 def _check_arguments(
-    backend: object,
-    preprocess: object,
-    objective: str,
-    budget_s: object,
-    allow_conversion: object,
+    backend: object, preprocess: object, budget_s: object, allow_conversion: object
 ) -> None:
     """Arguments of any backend's load, checked before any work (auto checks its own too)."""
     if not isinstance(backend, str) or not backend:
@@ -401,7 +398,6 @@ def _check_arguments(
             f"preprocess must be a Preprocess (e.g. Preprocess(size=(112, 112)) or "
             f"Preprocess.from_dict({{...}})) or None, got {type(preprocess).__name__}"
         )
-    _auto.check_objective(objective)
     if budget_s is not None and (
         isinstance(budget_s, bool) or not isinstance(budget_s, (int, float)) or budget_s < 0
     ):

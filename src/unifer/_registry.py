@@ -13,7 +13,7 @@ import functools
 import importlib.metadata as metadata
 import importlib.util
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -36,6 +36,16 @@ FIRST_PARTY: Final[dict[str, str]] = {
     "tensorrt": "tensorrt",
     "torch": "torch",
 }
+
+#: The fp32 reference whatever unifer compares is checked against (auto's candidates, conversions,
+#: the bench's integrity): the ONNX project's own runtime, the most conformant.
+REFERENCE: Final = "onnxruntime"
+
+
+def reference_first(names: Iterable[str]) -> list[str]:
+    """``names`` with :data:`REFERENCE` first and the others in their order."""
+    return sorted(names, key=lambda n: n != REFERENCE)
+
 
 #: The one static preference order, owned by the core: it settles near-ties between measured
 #: candidates and is the choice when ``backend="auto"`` may not measure. Unlisted backends follow,

@@ -136,7 +136,7 @@ def test_probe_names_the_cuda_ep_an_accelerator_only_beside_an_nvidia_gpu(
 ) -> None:
     # A GPU build lists the CUDA EP on any machine; auto should try it only where a GPU is.
     monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
-    monkeypatch.setattr(unifer_onnxruntime, "gpus", lambda: gpus)
+    monkeypatch.setattr(unifer_onnxruntime, "fingerprint", lambda runtimes: {"gpus": gpus})
     availability = OnnxRuntimeBackend().probe()
     assert availability.devices == ("cpu", "cuda:0")
     assert availability.accelerators == accelerators

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from .. import models
+from .. import _registry, models
 from .._digest import content_digest
 from .._engine import readers
 from .._errors import (
@@ -61,8 +61,6 @@ from ._worker import PROGRESS_PREFIX
 SCHEMA: Final = "unifer.bench/1"
 #: The cache directory of the conversion jobs, beside the workers' own (see _spawn).
 SHARED_CACHE: Final = "shared-cache"
-#: The preferred reference for integrity: the ONNX project's own runtime.
-PREFERRED_REFERENCE: Final = "onnxruntime"
 #: Environment variables that change thread pools behind a runtime's back; recorded with results.
 #: Not UNIFER_NUM_THREADS: the workers never see it (see _spawn).
 THREAD_ENV: Final = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -477,8 +475,8 @@ def _reference(names: Sequence[str], suffix: str, requested: str | None) -> str:
     if requested:
         select_backends(suffix, [requested])  # raises if it cannot serve as the reference
         return requested
-    for candidate in (PREFERRED_REFERENCE, *readers(suffix)):
-        if candidate in names or candidate == PREFERRED_REFERENCE:
+    for candidate in (_registry.REFERENCE, *readers(suffix)):
+        if candidate in names or candidate == _registry.REFERENCE:
             try:
                 select_backends(suffix, [candidate])
             except UniferError:

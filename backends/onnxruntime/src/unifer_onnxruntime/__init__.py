@@ -25,7 +25,7 @@ import importlib.metadata as metadata
 from pathlib import Path
 from typing import ClassVar, Final
 
-from unifer._hardware import gpus
+from unifer._hardware import fingerprint
 from unifer.backend import (
     BACKEND_API_VERSION,
     Availability,
@@ -112,7 +112,9 @@ class OnnxRuntimeBackend:
         cuda = "CUDAExecutionProvider" in ort.get_available_providers()
         # backend="auto" measures the CUDA EP only where the kernel shows an NVIDIA GPU, so a
         # GPU build on a machine without one costs it no failed attempt.
-        on_gpu = cuda and any(g["vendor"] == "nvidia" for g in gpus())
+        # The fingerprint's GPU list is read once per process (probe runs on every explicit load).
+        gpus = fingerprint(runtimes=False)["gpus"] if cuda else []
+        on_gpu = any(g["vendor"] == "nvidia" for g in gpus)
         return Availability(
             ok=True,
             version=str(ort.__version__),
