@@ -9,6 +9,7 @@ small. See ``docs/plugins.md``.
 
 from __future__ import annotations
 
+import numbers
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,7 @@ __all__ = [
     "Session",
     "SessionOptions",
     "TensorSpec",
+    "integer_option",
     "refuse_int64_beyond_int32",
     "reject_precision",
     "translate_errors",
@@ -235,6 +237,28 @@ def warn_unknown_options(backend: str, extra: Mapping[str, object], known: Seque
                 f"backend option {key!r} is not understood by {backend} and was ignored; "
                 f"known options: {', '.join(sorted(known)) or 'none'}"
             )
+
+
+def integer_option(
+    key: str, value: object, meaning: str, *, minimum: int = 1, maximum: int | None = None
+) -> int:
+    """``backend_options[key]`` as an ``int``, or :class:`UnsupportedOptionError`.
+
+    Any integer type counts (numpy's too: a count read from an array or a config file); ``bool``
+    and ``3.0`` do not. ``meaning`` says what the number is, for the error.
+    """
+    number = int(value) if isinstance(value, numbers.Integral) else None
+    if (
+        isinstance(value, bool)
+        or number is None
+        or number < minimum
+        or (maximum is not None and number > maximum)
+    ):
+        bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise UnsupportedOptionError(
+            f"backend option {key!r} must be an integer {bounds} ({meaning}), got {value!r}"
+        )
+    return number
 
 
 def warn_user(message: str) -> None:

@@ -182,6 +182,22 @@ def test_dynamic_batch_resizes_the_interpreter(tmp_path: Path) -> None:
             )
 
 
+def test_empty_batch_of_a_convolution_model(tmp_path: Path) -> None:
+    """XNNPACK cannot prepare a convolution for batch 0: the caller hears why and what to do,
+    and the engine keeps working. Without XNNPACK the builtin kernels return empty outputs."""
+    onnx_path, tflite = arcface(tmp_path, dynamic=True)
+    empty = faces(0)
+    with Engine.load(tflite, backend="litert", threads=1) as engine:
+        with pytest.raises(InputError, match=r"'input.1' is empty .*'xnnpack': False") as info:
+            engine.run({"input.1": empty})
+        assert isinstance(info.value.__cause__, RuntimeError)  # XNNPACK's own message
+        x = faces(2)
+        assert_parity(engine.run({"input.1": x})["embedding"], onnxruntime_reference(onnx_path, x))
+    options = {"litert": {"xnnpack": False}}
+    with Engine.load(tflite, backend="litert", threads=1, backend_options=options) as engine:
+        assert engine.run({"input.1": empty})["embedding"].shape == (0, 512)
+
+
 def test_static_model_refuses_another_batch(tmp_path: Path) -> None:
     path, _, _ = dense_model(tmp_path / "dense.tflite", batch=1)
     with Engine.load(path, backend="litert") as engine:
@@ -203,9 +219,10 @@ def test_concurrent_runs_with_a_pool_and_mixed_batches(tmp_path: Path) -> None:
     feeds = [
         np.random.default_rng(i).standard_normal((1 + i % 3, 64)).astype(F32) for i in range(8)
     ]
-    options = {"litert": {"num_interpreters": 3}}
+    options = {"litert": {"num_interpreters": np.int64(3)}}  # numpy integers count too
     with Engine.load(path, backend="litert", threads=1, backend_options=options) as engine:
         assert engine.settings["num_interpreters"] == 3
+        assert type(engine.settings["num_interpreters"]) is int
         serial = [engine.run({"x": x})["y"] for x in feeds]
         results: list[list[np.ndarray]] = [[] for _ in feeds]
         barrier = threading.Barrier(len(feeds))

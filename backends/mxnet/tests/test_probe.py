@@ -145,7 +145,7 @@ def test_a_missing_epoch_lists_the_present_ones(tmp_path: Path) -> None:
 @pytest.mark.parametrize("epoch", [-1, "3", 1.0, True])
 def test_a_bad_epoch_option_is_refused(tmp_path: Path, epoch: object) -> None:
     symbol = checkpoint(tmp_path)
-    with pytest.raises(UnsupportedOptionError, match="'epoch' must be a non-negative integer"):
+    with pytest.raises(UnsupportedOptionError, match="'epoch' must be an integer >= 0"):
         MXNetBackend().open(symbol, SessionOptions(extra={"epoch": epoch}))
 
 

@@ -321,8 +321,8 @@ def test_unknown_option_warns(tmp_path: Path) -> None:
     ("option", "value", "match"),
     [
         ("performance_hint", "fast", "latency"),
-        ("num_requests", 0, "positive"),
-        ("num_requests", True, "positive"),
+        ("num_requests", 0, "integer >= 1"),
+        ("num_requests", True, "integer >= 1"),
         ("cache", "yes", "True or False"),
         ("device", "NOPE", "available"),
         ("device", "AUTO", "concrete device"),

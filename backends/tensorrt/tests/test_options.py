@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from unifer import UniferWarning, UnsupportedOptionError
@@ -81,6 +82,24 @@ def test_every_option_is_read() -> None:
         builder_optimization_level=5,
         cache=False,
     )
+
+
+def test_numpy_integers_are_read_as_ints() -> None:
+    """A count from an array or a config loader is a numpy integer; TensorRT's setters need int."""
+    options = parse_options(
+        {
+            "device": np.int64(1),
+            "max_batch": np.int32(8),
+            "profiles": {"x": [[np.int64(1), 3], [np.int64(2), 3], (4, 3)]},
+            "builder_optimization_level": np.int64(2),
+        }
+    )
+    assert options.device == 1 and options.max_batch == 8
+    assert options.builder_optimization_level == 2
+    assert options.profiles["x"] == Profile((1, 3), (2, 3), (4, 3))
+    ints = [options.device, options.max_batch, options.builder_optimization_level]
+    ints += [d for shape in options.profiles["x"].to_json().values() for d in shape]
+    assert all(type(i) is int for i in ints)
 
 
 def test_unknown_options_warn_and_are_ignored() -> None:

@@ -249,6 +249,26 @@ class BackendContract:
                     got, model.reference(feeds)["y"], atol=self.atol, rtol=1e-5
                 )
 
+    def test_empty_batch_gives_empty_outputs_or_an_input_error(self, model_dir: Path) -> None:
+        """A batch of 0 (no faces found, say) returns empty outputs, or is refused as the caller's
+        mistake with :class:`~unifer.InputError`; never a runtime failure or a crash."""
+        if not self.dynamic_batch:
+            pytest.skip(f"{self.backend_class.name} has no dynamic batch dimension")
+        model = models.mlp()
+        with self.open_engine(model, model_dir) as engine:
+            try:
+                got = engine.run(model.feeds(batch=0))["y"]
+            except InputError as error:
+                assert "'x'" in str(error)  # it names the input
+            else:
+                assert got.shape == (0, 4)
+                assert got.dtype == np.float32
+            # The session is still good for the next call.
+            feeds = model.feeds(batch=2)
+            np.testing.assert_allclose(
+                engine.run(feeds)["y"], model.reference(feeds)["y"], atol=self.atol, rtol=1e-5
+            )
+
     def test_concurrent_runs_match_serial_runs(self, model_dir: Path) -> None:
         """8 threads, 20 calls each: every call's result (not just each thread's last) must equal
         that thread's serial result."""

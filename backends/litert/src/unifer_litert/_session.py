@@ -18,10 +18,11 @@ from typing import Any, Final
 
 import numpy as np
 
-from unifer import InferenceError, ModelLoadError, UnsupportedOptionError
+from unifer import InferenceError, InputError, ModelLoadError, UnsupportedOptionError
 from unifer.backend import (
     SessionOptions,
     TensorSpec,
+    integer_option,
     reject_precision,
     translate_errors,
     warn_unknown_options,
@@ -159,12 +160,11 @@ class LiteRTSession:
             raise UnsupportedOptionError(
                 f"backend option 'xnnpack' must be True or False, got {xnnpack!r}"
             )
-        count = extra.get("num_interpreters", 1)
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise UnsupportedOptionError(
-                "backend option 'num_interpreters' must be a positive integer (interpreters in the "
-                f"pool, i.e. run() calls that can proceed at once), got {count!r}"
-            )
+        count = integer_option(
+            "num_interpreters",
+            extra.get("num_interpreters", 1),
+            "interpreters in the pool, i.e. run() calls that can proceed at once",
+        )
         reject_precision(
             NAME,
             options.precision,
@@ -237,7 +237,11 @@ class LiteRTSession:
         slot = pool.get()
         try:
             with translate_errors(NAME, ValueError, RuntimeError):
-                return self._invoke(slot, feeds)
+                try:
+                    return self._invoke(slot, feeds)
+                except RuntimeError as exc:
+                    _refuse_empty(feeds, exc)
+                    raise
         finally:
             pool.put(slot)
 
@@ -267,6 +271,22 @@ class LiteRTSession:
     def close(self) -> None:
         # Interpreters free their memory once no run() holds one; a later run() is refused.
         self._pool = None
+
+
+def _refuse_empty(feeds: Mapping[str, np.ndarray], exc: RuntimeError) -> None:
+    """Raise :class:`InputError` for ``exc`` if a feed is empty: the caller's fix, not a crash.
+
+    XNNPACK cannot reshape some nodes (convolutions) to a zero-size batch and fails to prepare
+    them; the builtin kernels, and XNNPACK's fully connected, return empty outputs.
+    """
+    for name, array in feeds.items():
+        if array.size == 0:
+            raise InputError(
+                f"input {name!r} is empty (shape {list(array.shape)}) and LiteRT could not "
+                f"prepare the model for it: {str(exc).rstrip('.')}. Skip the call, or load the "
+                "model with backend_options={'litert': {'xnnpack': False}}, whose kernels "
+                "return empty outputs"
+            ) from exc
 
 
 def _read_facts(model: Path) -> ModelFacts | None:

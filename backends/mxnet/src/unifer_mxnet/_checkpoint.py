@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from unifer import ModelFormatError, ModelNotFoundError, UnsupportedOptionError
+from unifer import ModelFormatError, ModelNotFoundError
+from unifer.backend import integer_option
 
 SYMBOL_SUFFIX: Final = "-symbol.json"
 
@@ -56,14 +57,14 @@ def locate(symbol: Path, epoch: object = None) -> Checkpoint:
     Raises:
         ModelFormatError: ``symbol`` is not named ``<prefix>-symbol.json``.
         ModelNotFoundError: no (or not the requested) ``.params`` file is beside it.
-        UnsupportedOptionError: ``epoch`` is not a non-negative integer.
+        UnsupportedOptionError: ``epoch`` is not an integer >= 0.
     """
     prefix = prefix_of(symbol)
-    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0):
-        raise UnsupportedOptionError(
-            f"backend option 'epoch' must be a non-negative integer (the NNNN of "
-            f"{prefix}-NNNN.params), got {epoch!r}"
-        )
+    wanted = (
+        None
+        if epoch is None
+        else integer_option("epoch", epoch, f"the NNNN of {prefix}-NNNN.params", minimum=0)
+    )
     available = epochs(symbol)
     if not available:
         raise ModelNotFoundError(
@@ -71,11 +72,11 @@ def locate(symbol: Path, epoch: object = None) -> Checkpoint:
             f"{prefix}-0000.params), beside it in {str(symbol.parent)!r}, and there is none; copy "
             "the .params file saved with the symbol next to it"
         )
-    chosen = max(available) if epoch is None else epoch
+    chosen = max(available) if wanted is None else wanted
     if chosen not in available:
         have = ", ".join(f"{e:04d}" for e in available)
         raise ModelNotFoundError(
-            f"backend option epoch={epoch} asks for {prefix}-{epoch:04d}.params, which is not in "
+            f"backend option epoch={wanted} asks for {prefix}-{wanted:04d}.params, which is not in "
             f"{str(symbol.parent)!r}; epochs present: {have}"
         )
     return Checkpoint(symbol, available[chosen], chosen, tuple(available))

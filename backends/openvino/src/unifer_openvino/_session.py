@@ -25,6 +25,7 @@ from unifer._digest import model_digest
 from unifer.backend import (
     SessionOptions,
     TensorSpec,
+    integer_option,
     refuse_int64_beyond_int32,
     reject_precision,
     translate_errors,
@@ -250,14 +251,14 @@ class OpenVINOSession:
             raise UnsupportedOptionError(
                 f"backend option 'performance_hint' must be 'latency' or 'throughput', got {hint!r}"
             )
-        num_requests = extra.get("num_requests")
-        if num_requests is not None and (
-            isinstance(num_requests, bool) or not isinstance(num_requests, int) or num_requests < 1
-        ):
-            raise UnsupportedOptionError(
-                "backend option 'num_requests' must be a positive integer (the number of infer "
-                f"requests, i.e. concurrent run() calls), got {num_requests!r}"
+        requests = extra.get("num_requests")
+        num_requests = (
+            None
+            if requests is None
+            else integer_option(
+                "num_requests", requests, "infer requests, i.e. concurrent run() calls"
             )
+        )
         cache = extra.get("cache", True)
         if not isinstance(cache, bool):
             raise UnsupportedOptionError(

@@ -8,13 +8,14 @@ tested on machines without a GPU.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
 from unifer import UnsupportedOptionError
-from unifer.backend import reject_precision, warn_unknown_options
+from unifer.backend import integer_option, reject_precision, warn_unknown_options
 
 NAME: Final = "tensorrt"
 OPTIONS: Final = (
@@ -85,18 +86,10 @@ class Options:
         }
 
 
-def _positive_int(key: str, value: object, meaning: str, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UnsupportedOptionError(
-            f"backend option {key!r} must be an integer >= {minimum} ({meaning}), got {value!r}"
-        )
-    return value
-
-
 def parse_device(value: object) -> int:
     """A CUDA device index from ``0``, ``"cuda:0"``, ``"gpu:0"`` or ``"0"``."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 0:
+        return int(value)
     if isinstance(value, str):
         text = value.strip().lower()
         for prefix in ("cuda:", "gpu:"):
@@ -111,10 +104,9 @@ def parse_device(value: object) -> int:
 def _shape(value: object, where: str) -> Shape:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise UnsupportedOptionError(f"{where} must be a list of integers, got {value!r}")
-    dims = tuple(value)
-    if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in dims):
+    if any(isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 0 for d in value):
         raise UnsupportedOptionError(f"{where} must be a list of integers >= 0, got {value!r}")
-    return dims
+    return tuple(int(d) for d in value)
 
 
 def parse_profile(name: str, value: object) -> Profile:
@@ -170,20 +162,14 @@ def parse_options(extra: Mapping[str, object]) -> Options:
             )
     workspace = extra.get("workspace_mib")
     level = extra.get("builder_optimization_level")
-    # An int exactly: 3.0 or a numpy integer would pass "in range(6)" and then be dropped.
-    if level is not None and (type(level) is not int or not 0 <= level <= 5):
-        raise UnsupportedOptionError(
-            "backend option 'builder_optimization_level' must be an integer from 0 to 5 "
-            f"(TensorRT's default is 3), got {level!r}"
-        )
     return Options(
         device=parse_device(extra.get("device", 0)),
-        max_batch=_positive_int(
+        max_batch=integer_option(
             "max_batch",
             extra.get("max_batch", DEFAULT_MAX_BATCH),
             "the largest batch the engine accepts",
         ),
-        max_contexts=_positive_int(
+        max_contexts=integer_option(
             "max_contexts",
             extra.get("max_contexts", DEFAULT_MAX_CONTEXTS),
             "execution contexts, i.e. run() calls on the GPU at once",
@@ -192,8 +178,16 @@ def parse_options(extra: Mapping[str, object]) -> Options:
         tf32=bool(extra.get("tf32", False)),
         workspace_mib=None
         if workspace is None
-        else _positive_int("workspace_mib", workspace, "TensorRT's workspace pool in MiB"),
-        builder_optimization_level=level,
+        else integer_option("workspace_mib", workspace, "TensorRT's workspace pool in MiB"),
+        builder_optimization_level=None
+        if level is None
+        else integer_option(
+            "builder_optimization_level",
+            level,
+            "TensorRT's build effort; its default is 3",
+            minimum=0,
+            maximum=5,
+        ),
         cache=bool(extra.get("cache", True)),
     )
 
