@@ -514,6 +514,24 @@ def test_terminal_legend_says_what_latency_is():
     assert "latency = inference only (no preprocessing" in bench.format_table(result)
 
 
+def test_markdown_of_a_model_without_preprocessing_reports_inference_latency():
+    """Without preprocessing only inference was timed: the report must not call it end-to-end,
+    and its latency table shows the model-only figures instead of empty end-to-end columns."""
+    result = synthetic_result()
+    for record in result.records:
+        if record.get("latency"):
+            record["latency"]["end_to_end"] = None
+            record["latency"]["preprocess_ms"] = None
+    report = markdown(result)
+    assert "end-to-end" not in report
+    assert "## Average inference-only latency (ms)" in report
+    assert "No preprocessing is attached to this model" in report
+    header = next(line for line in report.splitlines() if line.startswith("| threads | mean |"))
+    assert "model-only" not in header and "preprocessing" not in header
+    rows = [line for line in report.splitlines() if line.startswith("| default (2) | 109.5 |")]
+    assert rows  # alpha's model-only mean, where the end-to-end one would be "-"
+
+
 def test_several_variants_are_named_in_failures_and_disturbances():
     result = synthetic_result()
     result.records[1]["batch"] = 8  # the disturbed one

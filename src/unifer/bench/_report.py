@@ -89,6 +89,16 @@ def _headline(record: dict[str, Any]) -> dict[str, Any] | None:
     return result
 
 
+def _end_to_end(result: Result) -> bool:
+    """Whether the end-to-end path was timed: a model with preprocessing (the built-in ones, or a
+    file with a sidecar). Without it every headline figure is inference alone."""
+    return any(_get(r, "latency", "end_to_end") for r in result.records)
+
+
+def _headline_name(result: Result) -> str:
+    return "end-to-end" if _end_to_end(result) else "inference-only"
+
+
 def _variants(records: Sequence[dict[str, Any]]) -> bool:
     """Whether the records differ in precision or batch (then tables show those columns)."""
     return len({(r["precision"], r["batch"]) for r in records}) > 1
@@ -186,11 +196,9 @@ def format_table(result: Result) -> str:
     out.extend(line(r) for r in rows)
     model = result.model.get("spec", "?")
     ref = result.reference.get("backend")
-    # Without preprocessing (a model file with no sidecar) only the model itself was timed.
-    end_to_end = any(_get(r, "latency", "end_to_end") for r in result.records)
     latency = (
         "end-to-end (uint8 RGB -> preprocessing -> inference -> output)"
-        if end_to_end
+        if _end_to_end(result)
         else "inference only (no preprocessing: seeded feeds as the model takes them)"
     )
     out.append("")
@@ -338,11 +346,17 @@ def markdown(result: Result, plots: Sequence[str] = ()) -> str:
         f"{settings['min_runs']} calls and {settings['min_time_s']:g} s"
         + (f" (at most {max_time:g} s)" if max_time else "")
         + (f", or a median stable to {settings['stable']:.1%}" if settings.get("stable") else "")
-        + f", in {settings['rounds']} rounds interleaving end-to-end and model-only. "
-        "*End-to-end* = uint8 RGB image -> preprocessing -> inference -> output "
-        "(`engine.predict`); *model-only* = prepared tensor -> inference (`engine.run`). "
-        "Memory = peak RSS of the configuration's process. Integrity = outputs on "
-        f"{settings['integrity_samples']} seeded images vs {result.reference.get('backend')} "
+        + f", in {settings['rounds']} rounds"
+        + (
+            " interleaving end-to-end and model-only. *End-to-end* = uint8 RGB image -> "
+            "preprocessing -> inference -> output (`engine.predict`); *model-only* = prepared "
+            "tensor -> inference (`engine.run`). "
+            if _end_to_end(result)
+            else ". No preprocessing is attached to this model (a file without a sidecar), so "
+            "latency = seeded feeds as the model takes them -> inference (`engine.run`). "
+        )
+        + "Memory = peak RSS of the configuration's process. Integrity = outputs on "
+        f"{settings['integrity_samples']} seeded inputs vs {result.reference.get('backend')} "
         f"{result.reference.get('runtime_version') or ''} fp32."
     )
     out.append("")
@@ -385,7 +399,7 @@ def _loadavg_text(value: Any) -> str:
 
 
 def _summary(result: Result, groups: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """Threads down, backends across: the average end-to-end latency, as in the classic plots."""
+    """Threads down, backends across: the average headline latency, as in the classic plots."""
     show = _variants(result.records)
     keys = list(
         dict.fromkeys((r["precision"], r["batch"], r["threads_label"]) for r in result.records)
@@ -412,7 +426,7 @@ def _summary(result: Result, groups: dict[str, list[dict[str, Any]]]) -> list[st
             else:
                 cells.append(_ms((_headline(match) or {}).get("mean_ms")))
         rows.append(cells)
-    return ["## Average end-to-end latency (ms)", "", *_table(header, rows), ""]
+    return [f"## Average {_headline_name(result)} latency (ms)", "", *_table(header, rows), ""]
 
 
 def _device(backend: str, ok: list[dict[str, Any]], result: Result) -> list[str]:
@@ -460,12 +474,15 @@ def _backend_section(backend: str, records: list[dict[str, Any]], result: Result
     if not ok:
         return out
 
+    end_to_end = _end_to_end(result)
+    path = "end_to_end" if end_to_end else "model_only"
     out.append(
-        "Latency (ms): end-to-end, its median in each round, the share of the CPUs other "
-        "processes used while it was timed ('!' above 10%: disturbed, not representative), and "
-        "model-only (inference alone) beside it."
+        f"Latency (ms): {_headline_name(result)}, its median in each round, the share of the CPUs "
+        "other processes used while it was timed ('!' above 10%: disturbed, not "
+        "representative)" + (", and model-only (inference alone) beside it." if end_to_end else ".")
     )
     out.append("")
+    beside = ["model-only mean", "model-only median", "preprocessing"] if end_to_end else []
     out.extend(
         _table(
             [
@@ -480,27 +497,29 @@ def _backend_section(backend: str, records: list[dict[str, Any]], result: Result
                 "n",
                 "round medians",
                 "other load",
-                "model-only mean",
-                "model-only median",
-                "preprocessing",
+                *beside,
             ],
             (
                 [
                     *_variant_cells(r, show),
                     threads_text(r),
                     *(
-                        _ms(_get(r, "latency", "end_to_end", k))
+                        _ms(_get(r, "latency", path, k))
                         for k in ("mean_ms", "median_ms", "p90_ms", "p99_ms", "min_ms", "stdev_ms")
                     ),
-                    str(_get(r, "latency", "end_to_end", "n") or "-"),
-                    " / ".join(
-                        _ms(m) for m in _get(r, "latency", "end_to_end", "round_medians_ms") or []
-                    )
+                    str(_get(r, "latency", path, "n") or "-"),
+                    " / ".join(_ms(m) for m in _get(r, "latency", path, "round_medians_ms") or [])
                     or "-",
                     _other_load(r),
-                    _ms(_get(r, "latency", "model_only", "mean_ms")),
-                    _ms(_get(r, "latency", "model_only", "median_ms")),
-                    _ms(_get(r, "latency", "preprocess_ms")),
+                    *(
+                        [
+                            _ms(_get(r, "latency", "model_only", "mean_ms")),
+                            _ms(_get(r, "latency", "model_only", "median_ms")),
+                            _ms(_get(r, "latency", "preprocess_ms")),
+                        ]
+                        if end_to_end
+                        else []
+                    ),
                 ]
                 for r in ok
             ),
@@ -699,6 +718,7 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
         series.setdefault(name, []).append(r)
     labels = list(dict.fromkeys(r["threads_label"] for r in result.records))
     title = str(result.model.get("spec"))
+    latency = f"average {_headline_name(result)} latency (ms)"
     written: list[Path] = []
 
     def save(fig: Figure, name: str) -> None:
@@ -731,7 +751,7 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
         ax.vlines(xs, ys, p90, colors=line.get_color(), alpha=0.4)
     ax.set_xticks(range(len(labels)), labels)
     ax.set_xlabel("threads")
-    ax.set_ylabel("average end-to-end latency (ms); line to p90")
+    ax.set_ylabel(f"{latency}; line to p90")
     ax.set_title(f"Latency vs threads: {title}")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
@@ -739,7 +759,7 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
     save(fig, PLOTS[0])
 
     for filename, value_of, ylabel, heading in (
-        (PLOTS[1], mean_ms, "average end-to-end latency (ms)", "Latency"),
+        (PLOTS[1], mean_ms, latency, "Latency"),
         (PLOTS[2], peak_mib, "peak RSS of the process (MiB)", "Memory"),
     ):
         fig = Figure(figsize=(7, 4.5))
