@@ -282,11 +282,16 @@ def test_every_failure_is_listed(two_fakes, fake_model):
     try:
         with pytest.raises(NoBackendAvailableError) as info:
             Engine.load(fake_model, budget_s=0.1)
+        with pytest.raises(NoBackendAvailableError) as given:
+            Engine.load(fake_model, budget_s=0.1, threads=(1, 2))  # the caller's counts are named
     finally:
         SlowFake.available = True
-    assert set(info.value.reasons) == {"fake/fp32/threads=2", "slowfake/fp32/threads=2"} or all(
-        "unavailable" in r for r in info.value.reasons.values()
-    )
+    # Once each, without auto's thread pick: no configuration of theirs was tried.
+    assert set(info.value.reasons) == {"fake/fp32/threads=default", "slowfake/fp32/threads=default"}
+    assert all("unavailable" in r for r in info.value.reasons.values())
+    assert set(given.value.reasons) == {
+        f"{name}/fp32/threads={t}" for name in ("fake", "slowfake") for t in (1, 2)
+    }
 
 
 def test_precision_choices(two_fakes, fake_model):

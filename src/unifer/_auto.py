@@ -159,10 +159,12 @@ def open_auto(
             except UnsupportedOptionError as exc:
                 reason = exc.message
         if reason is not None:
+            # Listed with the caller's thread counts, if any: auto's own pick (a CPU count)
+            # would suggest a configuration that was never tried.
             unavailable += [
                 Trial(Candidate(name, t, p), "failed", reason=reason)
                 for p in precisions
-                for t in thread_options
+                for t in ([*threads] if threads else [None])
             ]
             continue
         available.append(name)
