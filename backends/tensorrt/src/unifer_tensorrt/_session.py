@@ -25,6 +25,7 @@ import tensorrt as trt
 from unifer import (
     BackendUnavailableError,
     InferenceError,
+    InputError,
     UnsupportedOptionError,
 )
 from unifer._digest import model_digest  # remembered across processes: no re-hash on a hit
@@ -299,7 +300,10 @@ class _Slot:
             if self.shapes.get(spec.name) != array.shape:
                 if not context.set_input_shape(spec.name, array.shape):
                     self.shapes.clear()
-                    _fail(_shape_problem(spec.name, array.shape, profiles.get(spec.name)))
+                    # The caller's shape is outside what the engine was built for (a batch of 0
+                    # or beyond max_batch): their input to change, not a runtime failure.
+                    problem = _shape_problem(spec.name, array.shape, profiles.get(spec.name))
+                    raise InputError("; ".join([problem, *_logger().take()]))
                 self.shapes[spec.name] = array.shape
             cuda.copy_to_device(self._bind(spec.name, array.nbytes), array, stream)
         results: dict[str, np.ndarray] = {}
