@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("onnx")
 pytest.importorskip("unifer_onnxruntime")
 
-from unifer import register_backend, unregister_backend
+from unifer import InferenceError, register_backend, unregister_backend
 from unifer.backend import Backend, SessionOptions, TensorSpec
 from unifer.testing import BackendContract
 from unifer_onnxruntime import OnnxRuntimeBackend
@@ -121,6 +121,24 @@ class CachesConstants(Wrapped):
             if cached.shape == value.shape and np.array_equal(cached, value):
                 out[name] = cached
         return out
+
+
+class FailsOnEmpty(Wrapped):
+    """The runtime fails on a zero-size batch, as LiteRT's XNNPACK and MXNet did."""
+
+    def run(self, feeds: Mapping[str, np.ndarray], /) -> dict[str, np.ndarray]:
+        if any(v.size == 0 for v in feeds.values()):
+            raise InferenceError("failed to prepare a zero-size tensor", backend="failsonempty")
+        return super().run(feeds)
+
+
+class BatchOfOneForEmpty(Wrapped):
+    """Answers a zero-size batch with a batch of one."""
+
+    def run(self, feeds: Mapping[str, np.ndarray], /) -> dict[str, np.ndarray]:
+        if any(v.size == 0 for v in feeds.values()):
+            feeds = {k: np.zeros((1, *v.shape[1:]), v.dtype) for k, v in feeds.items()}
+        return super().run(feeds)
 
 
 def broken(session: type[Wrapped]) -> type[Backend]:
@@ -242,3 +260,15 @@ def test_the_constant_output_opt_out_demands_a_refusal(model_dir: Path) -> None:
             contract.test_results_belong_to_the_caller(model_dir)
     finally:
         unregister_backend(contract.backend_class.name)
+
+
+@pytest.mark.parametrize(
+    ("registered", "failure"),
+    [(FailsOnEmpty, InferenceError), (BatchOfOneForEmpty, AssertionError)],
+    indirect=["registered"],
+)
+def test_an_empty_batch_that_is_neither_empty_nor_refused_fails(
+    registered: BackendContract, failure: type[Exception], model_dir: Path
+) -> None:
+    with pytest.raises(failure):
+        registered.test_empty_batch_gives_empty_outputs_or_an_input_error(model_dir)
