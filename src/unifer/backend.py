@@ -41,6 +41,7 @@ __all__ = [
     "SessionOptions",
     "TensorSpec",
     "integer_option",
+    "refuse_empty",
     "refuse_int64_beyond_int32",
     "reject_precision",
     "translate_errors",
@@ -279,6 +280,20 @@ def _in_unifer(frame: Any) -> bool:
 
 
 _INT32: Final = np.iinfo(np.int32)
+
+
+def refuse_empty(runtime: str, name: str, array: np.ndarray, why: str) -> None:
+    """Raise :class:`InputError` when the feed ``array`` is empty (a batch of 0).
+
+    For runtimes that cannot run a zero-size tensor (``why``): the caller hears it as their
+    input to skip, before the runtime fails on it or crashes the process.
+    """
+    if array.size == 0:
+        raise InputError(
+            f"input {name!r} is empty (shape {list(array.shape)}); {runtime} cannot run a "
+            f"zero-size tensor ({why}). Skip the call, or use another backend, e.g. "
+            "backend='onnxruntime'"
+        )
 
 
 def refuse_int64_beyond_int32(runtime: str, name: str, array: np.ndarray) -> None:

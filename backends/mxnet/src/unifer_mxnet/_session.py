@@ -24,8 +24,8 @@ import numpy as np
 from mxnet.base import MXNetError
 from mxnet.ndarray.ndarray import _DTYPE_MX_TO_NP
 
-from unifer import InferenceError, InputError, ModelLoadError, UnsupportedOptionError
-from unifer.backend import SessionOptions, TensorSpec, translate_errors
+from unifer import InferenceError, ModelLoadError, UnsupportedOptionError
+from unifer.backend import SessionOptions, TensorSpec, refuse_empty, translate_errors
 
 from ._checkpoint import Checkpoint
 from ._threads import MXNET_LOCK
@@ -146,13 +146,7 @@ class MXNetSession:
 
     def run(self, feeds: Mapping[str, np.ndarray], /) -> dict[str, np.ndarray]:
         for name in self._input_names:
-            if feeds[name].size == 0:
-                # MXNet's symbolic shapes use 0 for "unknown": a zero-size tensor cannot be bound.
-                raise InputError(
-                    f"input {name!r} is empty (shape {list(feeds[name].shape)}); MXNet cannot run "
-                    "a zero-size tensor (its shapes read 0 as unknown). Skip the call, or use "
-                    "another backend, e.g. backend='onnxruntime'"
-                )
+            refuse_empty("MXNet", name, feeds[name], "its shapes read a 0 as unknown")
         with _LOCK:
             symbol = self._symbol
             if symbol is None:

@@ -17,10 +17,11 @@ from typing import Any, Final
 import cv2
 import numpy as np
 
-from unifer import InferenceError, InputError, ModelLoadError, UnsupportedOptionError
+from unifer import InferenceError, ModelLoadError, UnsupportedOptionError
 from unifer.backend import (
     SessionOptions,
     TensorSpec,
+    refuse_empty,
     refuse_int64_beyond_int32,
     reject_precision,
     translate_errors,
@@ -153,13 +154,7 @@ class OpenCVSession:
                 "this opencv session is closed; open the model again to run it", backend=NAME
             )
         for name in self._input_names:
-            if feeds[name].size == 0:
-                # The new engine dies of SIGFPE on an empty tensor and the classic one asserts.
-                raise InputError(
-                    f"input {name!r} is empty (shape {list(feeds[name].shape)}); OpenCV DNN "
-                    "cannot run a zero-size tensor (its new engine crashes the process). Skip "
-                    "the call, or use another backend, e.g. backend='onnxruntime'"
-                )
+            refuse_empty("OpenCV DNN", name, feeds[name], "its new engine crashes the process")
         for name in self._int64_inputs:
             refuse_int64_beyond_int32("OpenCV DNN", name, feeds[name])
         with self._lock, translate_errors(NAME, cv2.error):
