@@ -181,8 +181,14 @@ class TestFeeds:
     def test_wrong_fixed_dimension(self, engine):
         feeds = self.feeds()
         feeds["a"] = np.zeros((1, 4), np.float32)
-        with pytest.raises(InputError, match="dimension 1 must be 3"):
+        with pytest.raises(InputError, match=r"dimension 1 must be 3; reshape or resize"):
             engine.run(feeds)
+
+    def test_a_fixed_batch_says_how_to_split(self, fake_backend, make_fake_model, tmp_path):
+        inputs = [{"name": "x", "shape": [2, 3], "dtype": "float32"}]
+        engine = Engine.load(make_fake_model(tmp_path / "b2.fake", inputs=inputs), backend="fake")
+        with pytest.raises(InputError, match=r"takes batches of exactly 2: pass 2 per call"):
+            engine.run({"x": np.zeros((3, 3), np.float32)})
 
     def test_named_dimension_must_agree(self, engine):
         feeds = {"a": np.zeros((2, 3), np.float32), "b": np.zeros((3, 2, 2), np.int64)}

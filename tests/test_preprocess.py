@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -172,6 +173,21 @@ def test_bad_images_say_expected_got_and_fix(image: np.ndarray, fragments: list[
         Preprocess()(image)
     for fragment in fragments:
         assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(("shape", "axes"), [((3, 8, 8), (1, 2, 0)), ((2, 3, 8, 8), (0, 2, 3, 1))])
+def test_the_channels_first_hints_work(shape: tuple[int, ...], axes: tuple[int, ...]) -> None:
+    """Following the hint gives an image Preprocess takes, for one image and for a batch."""
+    image = np.zeros(shape, np.uint8)
+    with pytest.raises(PreprocessError, match=re.escape(f".transpose{axes}")):
+        Preprocess()(image)
+    Preprocess()(image.transpose(axes))
+
+
+def test_images_of_different_sizes_in_a_list_say_how_to_batch() -> None:
+    with pytest.raises(PreprocessError, match="images of one size") as info:
+        Preprocess(size=(8, 8))([random_image(8, 8), random_image(6, 10)])
+    assert isinstance(info.value.__cause__, ValueError)  # numpy's own message, chained
 
 
 def test_preprocess_error_is_a_value_error() -> None:
@@ -354,6 +370,20 @@ def test_shrinking_averages_instead_of_aliasing(resizer: str) -> None:
     assert ((out > 110) & (out < 145)).all()
 
 
+@pytest.mark.parametrize("size", [(112, 112), (112, 50)])
+def test_an_axis_that_shrinks_is_averaged_while_the_other_grows(
+    resizer: str, size: tuple[int, int]
+) -> None:
+    """Rows shrink 200 -> 112 while columns grow 100 -> 112: the rows must still be averaged
+    (a plain bilinear resize sampled alternate rows, 9..246 instead of about 127)."""
+    image = np.zeros((200, 100, 3), np.uint8)
+    image[::2] = 255  # alternating black and white rows, mean 127.5
+
+    out = raw(size=size)(image).astype(int)
+
+    assert np.abs(out - 127.5).max() < 20
+
+
 def test_opencv_and_pillow_agree_on_a_smooth_image(monkeypatch: pytest.MonkeyPatch) -> None:
     ramp = np.linspace(0, 255, 64).astype(np.uint8)
     image = np.repeat(np.repeat(ramp[None, :, None], 48, axis=0), 3, axis=2)
@@ -432,6 +462,10 @@ def test_importing_preprocess_imports_neither_opencv_nor_pillow() -> None:
         ({"dtype": "float64"}, "dtype must be one of"),
         ({"dtype": "uint8", "mean": (1.0, 1.0, 1.0)}, "dtype='uint8' cannot hold normalised"),
         ({"dtype": "uint8", "std": (2.0, 2.0, 2.0)}, "dtype='uint8' cannot hold normalised"),
+        # Finite as Python floats, but float32 (or float16) cannot hold the results: inf pixels.
+        ({"mean": (1e300, 0.0, 0.0)}, "beyond what float32 holds"),
+        ({"std": (1e-50, 1.0, 1.0)}, "beyond what float32 holds"),
+        ({"std": (1e-3, 1.0, 1.0), "dtype": "float16"}, "beyond what float16 holds"),
     ],
 )
 def test_validation_names_the_field(kwargs: dict[str, object], fragment: str) -> None:
@@ -449,6 +483,18 @@ def test_lists_are_normalised_to_tuples() -> None:
     assert all(isinstance(v, float) for v in pre.mean)
     assert pre == Preprocess(size=(112, 96), mean=(1.0, 2.0, 3.0), std=(4.0, 5.0, 6.0))
     assert hash(pre) == hash(Preprocess(size=(112, 96), mean=(1, 2, 3), std=(4, 5, 6)))
+
+
+def test_numpy_dtypes_are_stored_as_names() -> None:
+    """An equal spec must hash equal and serialise: np.dtype compares equal to its name."""
+    for dtype in (np.float32, np.dtype("float32")):
+        pre = Preprocess(dtype=dtype)  # type: ignore[arg-type]
+        assert pre.dtype == "float32" and type(pre.dtype) is str
+        assert pre == Preprocess() and hash(pre) == hash(Preprocess())
+        json.dumps(pre.to_dict())
+    assert Preprocess(dtype=np.float16).dtype == "float16"  # type: ignore[arg-type]
+    with pytest.raises(PreprocessError, match="dtype must be one of"):
+        Preprocess(dtype=np.float64)  # type: ignore[arg-type]
 
 
 def test_numpy_scalars_are_accepted() -> None:

@@ -61,6 +61,15 @@ def check_feeds(feeds: Mapping[str, object], inputs: Sequence[TensorSpec]) -> di
     return arrays
 
 
+def _fixed_dimension_fix(axis: int, dim: int, rank: int) -> str:
+    if axis == 0 and rank > 1:
+        return (
+            f"this model takes batches of exactly {dim}: pass {dim} per call (x[i:i + {dim}]), or "
+            "use a model whose batch dimension is dynamic (built-in models: '?batch=dynamic')"
+        )
+    return "reshape or resize the input to that size (images: Preprocess(size=(height, width)))"
+
+
 def _check_one(spec: TensorSpec, array: np.ndarray, bound: dict[str, tuple[int, str]]) -> None:
     # This runs on every call: messages are only formatted once something is wrong.
     if array.dtype != spec.dtype:
@@ -84,7 +93,7 @@ def _check_one(spec: TensorSpec, array: np.ndarray, bound: dict[str, tuple[int, 
         if isinstance(dim, int):
             raise InputError(
                 f"input {spec.name!r} expects {_expected(spec, array)}: dimension {axis} must be "
-                f"{dim}"
+                f"{dim}; " + _fixed_dimension_fix(axis, dim, len(spec.shape))
             )
         first = bound.setdefault(dim, (size, spec.name))
         if first[0] != size:

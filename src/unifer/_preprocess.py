@@ -95,6 +95,7 @@ class Preprocess:
         _check_choice("input_color", self.input_color, _COLORS)
         _check_choice("color", self.color, _COLORS)
         _check_choice("layout", self.layout, _LAYOUTS)
+        object.__setattr__(self, "dtype", _dtype_name(self.dtype))
         _check_choice("dtype", self.dtype, _DTYPES)
         mean = _check_triple("mean", self.mean)
         std = _check_triple("std", self.std)
@@ -110,6 +111,7 @@ class Preprocess:
                 f"dtype='uint8' cannot hold normalised values, but mean={mean} and std={std}; "
                 "use dtype='float32' (or 'float16'), or leave mean and std at their defaults"
             )
+        _check_representable(mean, std, self.dtype)
 
     # -- presets ----------------------------------------------------------------------------------
 
@@ -352,6 +354,37 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         )
 
 
+def _dtype_name(value: object) -> object:
+    """``np.float32`` or ``np.dtype("float32")`` as ``"float32"``: the spec stores names only, so
+    that it hashes and serialises like the equal spec built from strings."""
+    if isinstance(value, (np.dtype, type)):
+        try:
+            return np.dtype(value).name
+        except TypeError:
+            return value
+    return value
+
+
+def _check_representable(
+    mean: tuple[float, float, float], std: tuple[float, float, float], dtype: str
+) -> None:
+    """Refuse a mean/std whose results over 0..255 overflow ``dtype`` (they would come out inf)."""
+    if dtype == "uint8":
+        return
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        scale = np.float32(1.0) / np.array(std, dtype=np.float32)
+        offset = -np.array(mean, dtype=np.float32) * scale
+        ends = np.concatenate([offset, np.float32(255.0) * scale + offset])
+    peak = float(np.where(np.isnan(ends), np.inf, np.abs(ends)).max())  # 0 x inf = nan: overflow
+    limit = float(np.finfo(dtype).max)
+    if peak > limit:
+        raise PreprocessError(
+            f"mean={mean} and std={std} turn pixels 0..255 into values beyond what {dtype} holds "
+            f"(|(x - mean) / std| up to {peak:.3g}, the limit is {limit:.3g}); mean and std are "
+            "in 0..255 pixel units, e.g. mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5)"
+        )
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -423,11 +456,17 @@ def _fits(dim: object, expected: int) -> bool:
 
 def _as_batch(image: npt.ArrayLike) -> npt.NDArray[np.uint8]:
     """Return ``image`` as an ``NxHxWx3`` uint8 array (a view if possible), or say what is wrong."""
-    arr = np.asarray(image)
     hint = (
         "pass an HxWx3 uint8 RGB image or an NxHxWx3 batch; "
         "for OpenCV images use Preprocess(..., input_color='bgr')"
     )
+    try:
+        arr = np.asarray(image)
+    except ValueError as exc:  # a list of images of different sizes
+        raise PreprocessError(
+            f"cannot make one array of the images given ({exc}); a batch is images of one size: "
+            "stack same-size images into an NxHxWx3 array, or call predict() once per image"
+        ) from exc
     if arr.dtype != np.uint8:
         raise PreprocessError(
             f"expected uint8 pixels in 0..255, got dtype {arr.dtype} with shape {arr.shape}; "
@@ -444,7 +483,11 @@ def _as_batch(image: npt.ArrayLike) -> npt.NDArray[np.uint8]:
         if arr.shape[-1] == 4:
             extra = "; drop the alpha channel with img[..., :3]"
         elif arr.shape[-3] == 3:
-            extra = "; this looks channels-first (CHW): use img.transpose(1, 2, 0)"
+            extra = (
+                "; this looks channels-first (CHW): use img.transpose(1, 2, 0)"
+                if arr.ndim == 3
+                else "; this looks channels-first (NCHW): use batch.transpose(0, 2, 3, 1)"
+            )
         else:
             extra = ""
         raise PreprocessError(
@@ -500,13 +543,18 @@ def _resize_exact(image: npt.NDArray[np.uint8], height: int, width: int) -> npt.
     except ImportError:
         pass
     else:
-        shrinking = height <= image.shape[0] and width <= image.shape[1]
         # INTER_AREA averages the source pixels when shrinking (no aliasing); when enlarging it
-        # degrades to nearest-neighbour, so bilinear is used there.
+        # degrades to nearest-neighbour, so bilinear is used there. One call cannot do both: when
+        # one axis shrinks and the other grows, the shrinking axis is averaged first, alone.
+        source: np.ndarray = np.ascontiguousarray(image)
+        src_h, src_w = image.shape[:2]
+        if height < src_h and width > src_w:
+            source = cv2.resize(source, (src_w, height), interpolation=cv2.INTER_AREA)
+        elif width < src_w and height > src_h:
+            source = cv2.resize(source, (width, src_h), interpolation=cv2.INTER_AREA)
+        shrinking = height <= source.shape[0] and width <= source.shape[1]
         interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-        resized = cv2.resize(
-            np.ascontiguousarray(image), (width, height), interpolation=interpolation
-        )
+        resized = cv2.resize(source, (width, height), interpolation=interpolation)
         return np.asarray(resized, dtype=np.uint8)
     try:
         from PIL import Image
