@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from unifer import (
     Engine,
     InferenceError,
+    InputError,
     ModelLoadError,
     ModelNotFoundError,
     UniferWarning,
@@ -244,14 +245,39 @@ def test_ir_without_its_bin_names_the_missing_file(tmp_path: Path) -> None:
 
 def test_dynamic_batch(tmp_path: Path) -> None:
     weights = np.random.default_rng(1).standard_normal((4, 5)).astype(np.float32)
-    with Engine.load(matmul_model(tmp_path / "mm.onnx", weights), backend="openvino") as engine:
-        assert engine.inputs[0].shape == (None, 4)
-        assert engine.outputs[0].shape == (None, 5)
+    onnx_path = matmul_model(tmp_path / "mm.onnx", weights)
+    xml = tmp_path / "mm.xml"
+    ov.save_model(ov.Core().read_model(onnx_path), xml, compress_to_fp16=False)
+    with Engine.load(xml, backend="openvino") as engine:
+        assert engine.inputs[0].shape == (None, 4)  # IR has no dimension names
+    with Engine.load(onnx_path, backend="openvino") as engine:
+        # OpenVINO drops ONNX dimension names; the plugin reads them from the file.
+        assert engine.inputs[0].shape == ("N", 4)
+        assert engine.outputs[0].shape == ("N", 5)
         for batch in (1, 3):
             x = np.random.default_rng(batch).standard_normal((batch, 4)).astype(np.float32)
             y = engine.run({"x": x})["y"]
             assert y.shape == (batch, 5)
             np.testing.assert_allclose(y, x @ weights, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_inputs_sharing_a_named_dimension_must_agree(tmp_path: Path, threads: int) -> None:
+    """OpenVINO 2026.4's CPU plugin ran a[N, 4] + b[N, 4] with N=2 and N=3 at one thread and
+    returned an empty result; the names read from the file let the core refuse it first."""
+    path = save_model(
+        tmp_path / "add.onnx",
+        [helper.make_node("Add", ["a", "b"], ["y"])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 4]) for n in ("a", "b")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [],
+    )
+    with Engine.load(path, backend="openvino", threads=threads) as engine:
+        feeds = {"a": np.ones((2, 4), np.float32), "b": np.ones((3, 4), np.float32)}
+        with pytest.raises(InputError, match="dimension 'N' is 2 in input 'a' but 3"):
+            engine.run(feeds)
+        feeds["b"] = np.ones((2, 4), np.float32)
+        np.testing.assert_array_equal(engine.run(feeds)["y"], np.full((2, 4), 2, np.float32))
 
 
 def test_multi_input_multi_output_with_int64(tmp_path: Path) -> None:
@@ -584,8 +610,8 @@ def test_session_directly(tmp_path: Path) -> None:
     path, x, exact = integer_matmul(tmp_path)
     session = OpenVINOBackend().open(path, session_options(tmp_path, threads=1))
     assert isinstance(session, Session)
-    assert [str(s) for s in session.inputs] == ["x: float32[?,64]"]
-    assert [str(s) for s in session.outputs] == ["y: float32[?,16]"]
+    assert [str(s) for s in session.inputs] == ["x: float32[N,64]"]
+    assert [str(s) for s in session.outputs] == ["y: float32[N,16]"]
     assert session.settings["threads"] == 1
     np.testing.assert_array_equal(session.run({"x": x})["y"], exact)
     session.close()

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from unifer import InferenceError, ModelLoadError, UnsupportedOptionError
+from unifer._onnx_io import OnnxFormatError, ValueInfo, read_graph_io
 from unifer.backend import (
     SessionOptions,
     TensorSpec,
@@ -28,8 +29,6 @@ from unifer.backend import (
     warn_unknown_options,
     warn_user,
 )
-
-from ._onnx_io import OnnxFormatError, ValueInfo, read_graph_io
 
 NAME: Final = "opencv"
 OPTIONS: Final = ("engine",)

@@ -22,7 +22,9 @@ import openvino as ov
 
 from unifer import InferenceError, ModelLoadError, ModelNotFoundError, UnsupportedOptionError
 from unifer._digest import model_digest
+from unifer._onnx_io import OnnxFormatError, read_graph_io
 from unifer.backend import (
+    Dim,
     SessionOptions,
     TensorSpec,
     integer_option,
@@ -200,12 +202,36 @@ def _check_ports(compiled: ov.CompiledModel, model: Path) -> None:
         )
 
 
-def _spec(port: ov.ConstOutput) -> TensorSpec:
+def _spec(port: ov.ConstOutput, declared: Mapping[str, Sequence[Dim]]) -> TensorSpec:
+    """The port's spec; a dynamic dimension keeps the name the ONNX file gives it (``declared``).
+
+    OpenVINO drops ONNX dimension names. Without them the core cannot check that inputs sharing
+    one agree, and OpenVINO's CPU plugin does not always check it either (two inputs [N, 4] fed
+    N=2 and N=3 ran and returned an empty result at INFERENCE_NUM_THREADS=1, 2026.4).
+    """
+    name = _port_name(port)
     shape = port.get_partial_shape()
-    dims: tuple[int | None, ...] = ()
+    dims: tuple[Dim, ...] = ()
     if shape.rank.is_static:
         dims = tuple(int(d.get_length()) if d.is_static else None for d in shape)
-    return TensorSpec(_port_name(port), dims, np.dtype(port.get_element_type().to_dtype()))
+        names = declared.get(name)
+        if names is not None and len(names) == len(dims):
+            dims = tuple(
+                n if d is None and isinstance(n, str) else d
+                for d, n in zip(dims, names, strict=True)
+            )
+    return TensorSpec(name, dims, np.dtype(port.get_element_type().to_dtype()))
+
+
+def _declared_shapes(model: Path) -> dict[str, tuple[Dim, ...]]:
+    """Each graph input's and output's shape as an ONNX ``model`` declares it; ``{}`` for IR."""
+    if model.suffix.lower() != ".onnx":
+        return {}
+    try:
+        graph = read_graph_io(model)
+    except (OSError, OnnxFormatError):  # OpenVINO read the file: only the names are lost
+        return {}
+    return {v.name: v.shape for v in (*graph.inputs, *graph.outputs) if v.shape is not None}
 
 
 def _get(compiled: ov.CompiledModel, key: str) -> Any:
@@ -225,10 +251,11 @@ class OpenVINOSession:
         *,
         num_requests: int | None,
         settings: Mapping[str, object],
+        declared: Mapping[str, Sequence[Dim]],
     ) -> None:
         self._compiled: ov.CompiledModel | None = compiled
-        self._inputs = tuple(_spec(p) for p in compiled.inputs)
-        self._outputs = tuple(_spec(p) for p in compiled.outputs)
+        self._inputs = tuple(_spec(p, declared) for p in compiled.inputs)
+        self._outputs = tuple(_spec(p, declared) for p in compiled.outputs)
         self._input_names = tuple(s.name for s in self._inputs)
         self._int64_inputs = tuple(s.name for s in self._inputs if s.dtype == np.int64)
         self._output_names = tuple(s.name for s in self._outputs)
@@ -318,7 +345,12 @@ class OpenVINOSession:
                 "loaded_from_cache": bool(loaded) if loaded is not None else None,
                 "runtime_version": runtime_version(),
             }
-            return cls(compiled, num_requests=num_requests, settings=settings)
+            return cls(
+                compiled,
+                num_requests=num_requests,
+                settings=settings,
+                declared=_declared_shapes(model),
+            )
 
     @property
     def inputs(self) -> Sequence[TensorSpec]:

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from unifer import models
-from unifer_opencv._onnx_io import OnnxFormatError, ValueInfo, read_graph_io
+from unifer._onnx_io import OnnxFormatError, ValueInfo, read_graph_io
 
 _KINDS = {
     "tensor_type": "tensor",
