@@ -101,3 +101,18 @@ def test_a_changed_external_weights_file_is_measured_again(monkeypatch, tmp_path
     save(seed=1)
     assert path.read_bytes() == graph
     assert Engine.load(path, threads=1, budget_s=0.2).selection.source == "measured"
+
+
+@pytest.mark.parametrize("budget_s", [None, 0], ids=["measured", "static"])
+def test_a_missing_weights_file_is_file_not_found_under_auto(tmp_path, budget_s):
+    """Every candidate fails for the same missing file: that error, a FileNotFoundError as the
+    docs promise, not a list of runtimes that could not open the model."""
+    import openvino as ov
+
+    from unifer.testing.models import mlp
+
+    xml = tmp_path / "ir" / "mlp.xml"
+    ov.save_model(ov.Core().read_model(mlp().save(tmp_path)), xml, compress_to_fp16=False)
+    xml.with_suffix(".bin").unlink()
+    with pytest.raises(FileNotFoundError, match="mlp.bin"):
+        Engine.load(xml, threads=1, budget_s=budget_s)

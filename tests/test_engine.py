@@ -59,11 +59,12 @@ def test_auto_explains_every_skip(fake_backend, fake_model):
     assert {name.split("/")[0] for name in info.value.reasons} == {"fake"}
 
 
-def test_auto_on_a_corrupt_file_says_the_file_is_the_problem(fake_backend, tmp_path):
+@pytest.mark.parametrize("budget_s", [None, 0], ids=["measured", "static"])
+def test_auto_on_a_corrupt_file_says_the_file_is_the_problem(fake_backend, tmp_path, budget_s):
     bad = tmp_path / "bad.fake"
     bad.write_text("{not json")
     with pytest.raises(ModelLoadError, match="bad.fake") as info:
-        Engine.load(bad)
+        Engine.load(bad, budget_s=budget_s)
     assert info.value.__cause__ is not None
 
 

@@ -25,7 +25,7 @@ from typing import Any, Final
 from . import _autocache, _convert, _hardware, _registry
 from ._devices import device_option, effective_device
 from ._digest import model_digest
-from ._errors import ModelFormatError, ModelLoadError, UniferError, UnsupportedOptionError
+from ._errors import ModelError, ModelFormatError, UniferError, UnsupportedOptionError
 from ._select import (
     Candidate,
     Objective,
@@ -193,26 +193,17 @@ def open_auto(
     if "fp32" not in precisions:
         reference_only = list(dict.fromkeys(dataclasses.replace(c, precision="fp32") for c in pool))
     pool = [*reference_only, *pool]
-    load_errors: list[ModelLoadError] = []
-
-    def open_noting_load_errors(candidate: Candidate) -> Session:
-        try:
-            return open_candidate(candidate)
-        except ModelLoadError as exc:
-            load_errors.append(exc)
-            raise
-
+    opener = _NotingFileErrors(open_candidate)
     trials, kept = measure_candidates(
         pool,
-        open_candidate=open_noting_load_errors,
+        open_candidate=opener,
         objective=objective,
         budget_s=budget_s,
         reference_only=reference_only,
     )
     ranking = rank(trials)
     if not ranking:
-        if pool and len(load_errors) == len(pool):
-            raise load_errors[0]  # every runtime rejected the file: the file is the problem
+        opener.raise_if_every_open_failed(len(pool))
         raise no_candidate_error([*unavailable, *trials], path.name)
     winner = ranking[0].candidate
     for candidate, session in kept.items():
@@ -348,9 +339,10 @@ def _open_static(
         )
         rule = f"NVIDIA GPU: {' > '.join(first)} first; then {rule}"
     trials = list(unavailable)
+    opener = _NotingFileErrors(open_candidate)
     for candidate in order:
         try:
-            session = open_candidate(candidate)
+            session = opener(candidate)
         except UniferError as exc:
             trials.append(Trial(candidate, "failed", reason=exc.message))
             continue
@@ -359,4 +351,26 @@ def _open_static(
         )
         logger.info(selection.summary())
         return selection, session
+    opener.raise_if_every_open_failed(len(order))
     raise no_candidate_error(trials, path.name)
+
+
+class _NotingFileErrors:
+    """``open_candidate``, noting the errors that blame the model file (corrupt, truncated, a
+    weights file missing): when every candidate raised one, the file is the problem, and its
+    error (a ``FileNotFoundError`` for a missing file) says so better than a list of runtimes."""
+
+    def __init__(self, open_candidate: Callable[[Candidate], Session]) -> None:
+        self._open = open_candidate
+        self._errors: list[ModelError] = []
+
+    def __call__(self, candidate: Candidate) -> Session:
+        try:
+            return self._open(candidate)
+        except ModelError as exc:
+            self._errors.append(exc)
+            raise
+
+    def raise_if_every_open_failed(self, attempted: int) -> None:
+        if attempted and len(self._errors) == attempted:
+            raise self._errors[0]
