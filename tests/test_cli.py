@@ -296,6 +296,31 @@ def test_unreadable_numpy_input_is_a_clean_error(cli, fake_backend, fake_model, 
         assert "InputError: cannot read" in result.output and "Traceback" not in result.output
 
 
+def test_a_text_file_named_npy_is_not_called_pickled(cli, fake_backend, fake_model, tmp_path):
+    (tmp_path / "x.npy").write_text("hello")
+    output = cli("predict", str(fake_model), str(tmp_path / "x.npy"), code=1).output
+    assert "it is not a .npy file" in output
+    assert "allow_pickle" not in output and "trust the file" not in output
+
+
+def test_a_npy_for_a_model_with_several_inputs_says_use_npz(
+    cli, fake_backend, make_fake_model, tmp_path
+):
+    inputs = [{"name": n, "shape": ["N", 3], "dtype": "float32"} for n in ("a", "b")]
+    model = make_fake_model(tmp_path / "two.fake", inputs=inputs)
+    np.save(tmp_path / "x.npy", np.ones((1, 3), np.float32))
+    output = cli("predict", str(model), str(tmp_path / "x.npy"), code=1).output
+    assert "the model has 2 inputs (a, b); pass them in a .npz file" in output
+    assert "cannot read" not in output  # the file itself is fine
+    assert output.count("docs/errors.md") == 1
+
+
+def test_predict_with_swapped_arguments_says_so(cli, fake_backend, fake_model, tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((1, 3), np.float32))
+    output = cli("predict", str(tmp_path / "x.npy"), str(fake_model), code=2).output
+    assert "is an input file, not a model; the arguments are MODEL then INPUT" in output
+
+
 def test_a_tensor_npy_for_a_builtin_model_is_its_input(cli, tmp_path):
     pytest.importorskip("onnx")
     if "onnxruntime" not in json.dumps(json.loads(cli("backends", "--json").output)["backends"]):

@@ -25,7 +25,7 @@ from typing import Any, Final
 from . import _autocache, _convert, _hardware, _registry
 from ._devices import device_option, effective_device
 from ._digest import model_digest
-from ._errors import ModelError, ModelFormatError, UniferError, UnsupportedOptionError
+from ._errors import ModelError, UniferError, UnsupportedOptionError
 from ._select import (
     Candidate,
     Objective,
@@ -104,7 +104,8 @@ def open_auto(
     on it, each opened there; without it each backend runs on its default device and on its
     accelerators.
     """
-    from ._engine import no_suffix_error, readers  # the engine imports this module
+    # The engine imports this module.
+    from ._engine import no_suffix_error, readers, unreadable_format_error
 
     suffix = path.suffix.lower()
     disabled = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
@@ -120,11 +121,7 @@ def open_auto(
     if not names:
         if not suffix:
             raise no_suffix_error(path, ".onnx, .xml, .tflite, .param...")
-        raise ModelFormatError(
-            f"no installed backend reads {suffix!r} files like {path.name!r}"
-            + (f" (disabled by ${DISABLE_ENV}: {', '.join(sorted(disabled))})" if disabled else "")
-            + '. For ONNX models install one with: pip install "unifer[onnxruntime]"'
-        )
+        raise unreadable_format_error(path, disabled)
     # None: the physical cores this process may use (runtime defaults vary and oversubscribe).
     thread_options = list(threads) if threads else [_hardware.physical_cores()]
     mode = os.environ.get(MODE_ENV) or "measure"

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -449,11 +449,43 @@ def no_suffix_error(path: Path, formats: str) -> ModelFormatError:
 
 def readers(suffix: str) -> list[str]:
     """Installed backends whose formats include ``suffix``, in the static auto order."""
-    names = []
+    return _registry.auto_order([n for n, suffixes in _suffixes() if suffix in suffixes])
+
+
+def _suffixes() -> list[tuple[str, tuple[str, ...]]]:
+    """Each installed backend and the file suffixes it reads."""
+    found = []
     for name in _registry.backend_names():
         try:
-            if suffix in _registry.get_backend(name).suffixes:
-                names.append(name)
+            found.append((name, tuple(_registry.get_backend(name).suffixes)))
         except UniferError:
             continue  # a broken plugin reads nothing; `unifer backends` shows why
-    return _registry.auto_order(names)
+    return found
+
+
+#: Files that hold a model's weights beside the file that describes it, by suffix.
+_WEIGHTS_FILES: Final = {
+    ".bin": "an OpenVINO .xml or ncnn .param model",
+    ".params": "an MXNet -symbol.json checkpoint",
+    ".data": "an ONNX model (external data)",
+}
+
+
+def unreadable_format_error(path: Path, disabled: Collection[str] = ()) -> ModelFormatError:
+    """The error for a file whose suffix no installed (and enabled) backend reads."""
+    suffix = _suffix(path)
+    readable = sorted({x for _, suffixes in _suffixes() for x in suffixes})
+    message = f"no installed backend reads {suffix!r} files like {path.name!r}" + (
+        f" (disabled by ${_auto.DISABLE_ENV}: {', '.join(sorted(disabled))})" if disabled else ""
+    )
+    if suffix in _WEIGHTS_FILES:
+        message += (
+            f"; a {suffix} file holds the weights of {_WEIGHTS_FILES[suffix]}: pass the model "
+            "file that names it"
+        )
+    else:
+        message += "; pass a model file"
+    message += f" (installed backends read {', '.join(readable)})" if readable else ""
+    if ".onnx" not in readable:
+        message += '. For ONNX models install a backend: pip install "unifer[onnxruntime]"'
+    return ModelFormatError(message)

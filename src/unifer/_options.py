@@ -83,8 +83,9 @@ def split_backend_options(
         if not isinstance(options, Mapping):
             raise UnsupportedOptionError(
                 f"backend_options[{name!r}] must be a mapping of option names to values, got "
-                f"{type(options).__name__}; backend_options is keyed by backend name, e.g. "
-                f"{{{name!r}: {{...}}}}"
+                f"{type(options).__name__}; backend_options is keyed by backend name, then "
+                f"option: {{'BACKEND': {{{name!r}: {options!r}}}}}, BACKEND one of "
+                f"{', '.join(installed) or 'the installed backends'}"
             )
         if name not in installed:
             warn_user(

@@ -201,10 +201,15 @@ def _not_found_message(name: str) -> str:
     if alias is not None and alias != name and alias in installed:  # tflite: litert's extra
         parts.append(f"{name!r} names the install extra of backend {alias!r}: use {alias!r}")
         return "; ".join(parts)
-    close = difflib.get_close_matches(name, sorted(set(installed) | set(FIRST_PARTY)), n=1)
-    if close and close[0] != name:
-        parts.append(f"did you mean {close[0]!r}?")
-    hint = install_hint(name) or (install_hint(close[0]) if close else None)
+    # Names are lower case: 'OpenVINO' is matched as 'openvino'.
+    known = {n.lower(): n for n in sorted(set(installed) | set(FIRST_PARTY))}
+    match = difflib.get_close_matches(name.lower(), list(known), n=1)
+    close = known[match[0]] if match else None
+    if close is not None and close != name:
+        parts.append(f"did you mean {close!r}?")
+    if close in installed:
+        return "; ".join(parts)  # a misspelt installed backend: nothing to install
+    hint = install_hint(name) or (install_hint(close) if close else None)
     if hint:
         parts.append(f"install it with: {hint}")
     return "; ".join(parts)

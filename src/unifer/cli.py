@@ -6,11 +6,12 @@ message (what, why, how to fix) with exit status 1, not a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Final, TypeVar, cast
 
@@ -435,6 +436,12 @@ def predict(
 
     MODEL is a model file or a built-in model such as builtin:arcface-r18.
     """
+    if Path(model).suffix.lower() in (".npy", ".npz", *IMAGE_SUFFIXES):
+        raise click.BadParameter(
+            f"{model} is an input file, not a model; the arguments are MODEL then INPUT: "
+            f"unifer predict model.onnx {model}",
+            param_hint="MODEL",
+        )
     preprocess = _preprocess_from(preprocess_arg)
     if out is not None:
         _check_out(out)
@@ -517,25 +524,21 @@ def _read_input(path: Path, engine: Engine) -> np.ndarray | dict[str, np.ndarray
     model's single input -- unless it holds uint8 pixels for a model with preprocessing (a
     float32 tensor for a built-in model is its input as it is, not an image)."""
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                return {name: archive[name] for name in archive.files}
-        if suffix == ".npy":
+    if suffix == ".npz":
+        with _reading_numpy(path), np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    if suffix == ".npy":
+        with _reading_numpy(path):
             array = np.load(path, allow_pickle=False)
-            if engine.preprocess is not None and array.dtype == np.uint8:
-                return array  # type: ignore[no-any-return]
-            if len(engine.inputs) != 1:
-                raise InputError(
-                    f"the model has {len(engine.inputs)} inputs; pass them in a .npz file, one "
-                    "array per input name"
-                )
-            return {engine.inputs[0].name: array}
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise InputError(
-            f"cannot read {path.name} as a numpy {suffix} file: {exc}. Save it with np.save / "
-            "np.savez (numeric arrays, no Python objects)"
-        ) from exc
+        if engine.preprocess is not None and array.dtype == np.uint8:
+            return array  # type: ignore[no-any-return]
+        if len(engine.inputs) != 1:
+            raise InputError(
+                f"the model has {len(engine.inputs)} inputs "
+                f"({', '.join(s.name for s in engine.inputs)}); pass them in a .npz file, one "
+                "array per input name: np.savez(path, **{name: array, ...})"
+            )
+        return {engine.inputs[0].name: array}
     if suffix in IMAGE_SUFFIXES:
         if engine.preprocess is None:
             raise InputError(
@@ -547,6 +550,26 @@ def _read_input(path: Path, engine: Engine) -> np.ndarray | dict[str, np.ndarray
         f"cannot read {path.name}: use .npy, .npz or an image ({', '.join(IMAGE_SUFFIXES)})",
         param_hint="INPUT",
     )
+
+
+@contextlib.contextmanager
+def _reading_numpy(path: Path) -> Iterator[None]:
+    """numpy's failures to read ``path`` as :class:`InputError`, saying what the file is not."""
+    try:
+        yield
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        # numpy takes any file without the .npy magic for a pickle, and says allow_pickle=
+        # would load it: misleading here, where it is usually not a numpy file at all.
+        reason = (
+            "it is not a .npy file (numpy would read it as pickled Python objects, which are "
+            "never loaded)"
+            if "allow_pickle" in str(exc)
+            else str(exc)
+        )
+        raise InputError(
+            f"cannot read {path.name} as a numpy {path.suffix.lower()} file: {reason}. Save "
+            "inputs with np.save / np.savez (numeric arrays, no Python objects)"
+        ) from exc
 
 
 def _read_image(path: Path) -> np.ndarray:
