@@ -512,6 +512,10 @@ def test_terminal_legend_says_what_latency_is():
         if record.get("latency"):
             record["latency"]["end_to_end"] = None
     assert "latency = inference only (no preprocessing" in bench.format_table(result)
+    result.model["preprocess"] = {"size": [112, 112]}  # preprocessing, but every run failed
+    for record in result.records:
+        record.update(status="error", error="InferenceError: boom", latency=None)
+    assert "latency = end-to-end (uint8 RGB" in bench.format_table(result)
 
 
 def test_markdown_of_a_model_without_preprocessing_reports_inference_latency():
@@ -818,6 +822,16 @@ def test_cli_bench_json_and_out(onnx_backends, module_cache, tmp_path):
     text = runner.invoke(main, [*args[:-1]], env={"UNIFER_CACHE_DIR": str(module_cache)})
     assert text.exit_code == 0, text.output
     assert "integrity" in text.stdout and onnx_backends[0] in text.stdout
+
+
+def test_cli_bench_exits_1_when_every_configuration_failed(onnx_backends, tmp_path):
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"this is not a model")
+    args = ["bench", str(corrupt), "--backend", onnx_backends[0], "--threads", "1", "--json"]
+    result = CliRunner().invoke(main, args, env={"UNIFER_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["records"][0]["status"] == "error"  # still reported
+    assert "every configuration failed" in result.stderr
 
 
 def test_cli_bench_reports_bad_options():

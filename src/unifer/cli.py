@@ -755,9 +755,13 @@ def bench(
     written = benchmark.write_report(result, out, plots=not no_plots) if out else None
     if as_json:
         emit_json(result.to_dict())
-        return
-    click.echo(benchmark.format_table(result))
-    if written is not None:
-        click.echo(f"report written to {out}/ ({', '.join(p.name for p in written['files'])})")
-        if written["plots"] != "written":
-            click.echo(f"plots: {written['plots']}")
+    else:
+        click.echo(benchmark.format_table(result))
+        if written is not None:
+            click.echo(f"report written to {out}/ ({', '.join(p.name for p in written['files'])})")
+            if written["plots"] != "written":
+                click.echo(f"plots: {written['plots']}")
+    if result.records and not result.ok_records():
+        # Nothing was measured: a script or CI job must see it (partial failures are listed).
+        click.echo("error: every configuration failed (see FAILED above)", err=True)
+        sys.exit(1)

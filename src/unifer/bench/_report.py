@@ -90,9 +90,12 @@ def _headline(record: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _end_to_end(result: Result) -> bool:
-    """Whether the end-to-end path was timed: a model with preprocessing (the built-in ones, or a
-    file with a sidecar). Without it every headline figure is inference alone."""
-    return any(_get(r, "latency", "end_to_end") for r in result.records)
+    """Whether the end-to-end path is timed: a model with preprocessing (the built-in ones, or a
+    file with a sidecar), even where every configuration failed. Without it every headline
+    figure is inference alone."""
+    return result.model.get("preprocess") is not None or any(
+        _get(r, "latency", "end_to_end") for r in result.records
+    )
 
 
 def _headline_name(result: Result) -> str:
