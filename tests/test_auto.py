@@ -21,6 +21,7 @@ from unifer import (
     Engine,
     MissingDependencyError,
     NoBackendAvailableError,
+    UniferWarning,
     UnsupportedOptionError,
     _autocache,
     _hardware,
@@ -203,6 +204,9 @@ def test_environment_overrides(two_fakes, fake_model, monkeypatch):
     monkeypatch.delenv("UNIFER_BACKEND")
     monkeypatch.setenv("UNIFER_DISABLE_BACKENDS", "fake")
     assert Engine.load(fake_model, budget_s=0.1).backend == "slowfake"
+    monkeypatch.setenv("UNIFER_DISABLE_BACKENDS", "fake, slowfak")  # a typo disables nothing...
+    with pytest.warns(UniferWarning, match=r"names 'slowfak', which is no backend.*'slowfake'"):
+        assert Engine.load(fake_model, budget_s=0.1).backend == "slowfake"  # ...and is said
 
 
 def test_static_choice_without_measuring(two_fakes, fake_model, monkeypatch):

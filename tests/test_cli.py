@@ -348,3 +348,10 @@ def test_importing_the_main_module_runs_nothing():
     import importlib
 
     importlib.import_module("unifer.__main__")  # a SystemExit here would fail the test
+
+
+@pytest.mark.filterwarnings("default::unifer.UniferWarning")  # shown, as outside the tests
+def test_unifer_warnings_are_one_plain_line(cli, fake_backend, fake_model):
+    result = cli("info", str(fake_model), "--backend", "fake", "--option", "fake.speeed=1")
+    assert "warning: backend option 'speeed' is not understood by fake" in result.stderr
+    assert "UniferWarning" not in result.stderr and ".py:" not in result.stderr  # no source line

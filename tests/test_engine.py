@@ -126,9 +126,12 @@ def test_threads_from_the_environment(fake_backend, fake_model, monkeypatch):
     monkeypatch.setenv("UNIFER_NUM_THREADS", "3")
     assert Engine.load(fake_model, backend="fake").settings["threads"] == 3
     assert Engine.load(fake_model, backend="fake", threads=1).settings["threads"] == 1
-    monkeypatch.setenv("UNIFER_NUM_THREADS", "many")
-    with pytest.raises(UnsupportedOptionError, match="UNIFER_NUM_THREADS"):
-        Engine.load(fake_model, backend="fake")
+    for value, problem in (("many", "is not an integer"), ("0", "is not a positive thread count")):
+        monkeypatch.setenv("UNIFER_NUM_THREADS", value)
+        with pytest.raises(UnsupportedOptionError) as info:
+            Engine.load(fake_model, backend="fake")
+        assert str(info.value).startswith(f"$UNIFER_NUM_THREADS='{value}' {problem}; set it")
+        assert "sequence" not in str(info.value)  # the Python argument's forms, not the variable's
 
 
 def test_unknown_precision(fake_backend, fake_model):

@@ -37,7 +37,7 @@ from ._select import (
     rank,
     static_rank,
 )
-from .backend import PRECISIONS, Availability, Precision, Session, SessionOptions
+from .backend import PRECISIONS, Availability, Precision, Session, SessionOptions, warn_user
 
 logger = logging.getLogger("unifer.auto")
 
@@ -108,7 +108,7 @@ def open_auto(
     from ._engine import no_suffix_error, readers, unreadable_format_error
 
     suffix = path.suffix.lower()
-    disabled = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
+    disabled = _disabled_backends()
     # Backends that would need a conversion compete only when it is already cached (it was asked
     # for once) or the caller allows converting now.
     converting = [
@@ -350,6 +350,20 @@ def _open_static(
         return selection, session
     opener.raise_if_every_open_failed(len(order))
     raise no_candidate_error(trials, path.name)
+
+
+def _disabled_backends() -> set[str]:
+    """The names in ``$UNIFER_DISABLE_BACKENDS``; a name no backend has is warned about (a typo
+    would otherwise leave the backend it meant silently enabled)."""
+    disabled = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
+    for name in sorted(disabled - {*_registry.backend_names(), *_registry.FIRST_PARTY}):
+        close = _registry.closest_name(name)
+        warn_user(
+            f"${DISABLE_ENV} names {name!r}, which is no backend, so it disables nothing"
+            + (f"; did you mean {close!r}?" if close else "")
+            + f" (installed: {', '.join(_registry.backend_names()) or 'none'})"
+        )
+    return disabled
 
 
 class _NotingFileErrors:

@@ -19,21 +19,22 @@ THREADS_ENV: Final = "UNIFER_NUM_THREADS"
 
 def resolve_threads(threads: int | None) -> int | None:
     """Return the thread count to request: the argument, else ``$UNIFER_NUM_THREADS``, else None."""
-    source = "threads"
     if threads is None:
         env = os.environ.get(THREADS_ENV)
         if not env:
             return None
-        source = f"${THREADS_ENV}"
+        where = f"${THREADS_ENV}={env!r}"
+        fix = "set it to a positive thread count, or unset it for the runtime's default"
         try:
-            threads = int(env)
+            count = int(env)
         except ValueError:
-            raise UnsupportedOptionError(
-                f"{source}={env!r} is not an integer; set it to a positive thread count or unset it"
-            ) from None
+            raise UnsupportedOptionError(f"{where} is not an integer; {fix}") from None
+        if count < 1:
+            raise UnsupportedOptionError(f"{where} is not a positive thread count; {fix}")
+        return count
     return _positive(
         threads,
-        f"{source} must be a positive integer, None (the runtime's default) or, with "
+        "threads must be a positive integer, None (the runtime's default) or, with "
         "backend='auto', a sequence of counts to try",
     )
 

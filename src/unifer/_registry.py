@@ -193,6 +193,14 @@ def _validate(cls: object, *, expected_name: str, origin: str) -> None:
         )
 
 
+def closest_name(name: str) -> str | None:
+    """The installed or first-party backend name closest to ``name`` (a typo, another case)."""
+    # Names are lower case: 'OpenVINO' is matched as 'openvino'.
+    known = {n.lower(): n for n in sorted({*backend_names(), *FIRST_PARTY})}
+    match = difflib.get_close_matches(name.lower(), list(known), n=1)
+    return known[match[0]] if match else None
+
+
 def _not_found_message(name: str) -> str:
     installed = backend_names()
     parts = [f"no backend named {name!r} is installed"]
@@ -201,10 +209,7 @@ def _not_found_message(name: str) -> str:
     if alias is not None and alias != name and alias in installed:  # tflite: litert's extra
         parts.append(f"{name!r} names the install extra of backend {alias!r}: use {alias!r}")
         return "; ".join(parts)
-    # Names are lower case: 'OpenVINO' is matched as 'openvino'.
-    known = {n.lower(): n for n in sorted(set(installed) | set(FIRST_PARTY))}
-    match = difflib.get_close_matches(name.lower(), list(known), n=1)
-    close = known[match[0]] if match else None
+    close = closest_name(name)
     if close is not None and close != name:
         parts.append(f"did you mean {close!r}?")
     if close in installed:

@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import shutil
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 from . import _autocache, _convert, _hardware, _registry, models
 from ._cache import cache_dir
 from ._engine import Engine, readers, resolve_model
-from ._errors import InputError, ModelFormatError, UniferError
+from ._errors import InputError, ModelFormatError, UniferError, UniferWarning
 from ._preprocess import Preprocess
 from ._select import Selection
 from .backend import PRECISIONS, SessionOptions, TensorSpec
@@ -103,13 +104,29 @@ def spec_dict(spec: TensorSpec) -> dict[str, object]:
 
 
 class UniferGroup(click.Group):
-    """Turns unifer errors into a clean message and exit status 1."""
+    """Turns unifer errors into a clean message and exit status 1, and unifer's warnings into a
+    plain ``warning: ...`` line."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except UniferError as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        with warnings.catch_warnings():  # restores showwarning afterwards
+            warnings.showwarning = _show_warning(warnings.showwarning)
+            try:
+                return super().invoke(ctx)
+            except UniferError as exc:
+                raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _show_warning(default: Callable[..., None]) -> Callable[..., None]:
+    """A UniferWarning as one line: the source line it points at (the user's call, for the
+    Python API) is click's here, of no use to someone at a shell. Other warnings as usual."""
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, UniferWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            default(message, category, *args, **kwargs)
+
+    return show
 
 
 @click.group(cls=UniferGroup)
