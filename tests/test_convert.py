@@ -86,6 +86,15 @@ def test_naming_a_converting_backend_converts_verifies_and_caches(converter, fak
     assert sorted(p.name for p in fake_model.parent.iterdir()) == ["model.fake"]
 
 
+def test_a_copy_under_another_name_reuses_the_conversion(converter, fake_model, tmp_path):
+    Engine.load(fake_model, backend="fake2")
+    copy = tmp_path / "elsewhere" / "renamed.fake"
+    copy.parent.mkdir()
+    shutil.copyfile(fake_model, copy)
+    Engine.load(copy, backend="fake2")
+    assert converter.conversions == 1  # keyed by content, target and converter, not the name
+
+
 def test_a_changed_source_is_converted_again(converter, fake_model, make_fake_model):
     Engine.load(fake_model, backend="fake2")
     make_fake_model(

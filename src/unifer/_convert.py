@@ -109,7 +109,7 @@ def convert(
     if not isinstance(backend, Converter):  # callers check can_convert() first
         raise TypeError(f"{backend.name} cannot convert models")
     root, final, digest, version = _location(backend, source, options)
-    conversion = _read(final)
+    conversion = _find(final)
     if conversion is None:
         conversion = _convert_into(backend, source, options, root, final, digest, version)
     if conversion.check.passed is False and not accept_mismatch:
@@ -130,7 +130,7 @@ def cached(backend: Backend, source: Path, options: SessionOptions) -> Conversio
     cache, else None."""
     if not isinstance(backend, Converter) or source.suffix.lower() not in backend.converts_from:
         return None
-    return _read(_location(backend, source, options)[1])
+    return _find(_location(backend, source, options)[1])
 
 
 def _location(
@@ -151,6 +151,20 @@ def _key(digest: str, target: str, version: str) -> str:
     import hashlib
 
     return hashlib.sha256(f"{digest}\0{target}\0{version}".encode()).hexdigest()[:16]
+
+
+def _find(entry: Path) -> Conversion | None:
+    """The conversion cached under ``entry``'s key, whatever the source file was called.
+
+    Entries are named ``<source stem>-<key>`` to be recognisable in the cache, but the key alone
+    (content, target, converter) identifies one: a byte-identical copy of a model under another
+    name reuses the conversion.
+    """
+    key = entry.name.rpartition("-")[2]
+    for directory in [entry, *sorted(entry.parent.glob(f"*-{key}"))]:
+        if (conversion := _read(directory)) is not None:
+            return conversion
+    return None
 
 
 def _read(directory: Path) -> Conversion | None:
