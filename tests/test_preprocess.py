@@ -384,6 +384,36 @@ def test_an_axis_that_shrinks_is_averaged_while_the_other_grows(
     assert np.abs(out - 127.5).max() < 20
 
 
+@pytest.mark.parametrize("library", ["cv2", "pillow"])
+def test_center_crop_of_an_elongated_image_computes_only_the_window(
+    library: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 4x60 image covering 16x16 is enlarged to 16x240, of which 16 columns are kept: only
+    those are computed (1x40000 at 224 would have needed 6 GB), sampled as the full resize is."""
+    image = random_image(4, 60, seed=3)
+    if library == "pillow":
+        monkeypatch.setitem(sys.modules, "cv2", None)
+    full = raw(size=(16, 240))(image)[0]  # the whole enlarged image, by the same library
+    sizes: list[tuple[int, ...]] = []
+    if library == "cv2":
+        import cv2
+
+        for name in ("resize", "warpAffine"):
+            real = getattr(cv2, name)
+
+            def spy(*args: object, _real: object = real, **kwargs: object) -> object:
+                out = _real(*args, **kwargs)  # type: ignore[operator]
+                sizes.append(out.shape)  # type: ignore[attr-defined]
+                return out
+
+            monkeypatch.setattr(cv2, name, spy)
+    out = raw(size=(16, 16), resize="center_crop")(image)[0]
+    if library == "cv2":
+        assert sizes == [(16, 16, 3)]  # nothing larger than the window was made
+    want = full[:, 112:128]
+    assert np.abs(out.astype(int) - want.astype(int)).max() <= 2
+
+
 def test_opencv_and_pillow_agree_on_a_smooth_image(monkeypatch: pytest.MonkeyPatch) -> None:
     ramp = np.linspace(0, 255, 64).astype(np.uint8)
     image = np.repeat(np.repeat(ramp[None, :, None], 48, axis=0), 3, axis=2)

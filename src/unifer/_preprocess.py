@@ -527,9 +527,51 @@ def _resize_one(
     scale = max(height / src_h, width / src_w)
     new_h = max(height, round(src_h * scale))
     new_w = max(width, round(src_w * scale))
-    resized = _resize_exact(image, new_h, new_w)
     top, left = (new_h - height) // 2, (new_w - width) // 2
+    if scale > 1 and new_h * new_w > _ENLARGED_CROP_LIMIT * height * width:
+        # A very elongated image enlarged to cover the target (1x40000 -> 224x8960000: 6 GB)
+        # would be mostly cropped away: compute only the window that is kept.
+        return _enlarged_window(image, (new_h, new_w), (top, left), size)
+    resized = _resize_exact(image, new_h, new_w)
     return resized[top : top + height, left : left + width]
+
+
+#: How much larger than the target an enlarged image may be before only the window is computed.
+_ENLARGED_CROP_LIMIT: Final = 4
+
+
+def _enlarged_window(
+    image: npt.NDArray[np.uint8],
+    full: tuple[int, int],
+    corner: tuple[int, int],
+    size: tuple[int, int],
+) -> npt.NDArray[np.uint8]:
+    """``image`` enlarged bilinearly to ``full`` and cut to ``size`` at ``corner``, computing only
+    that window: the same sampling as the full resize (pixel centres aligned), within one level
+    of its fixed-point rounding (tests/test_preprocess.py)."""
+    (full_h, full_w), (top, left), (height, width) = full, corner, size
+    src_h, src_w = image.shape[:2]
+    sy, sx = full_h / src_h, full_w / src_w
+    try:
+        import cv2
+    except ImportError:
+        image_module = _pillow(image, size)
+        box = (left / sx, top / sy, (left + width) / sx, (top + height) / sy)
+        pil = image_module.fromarray(np.ascontiguousarray(image))
+        cut = pil.resize((width, height), image_module.Resampling.BILINEAR, box=box)
+        return np.asarray(cut, dtype=np.uint8)
+    # Output pixel (x, y) samples the source at ((x + left + 0.5) / sx - 0.5, ...), as resize does.
+    inverse = np.array(
+        [[1 / sx, 0, (left + 0.5) / sx - 0.5], [0, 1 / sy, (top + 0.5) / sy - 0.5]], np.float64
+    )
+    window = cv2.warpAffine(
+        np.ascontiguousarray(image),
+        inverse,
+        (width, height),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    return np.asarray(window, dtype=np.uint8)
 
 
 def _resize_exact(image: npt.NDArray[np.uint8], height: int, width: int) -> npt.NDArray[np.uint8]:
@@ -556,14 +598,21 @@ def _resize_exact(image: npt.NDArray[np.uint8], height: int, width: int) -> npt.
         interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
         resized = cv2.resize(source, (width, height), interpolation=interpolation)
         return np.asarray(resized, dtype=np.uint8)
+    image_module = _pillow(image, (height, width))
+    # Pillow's BILINEAR widens its filter when shrinking, so it antialiases like INTER_AREA.
+    pil = image_module.fromarray(np.ascontiguousarray(image))
+    resized = pil.resize((width, height), image_module.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def _pillow(image: npt.NDArray[np.uint8], size: tuple[int, int]) -> Any:
+    """``PIL.Image``, or the error saying that resizing ``image`` to ``size`` needs a library."""
     try:
         from PIL import Image
     except ImportError:
         raise PreprocessError(
             f"the image must be resized from {image.shape[0]}x{image.shape[1]} to "
-            f"{height}x{width}, and resizing needs OpenCV or Pillow: "
+            f"{size[0]}x{size[1]}, and resizing needs OpenCV or Pillow: "
             'pip install "unifer[image]" (or resize the image yourself before predict())'
         ) from None
-    # Pillow's BILINEAR widens its filter when shrinking, so it antialiases like INTER_AREA.
-    pil = Image.fromarray(np.ascontiguousarray(image))
-    return np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
+    return Image
