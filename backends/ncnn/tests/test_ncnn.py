@@ -222,6 +222,56 @@ def test_threads_map_to_num_threads(arcface_tiny: Converted) -> None:
     session.close()
 
 
+_FORK_CHILD = """
+import os, signal, sys
+import numpy as np
+from unifer import Engine, InferenceError, UnsupportedOptionError
+
+param, x = sys.argv[1], np.zeros((1, 3, 112, 112), np.float32)
+parent = Engine.load(param, backend="ncnn", threads=2)
+parent.run({"input.1": x})  # libgomp's thread pool now exists in this process
+if os.fork() == 0:
+    signal.alarm(30)  # a hang is a failure, reported by the parent
+    outcome = []
+    for attempt in (
+        lambda: parent.run({"input.1": x}),
+        lambda: Engine.load(param, backend="ncnn", threads=2),
+        lambda: Engine.load(param, backend="ncnn"),  # ncnn's default: several threads here
+    ):
+        try:
+            attempt()
+            outcome.append("ran")
+        except (InferenceError, UnsupportedOptionError) as error:
+            outcome.append(type(error).__name__ + (":fork" if "forked" in str(error) else ""))
+    one = Engine.load(param, backend="ncnn", threads=1).run({"input.1": x})["embedding"]
+    outcome.append(str(one.shape))
+    print(" ".join(outcome), flush=True)
+    os._exit(0)
+_, status = os.wait()
+print("child", status)
+"""
+
+
+def test_a_forked_child_is_refused_several_threads_instead_of_hanging(
+    arcface_tiny: Converted,
+) -> None:
+    """GNU libgomp, bundled with ncnn, hangs in a child forked after it ran multi-threaded."""
+    import subprocess
+
+    if ncnn.Net().opt.num_threads < 2:
+        pytest.skip("ncnn's default is one thread here: the default load would not be refused")
+    run = subprocess.run(
+        [sys.executable, "-c", _FORK_CHILD, str(arcface_tiny.param)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.stdout.splitlines() == [
+        "InferenceError:fork UnsupportedOptionError:fork UnsupportedOptionError:fork (1, 512)",
+        "child 0",
+    ], run.stderr
+
+
 def test_winograd_and_sgemm_switches(arcface_tiny: Converted, face: np.ndarray) -> None:
     want, default = embed(arcface_tiny, face[:1])
     assert default["winograd"] is True and default["use_winograd_convolution"] is True

@@ -28,7 +28,7 @@ from unifer.backend import (
     warn_unknown_options,
 )
 
-from . import _param, _routes, _vulkan
+from . import _fork, _param, _routes, _vulkan
 
 NAME: Final = "ncnn"
 OPTIONS: Final = ("converter", "device", "input_shapes", "sgemm", "winograd")
@@ -180,6 +180,7 @@ class NcnnSession:
         settings: Mapping[str, object],
     ) -> None:
         self._net: ncnn.Net | None = net
+        self._threads = int(net.opt.num_threads)
         self._input_shapes = tuple(inputs)
         self._output_names = tuple(outputs)
         self._inputs = tuple(
@@ -237,6 +238,7 @@ class NcnnSession:
         opt.use_vulkan_compute = vulkan is not None
         if options.threads is not None:
             opt.num_threads = options.threads  # on Vulkan too: for the layers that run on the CPU
+        _fork.check_load(int(opt.num_threads))  # loading already runs OpenMP (weight packing)
         net.opt = opt  # layers read the options while loading, so they are set first
         if vulkan is not None:
             net.set_vulkan_device(vulkan.index)
@@ -266,7 +268,9 @@ class NcnnSession:
                 settings["input_shapes"] = {name: list(shape) for name, shape in shapes.items()}
             if converted_by is not None:
                 settings["converted_by"] = converted_by
-            return cls(net, inputs, graph.outputs, settings)
+            session = cls(net, inputs, graph.outputs, settings)  # runs one sample
+            _fork.note_run(session._threads)
+            return session
 
     @property
     def inputs(self) -> Sequence[TensorSpec]:
@@ -286,6 +290,7 @@ class NcnnSession:
             raise InferenceError(
                 "this ncnn session is closed; open the model again to run it", backend=NAME
             )
+        _fork.check_run(self._threads)
         arrays = [feeds[name] for name, _ in self._input_shapes]
         with translate_errors(NAME, ValueError, RuntimeError):
             batch = self._check(arrays)
