@@ -9,10 +9,12 @@ small. See ``docs/plugins.md``.
 
 from __future__ import annotations
 
+import itertools
 import numbers
 import sys
+import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -37,6 +39,7 @@ __all__ = [
     "Dim",
     "PRECISIONS",
     "Precision",
+    "ProcessWideSetting",
     "Session",
     "SessionOptions",
     "TensorSpec",
@@ -238,6 +241,51 @@ def warn_unknown_options(backend: str, extra: Mapping[str, object], known: Seque
                 f"backend option {key!r} is not understood by {backend} and was ignored; "
                 f"known options: {', '.join(sorted(known)) or 'none'}"
             )
+
+
+class ProcessWideSetting:
+    """A runtime setting kept once per process (``cv2.setNumThreads``, ``torch.set_num_threads``),
+    and the values that live sessions asked for.
+
+    The last session opened sets it. When a session closes and the sessions still open all asked
+    for one value, that value is applied again (closing the engine that changed it gives the
+    others back what they asked for); with no session open the setting is left as it is.
+    """
+
+    def __init__(self, apply: Callable[[Any], None]) -> None:
+        self._apply = apply
+        self._lock = threading.Lock()
+        self._requests: dict[int, object] = {}
+        self._current: object = None
+        self._ids = itertools.count()
+
+    def request(self, value: object) -> tuple[int, list[object]]:
+        """Apply ``value``; return the request's key (for :meth:`release`) and the values other
+        live sessions asked for, which it overrides (for the plugin to warn about)."""
+        with self._lock:
+            key = next(self._ids)
+            others = sorted({v for v in self._requests.values() if v != value}, key=repr)
+            self._apply(value)
+            self._requests[key] = value
+            self._current = value
+        return key, others
+
+    @property
+    def in_force(self) -> object:
+        """The value applied for the open sessions that asked for one; ``None`` when none is open
+        (the setting is then the application's again)."""
+        return self._current if self._requests else None
+
+    def release(self, key: int) -> None:
+        """Forget request ``key`` (its session closed); re-apply what the others agree on."""
+        with self._lock:
+            self._requests.pop(key, None)
+            remaining = set(self._requests.values())
+            if len(remaining) == 1:
+                (value,) = remaining
+                if value != self._current:
+                    self._apply(value)
+                    self._current = value
 
 
 def integer_option(

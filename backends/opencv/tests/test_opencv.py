@@ -247,6 +247,8 @@ def test_different_threads_on_two_live_engines_warn(arcface: Path) -> None:
             assert second.settings["threads"] == 2
             assert first.settings["threads"] == 1  # what was applied when it was opened
             assert cv2.getNumThreads() == 2
+        # The engine that changed it is gone: the one left runs on what it asked for again.
+        assert cv2.getNumThreads() == 1
 
 
 def test_same_threads_or_none_do_not_warn(arcface: Path) -> None:
@@ -272,7 +274,7 @@ def test_closed_and_collected_engines_release_their_thread_request(arcface: Path
         del unclosed
         gc.collect()
         open_opencv(arcface, threads=4).close()
-    assert _session._thread_requests == {}
+    assert _session._THREADS.in_force is None  # no request is left
 
 
 # -- thread safety and ownership ------------------------------------------------------------------

@@ -6,7 +6,6 @@ The only module of the plugin that imports ``cv2`` at the top: ``unifer_opencv``
 
 from __future__ import annotations
 
-import itertools
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,7 @@ import numpy as np
 from unifer import InferenceError, ModelLoadError, UnsupportedOptionError
 from unifer._onnx_io import OnnxFormatError, ValueInfo, read_graph_io
 from unifer.backend import (
+    ProcessWideSetting,
     SessionOptions,
     TensorSpec,
     refuse_empty,
@@ -70,26 +70,8 @@ _ONNX_TYPE_NAMES: Final = {
 
 # -- the process-wide thread count -----------------------------------------------------------------
 
-#: cv2.setNumThreads sets one pool for the whole process. The values asked for by live sessions
-#: are kept here so a session asking for another value can say that it changes the others too.
-_threads_lock = threading.Lock()
-_thread_requests: dict[int, int] = {}
-_request_ids = itertools.count()
-
-
-def _request_threads(threads: int) -> tuple[int, list[int]]:
-    """Apply ``threads`` process-wide; return the request's key and other live sessions' values."""
-    with _threads_lock:
-        key = next(_request_ids)
-        others = sorted({t for t in _thread_requests.values() if t != threads})
-        _thread_requests[key] = threads
-        cv2.setNumThreads(threads)
-    return key, others
-
-
-def _release_threads(key: int) -> None:
-    with _threads_lock:
-        _thread_requests.pop(key, None)
+#: cv2.setNumThreads sets one pool for the whole process, shared by every session that asks.
+_THREADS = ProcessWideSetting(cv2.setNumThreads)
 
 
 # -- probe ----------------------------------------------------------------------------------------
@@ -129,7 +111,7 @@ class OpenCVSession:
         self._settings = MappingProxyType(dict(settings))
         # Forget this session's thread request when it is closed or garbage-collected unclosed.
         self._release = (
-            weakref.finalize(self, _release_threads, thread_request)
+            weakref.finalize(self, _THREADS.release, thread_request)
             if thread_request is not None
             else None
         )
@@ -205,7 +187,7 @@ def open_session(model: Path, options: SessionOptions) -> OpenCVSession:
 
     thread_request = None
     if options.threads is not None:
-        thread_request, others = _request_threads(options.threads)
+        thread_request, others = _THREADS.request(options.threads)
         if others:
             warn_user(
                 f"OpenCV's thread count is process-wide (cv2.setNumThreads): threads="

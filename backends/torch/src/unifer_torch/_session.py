@@ -4,7 +4,7 @@ With the ONNX converter ``_onnx``, the only code of the plugin that imports ``to
 ``unifer_torch`` imports this module inside ``probe()`` and ``open()``, so importing the plugin
 never loads torch.
 
-What is process-wide in PyTorch, and therefore handled here with a registry of live sessions (as
+What is process-wide in PyTorch, and therefore kept with ``unifer.backend.ProcessWideSetting`` (as
 the opencv plugin does for ``cv2.setNumThreads``): the intra-op thread count
 (``torch.set_num_threads``) and the float32 math mode of cuBLAS/cuDNN (TF32) and oneDNN. A session
 that changes one of them while another live session asked for a different value warns.
@@ -12,9 +12,7 @@ that changes one of them while another live session asked for a different value 
 
 from __future__ import annotations
 
-import itertools
 import re
-import threading
 import weakref
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +30,7 @@ from unifer import (
     UnsupportedOptionError,
 )
 from unifer.backend import (
+    ProcessWideSetting,
     SessionOptions,
     TensorSpec,
     reject_precision,
@@ -155,50 +154,8 @@ def _gpu_name(index: int) -> str:
 # -- process-wide settings ------------------------------------------------------------------------
 
 
-class _ProcessSetting:
-    """Values that live sessions asked for, for a setting PyTorch keeps once per process.
-
-    The last session opened sets it. When a session closes and the sessions still open all asked
-    for one value, that value is applied again (so closing a TF32 engine gives the fp32 ones back
-    IEEE math); with no session open the setting is left as it is.
-    """
-
-    def __init__(self, apply: Callable[[Any], None]) -> None:
-        self._apply = apply
-        self._lock = threading.Lock()
-        self._requests: dict[int, object] = {}
-        self._current: object = None
-        self._ids = itertools.count()
-
-    def request(self, value: object) -> tuple[int, list[object]]:
-        """Apply ``value``; return the request's key and the other live sessions' values."""
-        with self._lock:
-            key = next(self._ids)
-            others = sorted({v for v in self._requests.values() if v != value}, key=repr)
-            self._apply(value)
-            self._requests[key] = value
-            self._current = value
-        return key, others
-
-    @property
-    def in_force(self) -> object:
-        """The value applied for the open sessions that asked for one; ``None`` when none is open
-        (the setting is then the application's again)."""
-        return self._current if self._requests else None
-
-    def release(self, key: int) -> None:
-        with self._lock:
-            self._requests.pop(key, None)
-            remaining = set(self._requests.values())
-            if len(remaining) == 1:
-                (value,) = remaining
-                if value != self._current:
-                    self._apply(value)
-                    self._current = value
-
-
-_THREADS = _ProcessSetting(lambda n: torch.set_num_threads(n))
-_TF32 = _ProcessSetting(lambda allow: _set_cuda_fp32_math(allow))
+_THREADS = ProcessWideSetting(lambda n: torch.set_num_threads(n))
+_TF32 = ProcessWideSetting(lambda allow: _set_cuda_fp32_math(allow))
 
 
 def _align_thread_count() -> None:
@@ -694,7 +651,7 @@ class TorchSession:
         compute_dtype: torch.dtype,
         copy_inputs: bool,
         settings: Mapping[str, object],
-        releases: Sequence[tuple[_ProcessSetting, int]],
+        releases: Sequence[tuple[ProcessWideSetting, int]],
     ) -> None:
         self._module: Any = module
         self._device = device
@@ -847,7 +804,7 @@ def open_session(model: Path, options: SessionOptions) -> TorchSession:
         # here rather than on the first call.
         _run_on_zeros(model, loaded, device, compute_dtype, size=1)
 
-    releases: list[tuple[_ProcessSetting, int]] = []
+    releases: list[tuple[ProcessWideSetting, int]] = []
     try:
         if options.threads is not None:
             releases.append((_THREADS, _request_threads(options.threads, model)))
