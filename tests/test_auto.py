@@ -9,9 +9,10 @@ import contextlib
 import dataclasses
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import ClassVar
 
 import numpy as np
@@ -387,6 +388,22 @@ def test_concurrent_writers_keep_every_entry():
         list(pool.map(_store, keys))
     assert set(_autocache.entries()) == set(keys)
     assert _autocache.clear() == 8 and _autocache.entries() == {}
+
+
+def test_concurrent_loads_of_one_model_measure_once(two_fakes, fake_model):
+    """Six threads loading at once: one measures, the others wait and take its decision (each
+    measuring while the others load the CPUs could pick differently, as it once did)."""
+    barrier = threading.Barrier(6)
+
+    def load() -> tuple[str, str]:
+        barrier.wait()
+        engine = Engine.load(fake_model, budget_s=0.2)
+        return engine.selection.source, engine.backend
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        outcomes = list(pool.map(lambda _: load(), range(6)))
+    assert sorted(source for source, _ in outcomes) == ["cache"] * 5 + ["measured"]
+    assert len({backend for _, backend in outcomes}) == 1
 
 
 def test_a_thread_sweep_measures_each_count(two_fakes, fake_model):

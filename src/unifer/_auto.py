@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import logging
 import os
 import platform
+import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -127,19 +129,63 @@ def open_auto(
     mode = os.environ.get(MODE_ENV) or "measure"
     if mode not in {"measure", "static"}:
         raise UnsupportedOptionError(f"${MODE_ENV} must be 'measure' or 'static', got {mode!r}")
-    measure = mode == "measure" and budget_s != 0
-    if measure:
-        # Before any probe: probing imports every candidate runtime, which a cached decision
-        # must not pay for. The key names runtimes by their installed distributions instead.
-        versions = {name: _registry.installed_versions(name) for name in names}
-        options_digest = repr(
-            (device, sorted((k, sorted(v.items())) for k, v in backend_options.items()))
-        )
-        # The resolved counts: the physical cores this process may use can change while it runs.
-        key = _cache_key(path, objective, precisions, thread_options, versions, options_digest)
+    choose = functools.partial(
+        _choose,
+        path,
+        names,
+        threads=threads,
+        thread_options=thread_options,
+        precisions=precisions,
+        objective=objective,
+        budget_s=budget_s,
+        open_candidate=open_candidate,
+        backend_options=backend_options,
+        device=device,
+    )
+    if mode == "static" or budget_s == 0:
+        return choose(key=None)
+    # Before any probe: probing imports every candidate runtime, which a cached decision must
+    # not pay for. The key names runtimes by their installed distributions instead.
+    versions = {name: _registry.installed_versions(name) for name in names}
+    options_digest = repr(
+        (device, sorted((k, sorted(v.items())) for k, v in backend_options.items()))
+    )
+    # The resolved counts: the physical cores this process may use can change while it runs.
+    key = _cache_key(path, objective, precisions, thread_options, versions, options_digest)
+    # One measurement per key at a time in this process: the other callers wait, then take its
+    # decision from the cache (measuring at once, each would slow the others down).
+    with _lock_for(key):
         cached = _open_cached(key, objective, open_candidate)
         if cached is not None:
             return cached
+        return choose(key=key)
+
+
+_key_locks: dict[str, threading.Lock] = {}
+_key_locks_guard = threading.Lock()
+
+
+def _lock_for(key: str) -> threading.Lock:
+    with _key_locks_guard:
+        return _key_locks.setdefault(key, threading.Lock())
+
+
+def _choose(
+    path: Path,
+    names: Sequence[str],
+    *,
+    threads: Sequence[int] | None,
+    thread_options: Sequence[int],
+    precisions: tuple[Precision, ...],
+    objective: Objective,
+    budget_s: float | None,
+    open_candidate: Callable[[Candidate], Session],
+    backend_options: Mapping[str, Mapping[str, object]],
+    device: str | None,
+    key: str | None,
+) -> tuple[Selection, Session]:
+    """Probe, then measure the candidates and store the decision under ``key``; without a key,
+    pick from the hardware without measuring."""
     unavailable: list[Trial] = []
     available: list[str] = []
     availabilities: dict[str, Availability] = {}
@@ -170,7 +216,7 @@ def open_auto(
             accelerators[name] = [None, *availability.accelerators]
     if device is not None:
         devices = pinned
-    elif measure:
+    elif key is not None:  # measured: every accelerator competes
         devices = accelerators
     else:  # beside the default device, only an NVIDIA GPU: the static rule puts it first
         devices = {n: [d for d in ds if d is None or _on_cuda(d)] for n, ds in accelerators.items()}
@@ -181,7 +227,7 @@ def open_auto(
     pool = candidates(_registry.reference_first(available), thread_options, precisions, devices)
     if not threads:
         pool = _runtime_threads_off_the_cpu(pool, where)
-    if not measure:
+    if key is None:
         on_gpu = [c for c in pool if _on_cuda(where(c))]
         return _open_static(pool, unavailable, objective, open_candidate, path, on_gpu)
     # Candidates are checked against an fp32 run: without fp32 among the precisions, fp32
