@@ -378,6 +378,27 @@ def test_second_load_comes_from_the_compiled_model_cache(tmp_path: Path, cache_r
         np.testing.assert_array_equal(second.run({"x": x})["y"], exact)
 
 
+def test_compiled_models_of_deleted_model_files_are_removed(
+    tmp_path: Path, cache_root: Path
+) -> None:
+    """Models loaded from temporary paths must not pile up a compiled copy each."""
+    root = cache_root / "backends" / "openvino"
+    last = None
+    for i in range(3):
+        directory = tmp_path / f"t{i}"
+        directory.mkdir()
+        path, _, _ = integer_matmul(directory)
+        with Engine.load(path, backend="openvino") as engine:
+            last = Path(str(engine.settings["cache_dir"])).parent
+        shutil.rmtree(directory)  # the temporary directory goes
+        assert sorted(root.iterdir()) == [last]  # the earlier ones went on this load
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with Engine.load(integer_matmul(kept)[0], backend="openvino") as engine:
+        live = Path(str(engine.settings["cache_dir"])).parent
+    assert sorted(root.iterdir()) == [live]
+
+
 @pytest.mark.skipif("BF16" not in CPU_CAPABILITIES, reason="this CPU has no native bf16")
 def test_cached_model_keeps_the_requested_precision(tmp_path: Path) -> None:
     """OpenVINO's CPU blob does not depend on INFERENCE_PRECISION_HINT (fp32 and bf16 loads share

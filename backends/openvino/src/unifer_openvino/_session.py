@@ -21,6 +21,7 @@ import numpy as np
 import openvino as ov
 
 from unifer import InferenceError, ModelLoadError, ModelNotFoundError, UnsupportedOptionError
+from unifer._cache import atomic_write_bytes
 from unifer._digest import model_digest
 from unifer._onnx_io import OnnxFormatError, read_graph_io
 from unifer.backend import (
@@ -116,7 +117,8 @@ def _compiled_cache(root: Path, model: Path) -> Path | None:
     seconds, which misses a file rewritten within the same second, a copy that keeps its mtime
     (``cp -p``, ``rsync -a``) and an ONNX model's external weights. A directory per version of
     every file the model consists of (their content digest, remembered across processes) closes
-    those gaps; older versions of the same path are removed so the cache does not grow.
+    those gaps; older versions of the same path are removed so the cache does not grow, and so
+    are the entries of model files that no longer exist (a model loaded from a temporary path).
     """
     resolved = model.resolve()
     path_key = hashlib.sha256(str(resolved).encode()).hexdigest()[:16]
@@ -124,12 +126,15 @@ def _compiled_cache(root: Path, model: Path) -> Path | None:
     current = directory / model_digest(model)[:16]
     if directory.is_dir():
         for stale in directory.iterdir():
-            if stale != current:
+            if stale.is_dir() and stale != current:
                 shutil.rmtree(stale, ignore_errors=True)
+    _remove_orphans(root, keep=directory)
     try:
         current.mkdir(parents=True, exist_ok=True)
         if not os.access(current, os.W_OK):
             raise PermissionError(errno.EACCES, "not writable")
+        if not (directory / _SOURCE).is_file():
+            atomic_write_bytes(directory / _SOURCE, str(resolved).encode())
     except OSError as exc:
         warn_user(
             f"compiled models cannot be cached in {current} ({exc.strerror}); compiling "
@@ -139,18 +144,39 @@ def _compiled_cache(root: Path, model: Path) -> Path | None:
     return current
 
 
+#: In each model path's directory: the path, so entries of deleted model files can be removed.
+_SOURCE: Final = "source.txt"
+
+
+def _remove_orphans(root: Path, *, keep: Path) -> None:
+    """Remove the compiled models of model files that no longer exist."""
+    try:
+        entries = [e for e in root.iterdir() if e != keep]
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            source = Path((entry / _SOURCE).read_text())
+        except (OSError, ValueError):
+            continue  # being created, or written before source.txt existed: left alone
+        if not source.exists():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def _discard_if_empty(directory: Path | None) -> None:
-    """Remove ``directory`` (and its per-path parent) when empty.
+    """Remove ``directory`` when empty, and its per-path parent when no version is left.
 
     OpenVINO creates CACHE_DIR even when the model fails to compile; a corrupt file should leave
     nothing behind.
     """
-    if directory is not None:
-        for path in (directory, directory.parent):
-            try:
-                path.rmdir()
-            except OSError:  # not empty (another version, or written concurrently): keep it
-                return
+    if directory is None:
+        return
+    try:
+        directory.rmdir()
+        if not any(p.is_dir() for p in directory.parent.iterdir()):
+            shutil.rmtree(directory.parent, ignore_errors=True)  # its source.txt only
+    except OSError:  # not empty (compiled meanwhile, or another version): keep it
+        return
 
 
 def _port_name(port: ov.ConstOutput) -> str:
