@@ -68,3 +68,15 @@ def test_the_memo_keeps_the_newest_entries(tmp_path, new_process, monkeypatch):
         f.write_bytes(f.name.encode() * BIG)
         _digest.content_digest(f)
     assert list(_digest._read_memo()) == [str(f.resolve()) for f in files[1:]]
+
+
+def test_the_in_process_memo_keeps_the_newest_entries_only(tmp_path, new_process, monkeypatch):
+    """A server loading many temporary files must not grow the memo without bound."""
+    monkeypatch.setattr(_digest, "MAX_ENTRIES", 4)
+    files = [tmp_path / f"m{i}.onnx" for i in range(10)]
+    for i, file in enumerate(files):
+        file.write_bytes(bytes([i]))
+        _digest.content_digest(file)
+    assert len(_digest._in_process) == 4
+    _digest.content_digest(files[-1])
+    assert len(new_process) == 10  # the newest is still remembered

@@ -402,3 +402,16 @@ def test_unknown_option_warnings_point_at_the_callers_line(fake_backend, fake_mo
         with pytest.warns(UniferWarning, match="'turbo' is not understood") as caught:
             Engine.load(fake_model, backend=backend, backend_options={"fake": {"turbo": 1}})
         assert {w.filename for w in caught} == {__file__}
+
+
+@pytest.mark.parametrize("how", ["pickle", "copy", "deepcopy"])
+def test_an_engine_cannot_be_pickled_or_copied(fake_backend, fake_model, how):
+    """A copy would share the session (one close() closes both); pickling cannot move it."""
+    import copy
+    import pickle
+
+    engine = Engine.load(fake_model, backend="fake")
+    duplicate = {"pickle": pickle.dumps, "copy": copy.copy, "deepcopy": copy.deepcopy}[how]
+    with pytest.raises(TypeError, match=r"cannot be pickled or copied; call Engine.load\(\)"):
+        duplicate(engine)
+    assert engine.run({"x": np.ones((1, 3), np.float32)})["y"].shape == (1, 3)  # still usable

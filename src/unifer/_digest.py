@@ -29,7 +29,7 @@ from ._protowire import LEN, fields
 MEMO_FILE: Final = "digests-v1.json"
 #: Smaller files are read faster than the memo file is read and written.
 REMEMBER_FROM_BYTES: Final = 1 << 20
-#: Oldest entries are dropped beyond this many, so the memo stays small.
+#: Oldest entries are dropped beyond this many, so the memo (on disk and in memory) stays small.
 MAX_ENTRIES: Final = 256
 
 _T = TypeVar("_T")
@@ -107,6 +107,8 @@ def _remembered(
             memo[resolved] = {**entry, field: value}
             _write_memo(dict(list(memo.items())[-MAX_ENTRIES:]))
     _in_process[key] = value
+    while len(_in_process) > MAX_ENTRIES:  # a long-lived process loading many file versions
+        del _in_process[next(iter(_in_process))]  # the oldest
     return value
 
 

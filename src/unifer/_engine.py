@@ -13,7 +13,7 @@ import os
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NoReturn
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -348,6 +348,15 @@ class Engine:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def __reduce__(self) -> NoReturn:
+        # Covers pickle, copy.copy and copy.deepcopy. A shallow copy would share the session (one
+        # close() would close both), and a runtime session cannot travel to another process.
+        raise TypeError(
+            f"{self!r} holds a runtime session loaded in this process and cannot be pickled or "
+            "copied; call Engine.load() again where another one is needed (in each worker "
+            "process, say): loads after the first are fast, from unifer's caches"
+        )
 
     def __repr__(self) -> str:
         model = self._model.name if self._model is not None else "<session>"
