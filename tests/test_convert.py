@@ -19,6 +19,7 @@ from unifer import (
     InferenceError,
     ModelFormatError,
     ModelLoadError,
+    UniferWarning,
     UnsupportedOptionError,
     _convert,
     _digest,
@@ -143,9 +144,10 @@ def test_concurrent_conversions_publish_one_result(converter, fake_model):
     assert leftovers == []
 
 
-def test_unverifiable_conversion_is_recorded_as_such(converter, fake_model):
+def test_unverifiable_conversion_is_recorded_and_said(converter, fake_model):
     unregister_backend("fake")
-    record = _convert.convert(converter(), fake_model, SessionOptions())
+    with pytest.warns(UniferWarning, match="model.fake was converted to fake2 without checking"):
+        record = _convert.convert(converter(), fake_model, SessionOptions())
     assert record.check.passed is None
     assert "no other installed backend" in (record.check.note or "")
 
@@ -230,10 +232,12 @@ def test_changed_external_weights_are_converted_again(tmp_path, monkeypatch):
     try:
         source = save_with_external_weights(tmp_path, seed=0)
         graph_before = source.read_bytes()
-        first = _convert.convert(OnnxBaker(), source, SessionOptions())
+        with pytest.warns(UniferWarning, match='pip install "unifer\\[onnxruntime\\]" to check'):
+            first = _convert.convert(OnnxBaker(), source, SessionOptions())
         save_with_external_weights(tmp_path, seed=1)
         assert source.read_bytes() == graph_before  # only the weights file changed
-        second = _convert.convert(OnnxBaker(), source, SessionOptions())
+        with pytest.warns(UniferWarning, match="without checking"):
+            second = _convert.convert(OnnxBaker(), source, SessionOptions())
     finally:
         unregister_backend("baker")
     assert OnnxBaker.conversions == 2 and second.path != first.path

@@ -39,7 +39,7 @@ from ._cache import cache_dir
 from ._digest import content_digest, model_digest
 from ._errors import ConversionMismatchError, InferenceError, ModelLoadError, UniferError
 from ._parity import FP32_MAX_RELATIVE_DIFF, Parity, compare, seeded_feeds, worst
-from .backend import Backend, Converter, Session, SessionOptions
+from .backend import Backend, Converter, Session, SessionOptions, warn_user
 
 MANIFEST: Final = "conversion.json"
 SCHEMA: Final = 1
@@ -288,7 +288,13 @@ def _check(backend: Converter, source: Path, converted: Path, options: SessionOp
     batch 1, and at :data:`CHECK_BATCH` too when the source takes any batch size."""
     reference = _reference_backend(source.suffix.lower(), exclude=backend.name)
     if reference is None:
-        return Check(reference=None, note="no other installed backend reads the source format")
+        note = "no other installed backend reads the source format"
+        if source.suffix.lower() == ".onnx":
+            note += ' (pip install "unifer[onnxruntime]" to check conversions of ONNX models)'
+        warn_user(
+            f"{source.name} was converted to {backend.name} without checking its outputs: {note}"
+        )
+        return Check(reference=None, note=note)
     ref_session = _open_source(reference, source, backend.name, options)
     try:
         runs = _reference_runs(ref_session)

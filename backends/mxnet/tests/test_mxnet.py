@@ -259,6 +259,19 @@ def native(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
     return tmp_path / "net-symbol.json", {**weights, **stats}
 
 
+def test_a_checkpoint_without_parameters_loads(tmp_path: Path) -> None:
+    """MXNet saves an empty .params for a model without weights and loads it as an empty list."""
+    import mxnet as mx
+
+    mx.model.save_checkpoint(
+        str(tmp_path / "act"), 0, mx.sym.Activation(mx.sym.var("data"), act_type="relu"), {}, {}
+    )
+    options = {"mxnet": {"input_shapes": {"data": [None, 4]}}}
+    x = np.array([[-1.0, 0.5, -2.0, 3.0]], np.float32)
+    with Engine.load(tmp_path / "act-symbol.json", backend="mxnet", backend_options=options) as e:
+        np.testing.assert_array_equal(e.predict(x), np.maximum(x, 0))
+
+
 def numpy_net(x: np.ndarray, p: dict[str, np.ndarray]) -> np.ndarray:
     fc = x @ p["fc_weight"].T + p["fc_bias"]
     scale = p["bn_gamma"] / np.sqrt(p["bn_moving_var"] + 1e-3)

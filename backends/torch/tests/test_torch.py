@@ -193,6 +193,9 @@ def test_torchscript_that_fails_on_the_declared_shape_is_a_load_error(scripted: 
     with pytest.raises(ModelLoadError, match=r"running it once on zeros") as info:
         Engine.load(scripted, backend="torch", backend_options={"torch": {**CPU, "inputs": inputs}})
     assert info.value.__cause__ is not None
+    # The reason, not the TorchScript interpreter's generic header over its traceback.
+    assert "(1x7 and 8x" in str(info.value)
+    assert "The following operation failed" not in str(info.value)
 
 
 def test_the_callers_arrays_are_neither_written_nor_aliased(tmp_path: Path) -> None:

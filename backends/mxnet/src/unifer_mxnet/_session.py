@@ -104,6 +104,8 @@ class MXNetSession:
             symbol = mx.sym.load(str(checkpoint.symbol))
         with translate_errors(NAME, MXNetError, ValueError, OSError, model=checkpoint.params):
             saved = mx.nd.load(str(checkpoint.params))
+        if isinstance(saved, list) and not saved:
+            saved = {}  # a model without parameters: MXNet loads its empty file as an empty list
         if not isinstance(saved, dict):
             raise ModelLoadError(
                 f"{checkpoint.params.name} holds a list of unnamed arrays, not the named "

@@ -871,12 +871,17 @@ def _run_on_zeros(
 
 
 def _first_line(exc: BaseException) -> str:
-    """The native message's first line, without torch's generic advice about corrupt zips."""
-    text = str(exc).strip()
-    if not text:
+    """The native message's first line, without torch's generic advice about corrupt zips; for a
+    TorchScript interpreter failure, its last line, the reason (the first is a generic header
+    over the TorchScript traceback)."""
+    lines = str(exc).strip().splitlines()
+    if not lines:
         return type(exc).__name__
-    line = text.splitlines()[0].split(" This is an internal miniz error")[0]
-    return line.rstrip(". ")
+    line = lines[-1] if lines[0].startswith(_TORCHSCRIPT_HEADER) else lines[0]
+    return line.split(" This is an internal miniz error")[0].rstrip(". ")
+
+
+_TORCHSCRIPT_HEADER: Final = "The following operation failed in the TorchScript interpreter"
 
 
 def _outputs_by_running(
