@@ -286,6 +286,28 @@ def test_a_native_checkpoint_without_input_shapes_says_what_to_pass(
         Engine.load(symbol, backend="mxnet")
 
 
+def test_a_training_label_input_points_to_the_outputs_option(
+    native: tuple[Path, dict[str, np.ndarray]],
+) -> None:
+    symbol, _ = native
+    options = {"mxnet": {"input_shapes": {"data": [None, 8]}}}
+    with pytest.raises(ModelLoadError, match=r"'softmax_label' is a training label.*'outputs'"):
+        Engine.load(symbol, backend="mxnet", backend_options=options)
+
+
+def test_input_shapes_that_do_not_fit_are_blamed_not_the_file(
+    native: tuple[Path, dict[str, np.ndarray]],
+) -> None:
+    symbol, _ = native
+    options = {"mxnet": {"input_shapes": {"data": [None, 3]}, "outputs": ["bn_output"]}}
+    with pytest.raises(
+        UnsupportedOptionError, match=r"input_shapes=\{'data': \[None, 3\]\}: "
+    ) as info:
+        Engine.load(symbol, backend="mxnet", backend_options=options)
+    assert "re-export" not in str(info.value)
+    assert isinstance(info.value.__cause__, Exception)
+
+
 def test_a_native_checkpoint_with_options(native: tuple[Path, dict[str, np.ndarray]]) -> None:
     symbol, params = native
     options = {"mxnet": {"input_shapes": {"data": [None, 8]}, "outputs": ["bn_output"]}}

@@ -114,9 +114,20 @@ class MXNetSession:
             )
         symbol = _select_outputs(symbol, options.extra.get("outputs"))
         arg_params, aux_params = _split_params(symbol, saved)
-        specs = _input_specs(symbol, arg_params, checkpoint, options.extra.get("input_shapes"))
+        given = options.extra.get("input_shapes")
+        specs = _input_specs(symbol, arg_params, checkpoint, given)
         with translate_errors(NAME, MXNetError, model=checkpoint.symbol):
-            outputs = _output_specs(symbol, specs, arg_params, aux_params)
+            try:
+                outputs = _output_specs(symbol, specs, arg_params, aux_params)
+            except MXNetError as exc:
+                if given is None:
+                    raise
+                # The shapes the caller gave are the likelier culprit than the file.
+                raise UnsupportedOptionError(
+                    f"MXNet cannot run {checkpoint.symbol.name} with backend option input_shapes="
+                    f"{given!r}: {_mxnet_reason(exc)}. Check those shapes (the full shape of each "
+                    "input, batch first, None for a dynamic dimension)"
+                ) from exc
         settings: dict[str, object] = {
             "device": "cpu",
             "precision": "fp32",
@@ -237,6 +248,13 @@ def _split_params(
     return arg_params, aux_params
 
 
+def _mxnet_reason(exc: MXNetError) -> str:
+    """The line of an MXNet error that says what is wrong, without its C++ traceback."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reasons = [line for line in lines if line.startswith(("Check failed", "MXNetError:"))]
+    return (reasons[-1] if reasons else lines[-1] if lines else type(exc).__name__).rstrip(".")
+
+
 def _input_specs(
     symbol: mx.sym.Symbol,
     arg_params: Mapping[str, mx.nd.NDArray],
@@ -262,12 +280,21 @@ def _input_specs(
         specs.append(TensorSpec(name, dims, dtype))
     if unknown:
         listed = ", ".join(map(repr, unknown))
+        labels = [n for n in unknown if n.endswith("_label")]
         raise ModelLoadError(
             f"{checkpoint.symbol.name} does not record the shape of {listed}, and MXNet needs it "
-            f"to run the model. If these are inputs, give their shapes: backend_options="
-            f"{{'mxnet': {{'input_shapes': {{{unknown[0]!r}: [1, 3, 112, 112]}}}}}} (None for a "
-            f"dynamic dimension). If one is a weight, {checkpoint.params.name} lacks it: check "
-            "that the .params file belongs to this symbol"
+            f"to run the model. If these are inputs, give their full shapes, None for a dynamic "
+            f"dimension: backend_options={{'mxnet': {{'input_shapes': {{{unknown[0]!r}: "
+            "[None, 3, 112, 112]}}}} for a batch of 112x112 RGB images, say."
+            + (
+                f" {', '.join(map(repr, labels))} is a training label: select the output before "
+                "the loss instead, backend_options={'mxnet': {'outputs': ['fc1_output']}} (names: "
+                "symbol.get_internals().list_outputs())."
+                if labels
+                else ""
+            )
+            + f" If one is a weight, {checkpoint.params.name} lacks it: check that the .params "
+            "file belongs to this symbol"
         )
     return tuple(specs)
 
