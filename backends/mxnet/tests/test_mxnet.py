@@ -481,7 +481,7 @@ def test_default_threads_follow_mxnets_rule(arcface_tiny: Converted) -> None:
 def test_mxnet_imported_before_unifer_is_read_not_changed(arcface_tiny: Converted) -> None:
     first, second = fresh_process(arcface_tiny.symbol, [3, 1], preimport="3")["runs"]
     assert (first["threads"], first["honoured"]) == (3, True)
-    assert first["source"] == "OMP_NUM_THREADS=3 when the process before unifer imported mxnet"
+    assert first["source"] == "OMP_NUM_THREADS=3 when your code (before unifer) imported mxnet"
     assert (second["threads"], second["honoured"]) == (3, False)
 
 

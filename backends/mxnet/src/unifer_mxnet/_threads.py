@@ -57,7 +57,7 @@ class ImportState:
 
     @property
     def source(self) -> str:
-        who = "unifer" if self.by_unifer else "the process before unifer"
+        who = "unifer" if self.by_unifer else "your code (before unifer)"
         if self.omp_num_threads is not None and _int(self.omp_num_threads.split(",")[0]):
             return f"OMP_NUM_THREADS={self.omp_num_threads} when {who} imported mxnet"
         if self.max_threads is not None and _int(self.max_threads) is not None:
