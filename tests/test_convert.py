@@ -175,6 +175,8 @@ def test_cli_convert(converter, fake_model, tmp_path):
     assert (out / "model.fake2").is_file()
     refused = CliRunner().invoke(main, ["convert", str(fake_model), "--to", "fake"])
     assert refused.exit_code == 1 and "reads .fake files directly" in refused.output
+    info = CliRunner().invoke(main, ["info", str(fake_model), "--backend", "fake"])
+    assert "backends that read .fake: fake; that convert it first: fake2" in info.output
 
 
 def test_auto_considers_conversions_only_when_cached_or_allowed(converter, fake_model):

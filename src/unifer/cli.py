@@ -251,6 +251,7 @@ def info(
         assert path is not None  # noqa: S101 - Engine.load always records the file it opened
         suffix = path.suffix.lower()
         able = readers(suffix)
+        converting = _convert.converters(suffix)
         data = {
             "model": model,
             "path": str(path),
@@ -260,6 +261,7 @@ def info(
             "inputs": [spec_dict(s) for s in engine.inputs],
             "outputs": [spec_dict(s) for s in engine.outputs],
             "readers": able,
+            "converters": converting,
             "preprocess": engine.preprocess.to_dict() if engine.preprocess else None,
             "selection": _selection_dict(engine.selection),
         }
@@ -272,7 +274,10 @@ def info(
         click.echo(f"{title}:")
         for spec in specs:
             click.echo(f"  {spec}")
-    click.echo(f"backends that read {suffix}: {', '.join(able)}")
+    click.echo(
+        f"backends that read {suffix}: {', '.join(able) or 'none'}"
+        + (f"; that convert it first: {', '.join(converting)}" if converting else "")
+    )
     if engine.preprocess is not None:
         click.echo(f"preprocess: {engine.preprocess.to_dict()}")
     if engine.selection is not None:
