@@ -145,6 +145,13 @@ def test_the_default_thread_sweep_is_for_targets_on_the_cpu(fake_backend, monkey
     sweep = [(n, t) for n in (1, 4) for t in default_threads()]
     assert counts == {"fake": once, "fake@cpu": sweep, "fake@cuda:0": once}
 
+    # A device chosen with --option moves the backend off the CPU (or onto it) just as well.
+    configs = plan(["fake"], default_threads())
+    on_gpu = without_thread_counts_off_the_cpu(configs, None, {"fake": {"device": "vulkan"}})
+    assert [c.threads for c in on_gpu] == [None]
+    on_cpu = without_thread_counts_off_the_cpu(configs, None, {"fake": {"device": "CPU"}})
+    assert [c.threads for c in on_cpu] == default_threads()
+
 
 # -- integrity -------------------------------------------------------------------------------------
 
@@ -194,13 +201,31 @@ def test_integrity_holds_every_output_to_its_own_scale():
     assert compare(ref, ref, TOLERANCES["fp32"])["ok"] is True
 
 
-def test_a_batch_the_input_cannot_take_is_refused():
-    dynamic = TensorSpec("x", ("N", 3), np.dtype(np.float32))
-    fixed = TensorSpec("x", (1, 3), np.dtype(np.float32))
-    _worker.check_batch(dynamic, 8)
-    _worker.check_batch(fixed, 1)
+def spec(name: str, *shape: int | str) -> TensorSpec:
+    return TensorSpec(name, shape, np.dtype(np.float32))
+
+
+def test_a_batch_the_inputs_cannot_take_is_refused():
+    _worker.check_batch([spec("x", "N", 3)], 8)
+    _worker.check_batch([spec("x", 1, 3)], 1)
     with pytest.raises(UnsupportedOptionError, match=r"fixed batch dimension of 1.*dynamic"):
-        _worker.check_batch(fixed, 2)
+        _worker.check_batch([spec("x", 1, 3)], 2)
+    # A batched input need not come first: a scale of shape [1] is fed as it is.
+    _worker.check_batch([spec("scale", 1), spec("x", "N", 16)], 4)
+    # A vector is no batch of 16: one sample a call (16 would multiply samples/s by 16).
+    _worker.check_batch([spec("v", 16)], 1)
+    with pytest.raises(UnsupportedOptionError, match=r"no batch dimension \(one sample a call\)"):
+        _worker.check_batch([spec("v", 16)], 16)
+
+
+def test_dims_size_named_dynamic_dimensions_and_the_rest_are_listed():
+    inputs = [spec("x", "N", "S", 32), spec("mask", "N", None)]
+    assert _worker._check_sizes(inputs, {"S": 128}) == ["mask[1]"]
+    assert _worker._check_sizes(inputs, {}) == ["x[1] ('S')", "mask[1]"]
+    with pytest.raises(UnsupportedOptionError, match=r"--dim names 'T', which is no dynamic"):
+        _worker._check_sizes(inputs, {"T": 5})
+    feeds = seeded_feeds(inputs, batch=2, sizes={"S": 128})
+    assert {k: v.shape for k, v in feeds.items()} == {"x": (2, 128, 32), "mask": (2, 1)}
 
 
 # -- runtime libraries and energy ------------------------------------------------------------------
@@ -252,6 +277,10 @@ def test_background_load_is_the_cpu_time_of_other_processes(tmp_path):
     quiet = _background.Sample(wall_s=10.0, busy_s=109.5, steal_s=1.0, self_s=19.0)
     assert _background.between(before, quiet, cpu_count=2)["disturbed"] is False
     assert _background.between(None, after, 2)["available"] is False
+    # 3 ms: one 10 ms tick of another process would read as 3 CPUs' worth: not judged.
+    brief = _background.Sample(wall_s=0.003, busy_s=100.01, steal_s=1.0, self_s=10.0)
+    short = _background.between(before, brief, cpu_count=2)
+    assert short["available"] is False and "too short" in short["reason"]
     stat = tmp_path / "stat"
     stat.write_text("cpu  200 0 100 5000 10 0 0 7 0 0\ncpu0 100 0 50 2500 5 0 0 3 0 0\ncpu1 1\n")
     sample = _background.sample(stat)
@@ -774,6 +803,35 @@ def test_energy_without_preprocessing_is_metered_around_the_model_only_rounds(
     energy = result["energy"]
     assert energy["available"] is True and energy["path"] == "model_only"
     assert energy["joules_per_inference"] == 0.0  # the fake counter stood still
+
+
+def test_a_sequence_model_is_fed_the_dims_asked_for(onnx_backends, tmp_path):
+    """A dynamic non-batch dimension was silently fed as 1; --dim sizes it, the record shows what
+    was fed, and an unsized one is pointed out."""
+    from onnx import TensorProto, helper, save_model
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S", 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "seq", [x], [y])
+    path = tmp_path / "seq.onnx"
+    save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    backends = onnx_backends[:1]
+    options = {backends[0]: {"speeed": 1}}  # a typo: the worker's warning reaches the report
+    sized = bench.run(
+        path, backends=backends, threads=[1], settings=TINY, dims={"S": 64}, backend_options=options
+    )
+    (record,) = sized.records
+    assert record["inputs"] == {"shapes": {"x": [1, 64, 4]}, "defaulted_dims": []}
+    table = bench.format_table(sized)
+    assert "inputs fed: x [1, 64, 4] (batch 1)" in table
+    assert f"warning ({backends[0]}): backend option 'speeed' is not understood" in table
+    assert "- warning: backend option 'speeed'" in markdown(sized)
+    unsized = bench.run(path, backends=backends, threads=[1], settings=TINY)
+    assert unsized.records[0]["inputs"]["defaulted_dims"] == ["x[1] ('S')"]
+    assert "note: dynamic dimension(s) fed as 1: x[1] ('S')" in bench.format_table(unsized)
+    assert "**Note**: dynamic dimension(s) fed as 1" in markdown(unsized)
+    with pytest.raises(UnsupportedOptionError, match="positive integer"):
+        bench.run(path, backends=backends, dims={"S": 0})
 
 
 def test_a_failing_configuration_is_a_record_not_a_crash(onnx_backends, tmp_path):

@@ -14,7 +14,7 @@ from typing import Final
 import numpy as np
 
 from ._errors import InputError
-from .backend import TensorSpec
+from .backend import Dim, TensorSpec
 
 #: At fp32 an output may differ from the reference by at most this fraction of the largest
 #: reference magnitude, with at least this cosine similarity.
@@ -57,18 +57,29 @@ class Parity:
 
 
 def seeded_feeds(
-    inputs: Sequence[TensorSpec], *, batch: int = 1, seed: int = 0
+    inputs: Sequence[TensorSpec],
+    *,
+    batch: int = 1,
+    seed: int = 0,
+    sizes: Mapping[str, int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Deterministic feeds for ``inputs``: a dynamic first dimension becomes ``batch``, other
-    dynamic dimensions 1; floats are standard normal, integers small non-negative, booleans random.
+    """Deterministic feeds for ``inputs``: a dynamic first dimension becomes ``batch``, another
+    dynamic dimension its size in ``sizes`` (by its name), else 1; floats are standard normal,
+    integers small non-negative, booleans random.
     """
     rng = np.random.default_rng(seed)
+    named = sizes or {}
+
+    def size(axis: int, dim: Dim) -> int:
+        if isinstance(dim, int):
+            return dim
+        if axis == 0:
+            return batch
+        return named.get(dim, 1) if isinstance(dim, str) else 1
+
     feeds = {}
     for spec in inputs:
-        shape = tuple(
-            d if isinstance(d, int) else (batch if axis == 0 else 1)
-            for axis, d in enumerate(spec.shape)
-        )
+        shape = tuple(size(axis, d) for axis, d in enumerate(spec.shape))
         if spec.dtype.kind == "f":
             feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         elif spec.dtype.kind in "iu":

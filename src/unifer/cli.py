@@ -671,6 +671,14 @@ def _write_npz(file: BinaryIO, outputs: Mapping[str, np.ndarray]) -> None:
     "default: 1..physical cores,default.",
 )
 @click.option("--batch", "batch_arg", metavar="LIST", default="1", show_default=True)
+@click.option(
+    "--dim",
+    "dim_args",
+    metavar="NAME=SIZE",
+    multiple=True,
+    help="Size of a named dynamic input dimension besides the batch, e.g. sequence=128 or "
+    "H=224 (repeatable); one not given is fed as 1.",
+)
 @click.option("--precision", "precision_arg", metavar="LIST", default="fp32", show_default=True)
 @click.option(
     "--quick", is_flag=True, help="Smoke test: arcface-r18 (unless MODEL is given), short runs."
@@ -703,6 +711,7 @@ def bench(
     backend_args: tuple[str, ...],
     threads_arg: str | None,
     batch_arg: str,
+    dim_args: tuple[str, ...],
     precision_arg: str,
     quick: bool,
     out: Path | None,
@@ -749,6 +758,12 @@ def bench(
         raise click.BadParameter(
             f"{batch_arg!r} is not a list of integers", param_hint="--batch"
         ) from None
+    dims = {}
+    for arg in dim_args:
+        name, sep, size = arg.partition("=")
+        if not sep or not name.strip() or not size.strip().isdigit():
+            raise click.BadParameter(f"expected NAME=SIZE, got {arg!r}", param_hint="--dim")
+        dims[name.strip()] = int(size)
     interpreters = {}
     for arg in python_args:
         name, sep, python = arg.partition("=")
@@ -773,6 +788,7 @@ def bench(
         command=command,
         interpreters=interpreters,
         backend_options=parse_backend_options(option_args),
+        dims=dims,
     )
     written = benchmark.write_report(result, out, plots=not no_plots) if out else None
     if as_json:

@@ -20,6 +20,8 @@ from typing import Any, Final
 _STAT: Final = Path("/proc/stat")
 #: Above this fraction of the machine used by other processes, a figure is marked as disturbed.
 DISTURBED: Final = 0.10
+#: Shorter timed windows are not judged: /proc/stat's tick granularity swamps them.
+MIN_WINDOW_S: Final = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,16 +70,26 @@ def between(before: Sample | None, after: Sample | None, cpu_count: int) -> dict
     use in cores (JSON-ready)."""
     if before is None or after is None:
         return {"available": False, "reason": "no /proc/stat on this OS"}
-    capacity = (after.wall_s - before.wall_s) * max(cpu_count, 1)
-    if capacity <= 0:
+    wall = after.wall_s - before.wall_s
+    if wall <= 0:
         return {"available": False, "reason": "no time elapsed"}
-    own = after.self_s - before.self_s
-    other = max(0.0, ((after.busy_s - before.busy_s) - own) / capacity)
-    steal = max(0.0, (after.steal_s - before.steal_s) / capacity)
+    own = after.self_s - before.self_s  # from getrusage: microseconds, fine at any length
+    if wall < MIN_WINDOW_S:
+        # /proc/stat counts whole clock ticks (10 ms): over a few ms, one tick of another
+        # process reads as several CPUs' worth of load.
+        return {
+            "available": False,
+            "reason": f"timed for {wall * 1e3:.0f} ms, too short to tell (under "
+            f"{MIN_WINDOW_S:g} s; /proc/stat counts 10 ms ticks)",
+            "own_cpu_cores": own / wall,
+        }
+    capacity = wall * max(cpu_count, 1)
+    other = min(1.0, max(0.0, ((after.busy_s - before.busy_s) - own) / capacity))
+    steal = min(1.0, max(0.0, (after.steal_s - before.steal_s) / capacity))
     return {
         "available": True,
         "other_cpu": other,
         "steal": steal,
         "disturbed": other + steal > DISTURBED,
-        "own_cpu_cores": own / (after.wall_s - before.wall_s),
+        "own_cpu_cores": own / wall,
     }

@@ -7,6 +7,7 @@ thread count from 1 to the physical cores this process may use plus the runtime'
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final
@@ -212,7 +213,9 @@ def check_backend(name: str, suffix: str) -> Availability:
 
 
 def without_thread_counts_off_the_cpu(
-    configs: Sequence[Config], probes: Mapping[str, Availability] | None = None
+    configs: Sequence[Config],
+    probes: Mapping[str, Availability] | None = None,
+    backend_options: Mapping[str, Mapping[str, object]] | None = None,
 ) -> list[Config]:
     """The default sweep less its thread counts on targets off the CPU (``ncnn@vulkan``, torch
     on CUDA, TensorRT): ``threads=`` sizes CPU work, so such a target runs at its runtime's own
@@ -220,13 +223,28 @@ def without_thread_counts_off_the_cpu(
     the count does not apply) per count.
 
     ``probes``: the availability of backends probed in another Python environment, by name (this
-    environment may not have them); the others are probed here.
+    environment may not have them); the others are probed here. ``backend_options``: a
+    ``device`` option there (``--option ncnn.device=vulkan``) moves a target off the CPU too.
     """
-    return [c for c in configs if c.threads is None or _target_on_the_cpu(c.backend, probes or {})]
+    options = backend_options or {}
+    return [
+        c
+        for c in configs
+        if c.threads is None or _target_on_the_cpu(c.backend, probes or {}, options)
+    ]
 
 
-def _target_on_the_cpu(target: str, probes: Mapping[str, Availability]) -> bool:
+def _target_on_the_cpu(
+    target: str,
+    probes: Mapping[str, Availability],
+    backend_options: Mapping[str, Mapping[str, object]],
+) -> bool:
     backend, device = split_target(target)
+    chosen = backend_options.get(backend, {}).get("device")
+    if device is None and chosen is not None:
+        # The backend's own device name ('vulkan', 'GPU', 'cuda:0', a CUDA index): only its
+        # CPU is called so.
+        return str(chosen).lower().startswith("cpu")
     availability = probes.get(backend) or _registry.cached_probe(backend)
     return effective_device(availability, device).startswith("cpu")
 
@@ -251,6 +269,20 @@ def plan(
         for n in dict.fromkeys(batches)
         for t in dict.fromkeys(threads)
     ]
+
+
+def check_dims(dims: Mapping[str, int] | None) -> dict[str, int]:
+    """``dims`` (dimension name -> size) checked: names are text, sizes positive integers."""
+    checked: dict[str, int] = {}
+    for name, size in (dims or {}).items():
+        if not isinstance(name, str) or not name:
+            raise UnsupportedOptionError(f"dimension names are text, got {name!r}")
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+            raise UnsupportedOptionError(
+                f"dimension {name!r} needs a positive integer size, got {size!r}"
+            )
+        checked[name] = int(size)
+    return checked
 
 
 def check_variants(batches: Sequence[int], precisions: Sequence[str]) -> list[Precision]:

@@ -102,6 +102,29 @@ def _headline_name(result: Result) -> str:
     return "end-to-end" if _end_to_end(result) else "inference-only"
 
 
+def _fed(result: Result) -> tuple[str, str | None] | None:
+    """What the model was fed in the first successful record (seeded feeds, or the preprocessed
+    images), and a warning when dynamic dimensions were left at 1 for want of a --dim."""
+    record = next((r for r in result.ok_records() if r.get("inputs")), None)
+    if record is None:
+        return None
+    fed = record["inputs"]
+    shapes = ", ".join(f"{name} {shape}" for name, shape in fed["shapes"].items())
+    warning = (
+        f"dynamic dimension(s) fed as 1: {', '.join(fed['defaulted_dims'])}; give a named one "
+        "its real size with --dim NAME=SIZE (bench.run(dims=...)), or the figures describe a "
+        "size-1 input"
+        if fed["defaulted_dims"]
+        else None
+    )
+    return f"{shapes} (batch {record['batch']})", warning
+
+
+def _warnings(records: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Each backend's distinct warnings (unifer's, from its workers), in order."""
+    return list(dict.fromkeys((r["backend"], m) for r in records for m in r.get("warnings") or ()))
+
+
 def _variants(records: Sequence[dict[str, Any]]) -> bool:
     """Whether the records differ in precision or batch (then tables show those columns)."""
     return len({(r["precision"], r["batch"]) for r in records}) > 1
@@ -116,8 +139,14 @@ def _by_backend(result: Result) -> dict[str, list[dict[str, Any]]]:
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines.extend("| " + " | ".join(row) + " |" for row in rows)
+    lines.extend("| " + " | ".join(map(_cell, row)) + " |" for row in rows)
     return lines
+
+
+def _cell(text: str) -> str:
+    """``text`` on one markdown line: an error message's newlines (a converter's multi-line
+    reason) would end a table row or a list item, and a ``|`` would split a cell."""
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def _variant_cells(record: dict[str, Any], show: bool) -> list[str]:
@@ -210,6 +239,10 @@ def format_table(result: Result) -> str:
         f"'model ms' = inference only (median); 'samples/s' = batch x 1000 / mean; "
         f"'cpu cores' = CPU kept busy while timed; integrity vs {ref} fp32"
     )
+    if (fed := _fed(result)) is not None:
+        out.append(f"inputs fed: {fed[0]}")
+        out.extend([f"note: {fed[1]}"] if fed[1] else [])
+    out.extend(f"warning ({backend}): {message}" for backend, message in _warnings(result.records))
     for name, reason in result.skipped.items():
         out.append(f"skipped {name}: {reason}")
     for r in disturbed(result):
@@ -331,6 +364,9 @@ def markdown(result: Result, plots: Sequence[str] = ()) -> str:
             f"sha256 `{str(model.get('sha256'))[:16]}...`"
         )
     out.append("")
+    if (fed := _fed(result)) is not None:
+        out.append(f"**Inputs fed**: {fed[0]}" + (f". **Note**: {fed[1]}" if fed[1] else ""))
+        out.append("")
     out.append(f"**Machine**: {_machine_line(result.machine)}")
     out.append("")
     versions = {n: str(v.get("version")) for n, v in runtimes.items() if v.get("available")}
@@ -467,11 +503,14 @@ def _backend_section(backend: str, records: list[dict[str, Any]], result: Result
     )
     out.append("")
     out.extend(_device(backend, ok, result))
+    warned = [message for _, message in _warnings(records)]
+    if warned:
+        out.extend([*(f"- warning: {_cell(m)}" for m in warned), ""])
     out.extend(_conversion(records))
     for r in records:
         if r["status"] != "ok":
             where = f"threads={r['threads_label']} {r['precision']} batch={r['batch']}"
-            out.append(f"- {where} failed: {r['error']}")
+            out.append(f"- {where} failed: {_cell(r['error'])}")
     if any(r["status"] != "ok" for r in records):
         out.append("")
     if not ok:
@@ -777,7 +816,9 @@ def plot(result: Result, out_dir: Path) -> list[Path]:
                     xs.append(labels.index(r["threads_label"]) + offset)
                     ys.append(value)
             bars = ax.bar(xs, ys, width=width, label=name)
-            ax.bar_label(bars, fmt="%.0f", fontsize=7)
+            # Sub-millisecond latencies keep their digits; hundreds of MiB need none.
+            texts = [f"{v:.2f}" if v < 10 else f"{v:.0f}" for v in ys]
+            ax.bar_label(bars, labels=texts, fontsize=7)
         ax.set_xticks(range(len(labels)), labels)
         ax.set_xlabel("threads")
         ax.set_ylabel(ylabel)

@@ -27,7 +27,7 @@ from typing import Any, Final
 import numpy as np
 
 from .. import _registry, models
-from .._digest import content_digest
+from .._digest import model_digest, model_files
 from .._engine import readers
 from .._errors import (
     BackendUnavailableError,
@@ -46,6 +46,7 @@ from ._grid import (
     DEFAULT_MODEL,
     Config,
     Settings,
+    check_dims,
     check_variants,
     default_threads,
     needs_conversion,
@@ -166,6 +167,7 @@ def run(
     progress: ProgressCallback | None = None,
     command: str | None = None,
     interpreters: Mapping[str, str | os.PathLike[str]] | None = None,
+    dims: Mapping[str, int] | None = None,
 ) -> Result:
     """Measure ``model`` with every configuration; see docs/bench.md for what each figure means.
 
@@ -195,6 +197,9 @@ def run(
             needs numpy < 1.24). Their conversion and measurement workers run there, and they are
             measured by default, there only (once, even when installed here too); the reference,
             the integrity check and the report stay here.
+        dims: Sizes of the inputs' named dynamic dimensions besides the batch, e.g.
+            ``{"sequence": 128}`` or ``{"H": 224, "W": 224}``; one not given is fed as 1, and
+            the records list it (``inputs.defaulted_dims``). Images take the preprocessing's size.
 
     Raises:
         ModelNotFoundError, ModelFormatError: the model cannot be found, or no backend here reads
@@ -204,6 +209,7 @@ def run(
     """
     started = time.time()
     check_variants(batches, precisions)  # before generating a built-in model (seconds to minutes)
+    sizes = check_dims(dims)
     elsewhere = {name: Path(python) for name, python in (interpreters or {}).items()}
     here = None if backends is None else [b for b in backends if _backend(b) not in elsewhere]
     if backends is not None:
@@ -224,7 +230,7 @@ def run(
         names, skipped = _select_here(suffix, here, backend_options, elsewhere)
     # Backends probed in another environment, by name: this one may not have them.
     probes: dict[str, Availability] = {}
-    configs = _plan(names, threads, batches, precisions, probes)
+    configs = _plan(names, threads, batches, precisions, probes, backend_options)
     ref_name = _reference(names, suffix, reference)
     notify = progress or (lambda _event: None)
     base_job = {
@@ -232,6 +238,7 @@ def run(
         "preprocess": preprocess.to_dict() if preprocess is not None else None,
         "seed": settings.seed,
         "integrity_samples": settings.integrity_samples,
+        "dims": sizes,
         "settings": {"rounds": settings.rounds, "per_round": settings.per_round()},
         "backend_options": {k: dict(v) for k, v in (backend_options or {}).items()},
     }
@@ -270,7 +277,7 @@ def run(
             )
             if found["needs_conversion"]:
                 converting.add(name)
-            configs = _plan(names, threads, batches, precisions, probes)
+            configs = _plan(names, threads, batches, precisions, probes, backend_options)
         total = len(configs)
         # Backends that run the model only after converting it (ncnn, LiteRT from ONNX): convert
         # once, in a process of its own, into the cache whose converted/ every worker shares.
@@ -354,6 +361,7 @@ def run(
             "threads": list(dict.fromkeys(c.threads for c in configs)),
             "batches": list(dict.fromkeys(batches)),
             "precisions": list(dict.fromkeys(precisions)),
+            "dims": sizes,
             "integrity_tolerances": {p: t.to_dict() for p, t in TOLERANCES.items()},
         },
         machine=machine,
@@ -403,12 +411,13 @@ def _plan(
     batches: Sequence[int],
     precisions: Sequence[str],
     probes: Mapping[str, Availability],
+    backend_options: Mapping[str, Mapping[str, object]] | None,
 ) -> list[Config]:
     """:func:`plan`; the default thread sweep (``threads=None``) only on targets on the CPU."""
     if threads is not None:
         return plan(names, threads, batches, precisions)
     configs = plan(names, default_threads(), batches, precisions)
-    return without_thread_counts_off_the_cpu(configs, probes)
+    return without_thread_counts_off_the_cpu(configs, probes, backend_options)
 
 
 # -- model -----------------------------------------------------------------------------------------
@@ -448,17 +457,15 @@ def _resolve_model(
         path = Path(spec).expanduser()
         if not path.is_file():
             raise ModelNotFoundError(f"model file {spec!r} does not exist; check the path")
-        info = {
-            "spec": spec,
-            "path": str(path.resolve()),
-            "builtin": False,
-            "sha256": content_digest(path),
-        }
+        info = {"spec": spec, "path": str(path.resolve()), "builtin": False}
         preprocess = preprocess or load_sidecar(path)
-    info["size_bytes"] = path.stat().st_size
+    # Every file of the model: an IR's .bin, an ONNX model's external weights.
+    files = model_files(path)
+    info["files"] = [f.name for f in files]
+    info["size_bytes"] = sum(f.stat().st_size for f in files)
     info["preprocess"] = preprocess.to_dict() if preprocess is not None else None
     if not info.get("sha256"):
-        info["sha256"] = content_digest(path)
+        info["sha256"] = model_digest(path)
     return path, preprocess, info
 
 
@@ -624,6 +631,7 @@ def _record(
     }
     for key in (
         "settings",
+        "inputs",
         "load",
         "latency",
         "background",
@@ -631,6 +639,7 @@ def _record(
         "memory",
         "dependencies",
         "energy",
+        "warnings",
     ):
         record[key] = raw.get(key)
     outputs = raw.pop("outputs", None)

@@ -34,7 +34,8 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -45,7 +46,7 @@ import numpy.random  # loaded before the library snapshot: the seeded inputs use
 from .. import _convert, _registry
 from .._cache import cache_dir
 from .._engine import Engine
-from .._errors import PreprocessError, UniferError, UnsupportedOptionError
+from .._errors import PreprocessError, UniferError, UniferWarning, UnsupportedOptionError
 from .._parity import seeded_feeds
 from .._preprocess import Preprocess
 from .._timing import Stats, measure, time_once
@@ -97,11 +98,14 @@ class Inputs:
 
     def __init__(self, engine: Engine, job: Mapping[str, Any]) -> None:
         self.batch = int(job["batch"])
-        check_batch(engine.inputs[0], self.batch)
+        check_batch(engine.inputs, self.batch)
         seed = int(job["seed"])
         count = int(job["integrity_samples"])
+        sizes: dict[str, int] = dict(job.get("dims") or {})
         self.preprocess = engine.preprocess
         self.input_name = engine.inputs[0].name
+        self.defaulted: list[str] = []
+        """Dynamic dimensions (besides the batch) that no ``dims`` entry sized: fed as 1."""
         if self.preprocess is not None:
             height, width = _image_size(engine, self.preprocess)
             images = seeded_images(count * self.batch, height, width, seed)
@@ -113,11 +117,21 @@ class Inputs:
             self.image = self.cases[0]
             self.feeds = {self.input_name: self.preprocess(self.image)}
         else:
+            self.defaulted = _check_sizes(engine.inputs, sizes)
             self.cases = [
-                seeded_feeds(engine.inputs, batch=self.batch, seed=seed + i) for i in range(count)
+                seeded_feeds(engine.inputs, batch=self.batch, seed=seed + i, sizes=sizes)
+                for i in range(count)
             ]
             self.image = None
             self.feeds = self.cases[0]
+
+    def describe(self) -> dict[str, Any]:
+        """The record's ``inputs``: the shape of each tensor fed to the model, and the dynamic
+        dimensions fed as 1 for want of a size."""
+        return {
+            "shapes": {name: list(array.shape) for name, array in self.feeds.items()},
+            "defaulted_dims": self.defaulted,
+        }
 
     def end_to_end(self, engine: Engine) -> Callable[[], object]:
         """uint8 RGB image -> preprocessing -> inference -> output, as ``engine.predict`` does."""
@@ -150,22 +164,52 @@ class Inputs:
         }
 
 
-def check_batch(spec: TensorSpec, batch: int) -> None:
-    """That ``batch`` samples can be fed to the batched input ``spec`` (the first one, as
-    ``backend="auto"`` takes it): its first dimension is dynamic, or fixed at ``batch``.
+def check_batch(inputs: Sequence[TensorSpec], batch: int) -> None:
+    """That ``batch`` samples can be fed to the model with ``inputs``.
+
+    The batch is the first dimension of the inputs where it is dynamic (the others, a scale of
+    shape [1] say, are fed as they are). Without one, it is the fixed first dimension the inputs
+    of rank 2 or more share; a model without that (vectors, scalars) takes one sample a call.
 
     Raises:
-        UnsupportedOptionError: it is fixed at another size. The seeded inputs would then hold
-            that many samples while the record claimed ``batch``.
+        UnsupportedOptionError: the model takes another number of samples a call. The seeded
+            inputs would then hold that many while the record claimed ``batch``.
     """
-    fixed = spec.shape[0] if spec.shape else 1  # a scalar input is one sample
-    if isinstance(fixed, int) and fixed != batch:
+    if any(s.shape and not isinstance(s.shape[0], int) for s in inputs):
+        return
+    firsts = {d for s in inputs if len(s.shape) >= 2 and isinstance(d := s.shape[0], int)}
+    fixed = firsts.pop() if len(firsts) == 1 else None
+    if (fixed or 1) == batch:
+        return
+    listed = ", ".join(map(str, inputs))
+    what = (
+        f"a fixed batch dimension of {fixed}"
+        if fixed is not None
+        else "no batch dimension (one sample a call)"
+    )
+    raise UnsupportedOptionError(
+        f"batch {batch} cannot be fed to this model: its inputs ({listed}) have {what}. Measure "
+        f"batch {fixed or 1}, or a model whose batch dimension is dynamic (symbolic): a built-in "
+        "model's builtin:NAME?batch=dynamic variant (the bench picks it itself for "
+        "builtin:NAME), or a model exported with a dynamic first axis"
+    )
+
+
+def _check_sizes(inputs: Sequence[TensorSpec], sizes: Mapping[str, int]) -> list[str]:
+    """The dynamic dimensions besides the batch that ``sizes`` leaves at 1, as ``input[axis]``
+    (with the name if it has one); a name in ``sizes`` that no input has is refused."""
+    named = {d for s in inputs for d in s.shape[1:] if isinstance(d, str)}
+    if unknown := sorted(set(sizes) - named):
         raise UnsupportedOptionError(
-            f"batch {batch} cannot be fed to this model: its input {spec} has a fixed batch "
-            f"dimension of {fixed}. Measure batch {fixed}, or a model whose batch dimension is "
-            "dynamic (symbolic): a built-in model's builtin:NAME?batch=dynamic variant (the bench "
-            "picks it itself for builtin:NAME), or a model exported with a dynamic first axis"
+            f"--dim names {', '.join(map(repr, unknown))}, which is no dynamic dimension of this "
+            f"model here; its inputs are {', '.join(map(str, inputs))}"
         )
+    return [
+        f"{s.name}[{axis}]" + (f" ({d!r})" if isinstance(d, str) else "")
+        for s in inputs
+        for axis, d in enumerate(s.shape)
+        if axis > 0 and not isinstance(d, int) and d not in sizes
+    ]
 
 
 class EnergyTally:
@@ -326,6 +370,7 @@ def measure_job(job: Mapping[str, Any]) -> dict[str, Any]:
     engine, cold_s = time_once(load)
     result["settings"] = _json_safe(engine.settings)
     inputs = Inputs(engine, job)
+    result["inputs"] = inputs.describe()
     progress("first inference")
     _, first_s = time_once(inputs.call(engine, inputs.headline))
     libraries_after = _deps.loaded_libraries()
@@ -412,17 +457,27 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("usage: python -m unifer.bench._worker JOB.json\n")
         return 2
     job = json.loads(Path(args[0]).read_text())
-    try:
-        result = measure_job(job)
-    except UniferError as exc:
-        result = {"pid": os.getpid(), "status": "error", "error": f"{type(exc).__name__}: {exc}"}
-    except Exception as exc:  # a runtime's own exception escaping Engine is still a result
-        result = {
-            "pid": os.getpid(),
-            "status": "error",
-            "error": f"{type(exc).__name__}: {exc}",
-            "traceback": traceback.format_exc(limit=8),
-        }
+    # unifer's warnings (an option a backend ignored, a process-wide setting) belong in the
+    # record: the worker's stderr is not shown.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UniferWarning)
+        try:
+            result = measure_job(job)
+        except UniferError as exc:
+            result = {
+                "pid": os.getpid(),
+                "status": "error",
+                "error": f"{type(exc).__name__}: {exc}",
+            }
+        except Exception as exc:  # a runtime's own exception escaping Engine is still a result
+            result = {
+                "pid": os.getpid(),
+                "status": "error",
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=8),
+            }
+    found = [str(w.message) for w in caught if issubclass(w.category, UniferWarning)]
+    result["warnings"] = list(dict.fromkeys(found))
     tmp = Path(job["result_path"] + ".tmp")
     tmp.write_text(json.dumps(result))
     os.replace(tmp, job["result_path"])
