@@ -18,11 +18,12 @@ from typing import Final
 
 from unifer._protowire import LEN, VARINT, WireFormatError, fields
 
-__all__ = ["GraphIO", "OnnxFormatError", "ValueInfo", "read_graph_io"]
+__all__ = ["GraphIO", "OnnxFormatError", "ValueInfo", "read_graph_io", "read_op_types"]
 
 # ModelProto
 _MODEL_GRAPH: Final = 7
 # GraphProto
+_GRAPH_NODE: Final = 1
 _GRAPH_INITIALIZER: Final = 5
 _GRAPH_INPUT: Final = 11
 _GRAPH_OUTPUT: Final = 12
@@ -30,6 +31,11 @@ _GRAPH_SPARSE_INITIALIZER: Final = 15
 # TensorProto / SparseTensorProto
 _TENSOR_NAME: Final = 8
 _SPARSE_VALUES: Final = 1
+# NodeProto and AttributeProto (a subgraph of If, Loop, Scan)
+_NODE_OP_TYPE: Final = 4
+_NODE_ATTRIBUTE: Final = 5
+_ATTRIBUTE_GRAPH: Final = 6
+_ATTRIBUTE_GRAPHS: Final = 11
 # ValueInfoProto
 _VALUE_NAME: Final = 1
 _VALUE_TYPE: Final = 2
@@ -83,6 +89,36 @@ def read_graph_io(path: Path) -> GraphIO:
             raise OnnxFormatError("the file is empty")
         with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             return _read_model(buf)
+
+
+def read_op_types(path: Path) -> frozenset[str]:
+    """Every operator type the ONNX model at ``path`` uses, subgraphs included.
+
+    Raises:
+        OnnxFormatError: the file is empty, truncated or not an ONNX model.
+    """
+    with path.open("rb") as file:
+        if path.stat().st_size == 0:
+            raise OnnxFormatError("the file is empty")
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            found: set[str] = set()
+            for number, wire, a, b in fields(buf, 0, len(buf)):
+                if number == _MODEL_GRAPH and wire == LEN:
+                    _graph_op_types(buf, a, b, found)
+            return frozenset(found)
+
+
+def _graph_op_types(buf: mmap.mmap, start: int, end: int, found: set[str]) -> None:
+    for number, wire, a, b in fields(buf, start, end):
+        if number != _GRAPH_NODE or wire != LEN:
+            continue
+        for field, node_wire, na, nb in fields(buf, a, b):
+            if field == _NODE_OP_TYPE and node_wire == LEN:
+                found.add(_text(buf, na, nb))
+            elif field == _NODE_ATTRIBUTE and node_wire == LEN:
+                for kind, attribute_wire, ga, gb in fields(buf, na, nb):
+                    if kind in (_ATTRIBUTE_GRAPH, _ATTRIBUTE_GRAPHS) and attribute_wire == LEN:
+                        _graph_op_types(buf, ga, gb, found)
 
 
 def _read_model(buf: mmap.mmap) -> GraphIO:

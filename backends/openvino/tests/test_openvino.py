@@ -399,6 +399,75 @@ def test_compiled_models_of_deleted_model_files_are_removed(
     assert sorted(root.iterdir()) == [live]
 
 
+def stacked_gru(path: Path, hidden: int = 16, features: int = 8, steps: int = 10) -> Path:
+    """Two GRU layers as torch exports nn.GRU(num_layers=2, batch_first=True) with a fixed
+    sequence length: one zero initial state [2, N, hidden] made from the input's shape."""
+    rng = np.random.default_rng(0)
+
+    def ints(name: str, value: object) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.array(value, np.int64), name)
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
+        helper.make_node("Concat", ["layers", "n", "hidden"], ["h0_shape"], axis=0),
+        helper.make_node("ConstantOfShape", ["h0_shape"], ["h0"]),
+        helper.make_node("Transpose", ["x"], ["x_tnc"], perm=[1, 0, 2]),
+    ]
+    initializers = [ints("zero", [0]), ints("layers", [2]), ints("hidden", [hidden])]
+    initializers += [ints("axis0", [0]), ints("axis1", [1])]
+    sequence = "x_tnc"
+    for layer in range(2):
+        shapes = {"W": (1, 3 * hidden, features if layer == 0 else hidden)}
+        shapes |= {"R": (1, 3 * hidden, hidden), "B": (1, 6 * hidden)}
+        initializers += [
+            numpy_helper.from_array(
+                (rng.standard_normal(s) * 0.3).astype(np.float32), f"{k}{layer}"
+            )
+            for k, s in shapes.items()
+        ]
+        initializers += [ints(f"start{layer}", [layer]), ints(f"end{layer}", [layer + 1])]
+        nodes += [
+            helper.make_node(
+                "Slice", ["h0", f"start{layer}", f"end{layer}", "axis0"], [f"state{layer}"]
+            ),
+            helper.make_node(
+                "GRU",
+                [sequence, f"W{layer}", f"R{layer}", f"B{layer}", "", f"state{layer}"],
+                [f"y{layer}", f"y{layer}_h"],
+                hidden_size=hidden,
+                linear_before_reset=1,
+            ),
+            helper.make_node("Squeeze", [f"y{layer}", "axis1"], [f"seq{layer}"]),
+        ]
+        sequence = f"seq{layer}"
+    nodes.append(helper.make_node("Transpose", [sequence], ["y"], perm=[1, 0, 2]))
+    return save_model(
+        path,
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", steps, features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", steps, hidden])],
+        initializers,
+    )
+
+
+def test_recurrent_models_are_compiled_each_time_not_cached(
+    tmp_path: Path, cache_root: Path
+) -> None:
+    """OpenVINO 2026.4 restored this stacked GRU from its model cache 0.48 off at batch 3 (the
+    first, compiled, load was right): GRU/LSTM/RNN models are kept out of the cache."""
+    path = stacked_gru(tmp_path / "gru2.onnx")
+    x = np.random.default_rng(1).standard_normal((3, 10, 8)).astype(np.float32)
+    results = []
+    for _ in range(2):
+        with Engine.load(path, backend="openvino", threads=1) as engine:
+            assert engine.settings["cache_skipped_for"] == ["GRU"]
+            assert engine.settings["loaded_from_cache"] is False
+            results.append(engine.run({"x": x})["y"])
+    np.testing.assert_array_equal(results[0], results[1])
+    assert not any((cache_root / "backends" / "openvino").iterdir())  # nothing was cached
+
+
 @pytest.mark.skipif("BF16" not in CPU_CAPABILITIES, reason="this CPU has no native bf16")
 def test_cached_model_keeps_the_requested_precision(tmp_path: Path) -> None:
     """OpenVINO's CPU blob does not depend on INFERENCE_PRECISION_HINT (fp32 and bf16 loads share
