@@ -1,4 +1,5 @@
-"""The wire-level ONNX reader against the onnx package's own parser, on varied graphs."""
+"""The wire-level ONNX reader (inputs, outputs, operator types) against the onnx package's own
+parser, on varied graphs."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from unifer import models
-from unifer._onnx_io import OnnxFormatError, ValueInfo, read_graph_io
+from unifer._onnx_io import OnnxFormatError, ValueInfo, read_graph_io, read_op_types
 
 _KINDS = {
     "tensor_type": "tensor",
@@ -141,3 +142,39 @@ def test_truncated_model_raises_onnx_format_error(tmp_path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(OnnxFormatError, match="truncated"):
         read_graph_io(path)
+
+
+def test_op_types_include_those_of_subgraphs(tmp_path: Path) -> None:
+    """Every operator type, as onnx reads them, subgraphs of If (and Loop, Scan) included."""
+    branch = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("r", TensorProto.FLOAT, [2])],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["n"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("n", TensorProto.FLOAT, [2])],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Greater", ["x", "zero"], ["positive"]),
+            helper.make_node("ReduceMin", ["positive_f"], ["any"], keepdims=0),
+            helper.make_node("Cast", ["positive"], ["positive_f"], to=TensorProto.FLOAT),
+            helper.make_node("Cast", ["any"], ["cond"], to=TensorProto.BOOL),
+            helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=other),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        [numpy_helper.from_array(np.zeros(2, np.float32), "zero")],
+    )
+    path = tmp_path / "if.onnx"
+    onnx.save(helper.make_model(graph), path)
+    assert read_op_types(path) == {"Greater", "ReduceMin", "Cast", "If", "Relu", "Neg"}
+    arcface = tmp_path / "arcface.onnx"
+    onnx.save(models.build("arcface-tiny"), arcface)
+    expected = {node.op_type for node in onnx.load(arcface).graph.node}
+    assert read_op_types(arcface) == expected
