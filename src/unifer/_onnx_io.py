@@ -1,10 +1,13 @@
-"""Read an ONNX file's graph inputs and outputs (name, element type, shape) without its weights.
+"""Read an ONNX file's graph inputs and outputs (name, element type, shape), and the operator
+types it uses, without its weights.
 
-OpenCV's ``Net`` does not report the model's input shapes and dtypes. ``onnx.load`` would, but it
+OpenCV's ``Net`` does not report the model's input shapes and dtypes, OpenVINO drops dimension
+names, and OpenVINO's model cache must skip some operators. ``onnx.load`` would tell, but it
 parses every initializer (on ArcFace IResNet100: 0.27 s and +490 MiB peak RSS) and would make the
-``onnx`` package a dependency. This module decodes the protobuf wire format directly from a memory
-map instead: only the graph's input and output ``ValueInfoProto`` messages and the initializer
-names are read; every other field, the weights included, is skipped by its length.
+``onnx`` package a dependency of the plugins. This module decodes the protobuf wire format
+directly from a memory map instead: only the graph's input and output ``ValueInfoProto``
+messages, the initializer names and the nodes' operator types are read; every other field, the
+weights included, is skipped by its length.
 
 The field numbers are those of ``onnx/onnx.proto`` (stable since IR version 3).
 """
