@@ -247,6 +247,40 @@ def test_an_operator_across_the_batch_is_caught_by_the_check_at_batch_3(tmp_path
 
 
 @needs_pnnx
+def test_a_kept_batch_axis_with_an_axis_bound_layer_is_refused_not_a_crash(
+    tmp_path: Path,
+) -> None:
+    """Without a convolution pnnx cannot tell the batch axis of x [1, 4, 8] and keeps it; its
+    Concat then counts axes with it, and ncnn fed one sample without it read out of bounds
+    (SIGSEGV, the whole process). Run in a subprocess, so a regression fails, not crashes."""
+    import subprocess
+    import sys
+
+    source = save(
+        tmp_path / "cat_last.onnx",
+        [
+            helper.make_node("Mul", ["x", "two"], ["a"]),
+            helper.make_node("Add", ["x", "two"], ["b"]),
+            helper.make_node("Concat", ["a", "b"], ["y"], axis=-1),
+        ],
+        [("x", [1, 4, 8])],
+        ["y"],
+        {"two": np.array(2.0, np.float32)},
+    )
+    script = (
+        "import sys; from unifer import Engine, ModelLoadError\n"
+        "try:\n    Engine.load(sys.argv[1], backend='ncnn')\n"
+        "except ModelLoadError as e:\n    print(e)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(source)], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert "pnnx could not tell the batch axis of 'x'" in run.stdout
+    assert "its Concat layers count with" in run.stdout
+
+
+@needs_pnnx
 def test_onnx_names_that_clash_with_pnnx_blob_names(tmp_path: Path) -> None:
     """The input is called ``out0``, the outputs ``in0`` and ``1``: pnnx's own blob names."""
     source = save(

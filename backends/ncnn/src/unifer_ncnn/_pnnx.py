@@ -53,7 +53,7 @@ from . import _param
 from ._onnx2ncnn import FIX_SIZES, ONNX_INSTALL
 
 #: Bumped whenever what this module does to pnnx's output changes; part of the cache key.
-GLUE_VERSION: Final = "1"
+GLUE_VERSION: Final = "2"
 #: The pnnx release this module was written and tested against (the test dependency group pins it).
 TESTED: Final = "20261020"
 INSTALL: Final = "pip install --no-deps pnnx"
@@ -200,6 +200,7 @@ def convert(source: Path, out_dir: Path, pnnx: Pnnx) -> Result:
                 f"{_notes(output, unknown) or _tail(output)}\nRun the ONNX file with another "
                 "backend, or change those operators in the model (e.g. their attributes)"
             )
+        _refuse_a_kept_batch_axis(source, text, work / _NCNN_PY, [n for n, _ in inputs], outputs)
         try:
             fixed = _adopt(text, inputs, outputs)
         except ValueError as exc:
@@ -210,6 +211,53 @@ def convert(source: Path, out_dir: Path, pnnx: Pnnx) -> Result:
         param.write_text(fixed, encoding="utf-8")
         os.replace(work / "model.ncnn.bin", param.with_suffix(".bin"))
     return Result(param, arguments, seconds)
+
+
+#: The script pnnx writes beside the ncnn model to run it: it shows where pnnx put each blob's
+#: batch axis (``ncnn.Mat(in0.numpy(), batch_index=0)``).
+_NCNN_PY: Final = "model_ncnn.py"
+_BATCH_INDEX: Final = re.compile(r"batch_index=(\d+)")
+
+
+def _refuse_a_kept_batch_axis(
+    source: Path, param: str, script: Path, inputs: Sequence[str], outputs: Sequence[str]
+) -> None:
+    """Refuse a conversion where pnnx kept a blob's batch axis and a layer depends on the axes.
+
+    unifer runs an ncnn model one sample at a time, with the batch axis dropped, as pnnx does when
+    an operator (a convolution, say) tells it which axis is the batch. Without one it keeps the
+    full shape (its script feeds ``batch_index=233``, "unknown"): a layer that names an axis
+    (Concat, Softmax, Reduction...) would then count from the wrong one, out of bounds (ncnn
+    crashed the process on a concatenation along the last axis). Element-wise layers do not
+    care; a model of only those converts.
+    """
+    try:
+        lines = script.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return  # an older pnnx that writes no script: the core's check stays the safeguard
+    fed = [_BATCH_INDEX.findall(line) for line in lines if "ex.input(" in line]
+    got = [_BATCH_INDEX.findall(line) for line in lines if ".numpy(batch_index=" in line]
+    kept = [n for n, f in zip([*inputs, *outputs], [*fed, *got], strict=False) if f and f[0] != "0"]
+    layers = {line.split()[0] for line in param.splitlines()[2:] if line.strip()}
+    if kept and (axis_bound := sorted(layers - _AXIS_FREE_LAYERS)):
+        raise ModelLoadError(
+            f"pnnx could not tell the batch axis of {', '.join(map(repr, kept))} in "
+            f"{source.name} (no operator of the model fixes it, as a convolution does) and kept "
+            f"that axis, which its {', '.join(axis_bound)} layers count with. unifer runs ncnn "
+            "one sample at a time, without the batch axis, so they would compute on the wrong "
+            "axes; run this model with another backend (onnxruntime, openvino)"
+        )
+
+
+#: Layers that compute element by element, whatever the blob's axes: a kept batch axis does not
+#: change their results.
+_AXIS_FREE_LAYERS: Final = frozenset(
+    {
+        "Input", "Split", "Noop", "BinaryOp", "UnaryOp", "ReLU", "Sigmoid", "TanH", "Clip",
+        "Swish", "HardSigmoid", "HardSwish", "Mish", "GELU", "ELU", "SELU", "Dropout", "Power",
+        "Exp", "Log", "AbsVal", "Threshold",
+    }
+)  # fmt: skip
 
 
 def _load(source: Path) -> Any:
