@@ -488,11 +488,39 @@ def test_a_fixed_batch_or_one_the_source_cannot_vary_is_checked_at_batch_1(
     assert _convert.convert(SampleMixing(), declared, SessionOptions()).check.passed is True
 
 
+def test_dynamic_sizes_are_checked_at_32_or_else_1(make_fake_model, tmp_path):
+    """A 3x3 convolution on an image of dynamic H and W cannot run at 1x1 (onnxruntime's
+    InferenceError stopped the load); at 1 only its centre tap was checked anyway."""
+    model = make_fake_model(
+        tmp_path / "seq.fake",
+        inputs=[{"name": "x", "shape": ["N", "S"], "dtype": "float32"}],
+        outputs=[{"name": "y", "shape": ["N", "S"], "dtype": "float32"}],
+    )
+
+    class OnlyUpTo(FakeSession):
+        limit = 1000
+
+        def run(self, feeds):
+            if feeds["x"].shape[1] > self.limit:
+                raise InferenceError("this source takes S <= limit")
+            return super().run(feeds)
+
+    session = OnlyUpTo(model, SessionOptions())
+    runs = _convert._reference_runs(session, model, "fake2")
+    assert [feeds["x"].shape for _, feeds, _ in runs] == [(1, 32), (3, 32)]
+    session.limit = 1  # the source runs at 1 only: that is what is compared
+    runs = _convert._reference_runs(session, model, "fake2")
+    assert [feeds["x"].shape for _, feeds, _ in runs] == [(1, 1), (3, 1)]
+    session.limit = 0  # nothing runs: said as the check's problem, not a runtime's
+    with pytest.raises(ModelLoadError, match="conversion of seq.fake to fake2 cannot be checked"):
+        _convert._reference_runs(session, model, "fake2")
+
+
 def test_an_all_zero_reference_is_compared_not_crashed_on(fake_backend, fake_model, monkeypatch):
     """Every reference value 0: the relative difference is divided by float32's tiny; the record
     must still be JSON (the manifest)."""
 
-    def zeros(inputs, *, batch=1, seed=0):
+    def zeros(inputs, *, batch=1, seed=0, fill=1):
         return {s.name: np.zeros((batch, *s.shape[1:]), s.dtype) for s in inputs}
 
     monkeypatch.setattr(_convert, "seeded_feeds", zeros)

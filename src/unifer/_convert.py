@@ -278,6 +278,8 @@ def _discard(entry: Path) -> None:
 #: The batch size the check runs besides 1 when the source's batch dimension is dynamic: operators
 #: that mix the samples of a batch, and runtimes that run a batch sample by sample, differ there.
 CHECK_BATCH: Final = 3
+#: What the check gives a dynamic dimension besides the batch (H, W, a sequence length).
+CHECK_SIZE: Final = 32
 
 #: One run of the source: (batch size, feeds, the reference's outputs).
 _Run = tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]
@@ -297,7 +299,7 @@ def _check(backend: Converter, source: Path, converted: Path, options: SessionOp
         return Check(reference=None, note=note)
     ref_session = _open_source(reference, source, backend.name, options)
     try:
-        runs = _reference_runs(ref_session)
+        runs = _reference_runs(ref_session, source, backend.name)
     finally:
         ref_session.close()
     # The caller's backend_options open the converted model (it may need them to load at all, as
@@ -322,20 +324,44 @@ def _check(backend: Converter, source: Path, converted: Path, options: SessionOp
     )
 
 
-def _reference_runs(session: Session) -> list[_Run]:
-    """The source's runs at each batch size the check compares."""
-    runs = [_run(session, 1)]
+def _reference_runs(session: Session, source: Path, target: str) -> list[_Run]:
+    """The source's runs at each batch size the check compares.
+
+    Dynamic dimensions besides the batch (an image's H and W, a sequence length) are given
+    :data:`CHECK_SIZE`, where a 3x3 convolution uses every tap (at 1 only the centre one), or 1
+    where the source cannot run at that size.
+    """
+    fill = CHECK_SIZE
+    try:
+        runs = [_run(session, 1, fill)]
+    except InferenceError as exc:
+        if not any(not isinstance(d, int) for s in session.inputs for d in s.shape[1:]):
+            raise _unrunnable(source, target, session, exc) from exc
+        fill = 1
+        try:
+            runs = [_run(session, 1, fill)]
+        except InferenceError as again:
+            raise _unrunnable(source, target, session, again) from again
     if any(spec.shape and not isinstance(spec.shape[0], int) for spec in session.inputs):
         # A batch dimension declared dynamic that the source itself cannot use (a Reshape fixed
         # to 1) leaves nothing to compare at that size.
         with contextlib.suppress(InferenceError):
-            runs.append(_run(session, CHECK_BATCH))
+            runs.append(_run(session, CHECK_BATCH, fill))
     return runs
 
 
-def _run(session: Session, batch: int) -> _Run:
-    feeds = seeded_feeds(session.inputs, batch=batch)
+def _run(session: Session, batch: int, fill: int) -> _Run:
+    feeds = seeded_feeds(session.inputs, batch=batch, fill=fill)
     return batch, feeds, session.run(feeds)
+
+
+def _unrunnable(source: Path, target: str, session: Session, exc: InferenceError) -> ModelLoadError:
+    inputs = ", ".join(map(str, session.inputs))
+    return ModelLoadError(
+        f"the conversion of {source.name} to {target} cannot be checked: the reference could not "
+        f"run the source on seeded inputs ({inputs}; dynamic sizes at {CHECK_SIZE}, then 1): "
+        f"{exc.message}"
+    )
 
 
 def _failure(parities: list[tuple[int, Parity]]) -> str | None:

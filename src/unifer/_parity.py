@@ -62,10 +62,11 @@ def seeded_feeds(
     batch: int = 1,
     seed: int = 0,
     sizes: Mapping[str, int] | None = None,
+    fill: int = 1,
 ) -> dict[str, np.ndarray]:
     """Deterministic feeds for ``inputs``: a dynamic first dimension becomes ``batch``, another
-    dynamic dimension its size in ``sizes`` (by its name), else 1; floats are standard normal,
-    integers small non-negative, booleans random.
+    dynamic dimension its size in ``sizes`` (by its name), else ``fill``; floats are standard
+    normal, integers small non-negative, booleans random.
     """
     rng = np.random.default_rng(seed)
     named = sizes or {}
@@ -75,7 +76,7 @@ def seeded_feeds(
             return dim
         if axis == 0:
             return batch
-        return named.get(dim, 1) if isinstance(dim, str) else 1
+        return named.get(dim, fill) if isinstance(dim, str) else fill
 
     feeds = {}
     for spec in inputs:

@@ -311,3 +311,18 @@ def test_other_domains_are_refused_only_where_a_node_uses_one(tmp_path: Path) ->
     onnx.save(model, source)
     with pytest.raises(ModelLoadError, match=r"operator Clip \(node 'y'\) is not supported"):
         convert(source)
+
+
+def test_a_model_that_cannot_run_at_its_dynamic_sizes_default_says_so(tmp_path: Path) -> None:
+    """LiteRT prepares a model at load with each dynamic dimension at 1: a valid 3x3 convolution
+    on an image of dynamic H and W fails there. The error says that, not 're-download'."""
+    source = save(
+        tmp_path / "valid.onnx",
+        [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3])],
+        [f32("x", ["N", 3, "H", "W"])],
+        [f32("y", ["N", 4, "h", "w"])],
+        {"w": weights(4, 3, 3, 3)},
+    )
+    shown = r"dynamic dimension of its inputs \(x\[\?,3,\?,\?\]\) the size 1"
+    with pytest.raises(ModelLoadError, match=shown):
+        Engine.load(source, backend="litert")

@@ -305,7 +305,11 @@ def _create(model: Path, content: bytes | None, threads: int | None, resolver: A
     else:
         interpreter = Interpreter(model_content=content, **kwargs)
     # Allocating prepares every node: a missing custom op or a bad shape fails here, at load time.
-    interpreter.allocate_tensors()
+    try:
+        interpreter.allocate_tensors()
+    except RuntimeError as exc:
+        _explain_dynamic_sizes(exc, model, interpreter)
+        raise
     shapes = [tuple(int(n) for n in d["shape"]) for d in interpreter.get_input_details()]
     return _Slot(interpreter, list(shapes))
 
@@ -363,6 +367,30 @@ def _delegated(interpreter: Any) -> int | None:
         return sum(1 for op in interpreter._get_ops_details() if op["op_name"] == "DELEGATE")
     except Exception:  # a private API: an answer of "unknown" is better than a failed load
         return None
+
+
+def _explain_dynamic_sizes(exc: RuntimeError, model: Path, interpreter: Any) -> None:
+    """Raise a ModelLoadError if the model failed to prepare at its dynamic dimensions' default.
+
+    The runtime prepares a model at load with each dynamic dimension (-1) at 1: a model that
+    cannot run at that size (a 3x3 convolution on a 1x1 image) fails then, whatever it would do
+    at the sizes it is meant for.
+    """
+    signatures = {
+        d["name"]: [int(n) for n in d["shape_signature"]] for d in interpreter.get_input_details()
+    }
+    dynamic = [
+        f"{name}[{','.join(str(n) if n >= 0 else '?' for n in dims)}]"
+        for name, dims in signatures.items()
+        if any(n < 0 for n in dims[1:])
+    ]
+    if dynamic:
+        raise ModelLoadError(
+            f"litert could not prepare {model.name} at load: LiteRT gives each dynamic dimension "
+            f"of its inputs ({', '.join(dynamic)}) the size 1 then, and the model cannot run at "
+            f"that size ({' '.join(str(exc).split())}). Export the model with fixed sizes, or "
+            "use another backend for it (onnxruntime, openvino)"
+        ) from exc
 
 
 def _explain_missing_ops(
