@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -114,13 +115,18 @@ def convert(
         conversion = _convert_into(backend, source, options, root, final, digest, version)
     if conversion.check.passed is False and not accept_mismatch:
         c = conversion.check
-        why = f": {c.note}" if c.note else ""
+        if c.max_abs_diff is not None and math.isfinite(c.max_abs_diff):
+            what = (
+                f"changed its outputs: max abs diff {c.max_abs_diff:.3g} ({c.max_relative_diff:.3g}"
+                f" of the output scale, tolerance {FP32_MAX_RELATIVE_DIFF}), cosine "
+                f"{c.min_cosine:.6f} against {c.reference}" + (f": {c.note}" if c.note else "")
+            )
+        else:  # nothing to compare: other shapes or names, NaN; numbers would only mislead
+            what = f"gives outputs that cannot be compared with {c.reference}'s: {c.note}"
         raise ConversionMismatchError(
-            f"converting {source.name} to {backend.name} changed its outputs: max abs diff "
-            f"{c.max_abs_diff:.3g} ({c.max_relative_diff:.3g} of the output scale, tolerance "
-            f"{FP32_MAX_RELATIVE_DIFF}), cosine {c.min_cosine:.6f} against {c.reference}{why}. "
-            f"Use another backend, or accept it explicitly: unifer convert {source} --to "
-            f"{backend.name} --accept-mismatch, then load the converted file"
+            f"converting {source.name} to {backend.name} {what}. Use another backend, or accept "
+            f"it explicitly: unifer convert {source} --to {backend.name} --accept-mismatch, then "
+            "load the converted file"
         )
     return conversion
 

@@ -475,3 +475,16 @@ def test_a_conversion_cached_by_another_route_is_never_passed_off(arcface_tiny: 
     engine = Engine.load(arcface_tiny.onnx, backend="ncnn", backend_options=ncnn_options("pnnx"))
     with engine:
         assert engine.settings["converted_by"]["route"] == "pnnx"  # type: ignore[index]
+
+
+@needs_pnnx
+def test_a_fixed_batch_above_one_is_refused_before_pnnx_runs(tmp_path: Path) -> None:
+    """pnnx was handed batch 1 and failed with 'expect [2,4,6,6]f32 but got [1,4,6,6]f32'."""
+    source = save(
+        tmp_path / "batch2.onnx",
+        [helper.make_node("Softmax", ["x"], ["y"], axis=1)],
+        [("x", [2, 4, 6, 6])],
+        ["y"],
+    )
+    with pytest.raises(ModelLoadError, match="batch dimension fixed at 2, and ncnn runs one"):
+        Engine.load(source, backend="ncnn", backend_options={"ncnn": {"converter": "pnnx"}})

@@ -306,6 +306,13 @@ def _signature(source: Path, model: Any) -> tuple[list[tuple[str, tuple[int, ...
                 f"{len(dims) if tensor.HasField('shape') else 'no'} dimensions; ncnn needs a batch "
                 "dimension followed by 1 to 4 sample dimensions"
             )
+        if dims[0] is not None and dims[0] > 1:
+            raise ModelLoadError(
+                f"pnnx cannot convert {source.name} for ncnn: input {info.name!r} has a batch "
+                f"dimension fixed at {dims[0]}, and ncnn runs one sample at a time (unifer "
+                "converts at batch 1). Export the model with a dynamic batch dimension (or batch "
+                "1), or use another backend for it"
+            )
         sample = dims[1:]
         if any(d is None or d <= 0 for d in sample):
             shown = ",".join("?" if d is None else str(d) for d in dims)
