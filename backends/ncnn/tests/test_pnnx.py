@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import ncnn
 import numpy as np
 import onnx
 import pytest
@@ -335,6 +336,22 @@ def test_an_operator_pnnx_leaves_is_refused_with_its_notes(tmp_path: Path) -> No
         NcnnBackend().convert(source, tmp_path, SessionOptions(extra={"converter": "pnnx"}))
     assert "ignore AveragePool" in str(info.value)
     assert files_in(tmp_path) == ["pool.onnx"]  # the work directory is gone
+
+
+@needs_pnnx
+def test_a_layer_this_ncnn_build_lacks_is_refused_by_name(tmp_path: Path) -> None:
+    """pnnx writes an ArgMax layer, which ncnn registers but this build does not implement:
+    ncnn's load_param failed, reported as a corrupt temporary file to 're-download'."""
+    if ncnn.create_layer("ArgMax") is not None:
+        pytest.skip("this ncnn build implements ArgMax")
+    source = save(
+        tmp_path / "argmax.onnx",
+        [helper.make_node("ArgMax", ["x"], ["y"], axis=1, keepdims=0)],
+        [("x", ["N", 3, 8, 8])],
+        ["y"],
+    )
+    with pytest.raises(ModelLoadError, match="it left ArgMax, which ncnn cannot run"):
+        NcnnBackend().convert(source, tmp_path, SessionOptions(extra={"converter": "pnnx"}))
 
 
 def custom_op_model(path: Path, ir_version: int) -> Path:

@@ -468,13 +468,16 @@ def _notes(output: str, layer_types: Sequence[str]) -> str:
 
 
 def _unknown_layers(text: str) -> list[str]:
-    """Layer types in the .param that this ncnn does not implement (kept ONNX/pnnx operators)."""
+    """Layer types in the .param that this ncnn does not implement: kept ONNX/pnnx operators, and
+    ncnn layers left out of this build (ArgMax: registered, but no implementation to create)."""
     try:
         import ncnn
     except ImportError:  # then the core's check, which opens the model, reports it
         return []
     types = {line.split()[0] for line in text.splitlines()[2:] if line.split()}
-    return sorted(kind for kind in types if ncnn.layer_to_index(kind) < 0)
+    return sorted(
+        kind for kind in types if ncnn.layer_to_index(kind) < 0 or ncnn.create_layer(kind) is None
+    )
 
 
 def _adopt(text: str, inputs: Sequence[tuple[str, tuple[int, ...]]], outputs: Sequence[str]) -> str:
