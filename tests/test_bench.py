@@ -226,6 +226,14 @@ def test_dims_size_named_dynamic_dimensions_and_the_rest_are_listed():
         _worker._check_sizes(inputs, {"T": 5})
     feeds = seeded_feeds(inputs, batch=2, sizes={"S": 128})
     assert {k: v.shape for k, v in feeds.items()} == {"x": (2, 128, 32), "mask": (2, 1)}
+    with pytest.raises(UnsupportedOptionError, match=r"'N', the batch dimension.*--batch"):
+        _worker._check_sizes(inputs, {"N": 4})
+    # S comes first in bias[S] but is no batch: it follows x's S, sized or not.
+    bias = [spec("x", "N", "S"), spec("bias", "S")]
+    sized = seeded_feeds(bias, batch=4, sizes={"S": 16})
+    assert {k: v.shape for k, v in sized.items()} == {"x": (4, 16), "bias": (16,)}
+    unsized = seeded_feeds(bias, batch=4)
+    assert {k: v.shape for k, v in unsized.items()} == {"x": (4, 1), "bias": (1,)}
 
 
 # -- runtime libraries and energy ------------------------------------------------------------------

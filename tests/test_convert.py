@@ -88,12 +88,17 @@ def test_naming_a_converting_backend_converts_verifies_and_caches(converter, fak
 
 
 def test_a_copy_under_another_name_reuses_the_conversion(converter, fake_model, tmp_path):
-    Engine.load(fake_model, backend="fake2")
+    first = _convert.convert(converter(), fake_model, SessionOptions())
     copy = tmp_path / "elsewhere" / "renamed.fake"
     copy.parent.mkdir()
     shutil.copyfile(fake_model, copy)
-    Engine.load(copy, backend="fake2")
+    second = _convert.convert(converter(), copy, SessionOptions())
     assert converter.conversions == 1  # keyed by content, target and converter, not the name
+    # Under this file's own name: its source, and files named after it (linked, not copied).
+    assert second.source == str(copy) and second.path.name == "renamed.fake2"
+    assert second.path.stat().st_ino == first.path.stat().st_ino
+    assert second.check == first.check
+    assert Engine.load(copy, backend="fake2").settings["conversion"]["source"] == str(copy)
 
 
 def test_a_changed_source_is_converted_again(converter, fake_model, make_fake_model):
@@ -517,8 +522,9 @@ def test_dynamic_sizes_are_checked_at_32_or_else_1(make_fake_model, tmp_path):
     runs = _convert._reference_runs(session, model, "fake2")
     assert [feeds["x"].shape for _, feeds, _ in runs] == [(1, 1), (3, 1)]
     session.limit = 0  # nothing runs: said as the check's problem, not a runtime's
-    with pytest.raises(ModelLoadError, match="conversion of seq.fake to fake2 cannot be checked"):
+    with pytest.raises(ModelLoadError, match="seq.fake to fake2 cannot be checked") as info:
         _convert._reference_runs(session, model, "fake2")
+    assert "dynamic sizes at 32, then 1" in str(info.value)  # both were tried
 
 
 def test_an_all_zero_reference_is_compared_not_crashed_on(fake_backend, fake_model, monkeypatch):

@@ -80,3 +80,38 @@ def test_the_in_process_memo_keeps_the_newest_entries_only(tmp_path, new_process
     assert len(_digest._in_process) == 4
     _digest.content_digest(files[-1])
     assert len(new_process) == 10  # the newest is still remembered
+
+
+def test_the_in_process_memo_survives_threads_evicting_at_once(tmp_path, monkeypatch):
+    """Eight threads hashing past the cap: the eviction iterated the dict while another thread
+    changed it ('dictionary changed size during iteration', KeyError)."""
+    import sys
+    import threading
+
+    monkeypatch.setattr(_digest, "_in_process", {})
+    monkeypatch.setattr(_digest, "MAX_ENTRIES", 8)
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    files = []
+    for i in range(600):
+        files.append(tmp_path / f"m{i}.onnx")
+        files[-1].write_bytes(bytes([i % 256]))
+    errors: list[BaseException] = []
+
+    def hash_all(offset: int) -> None:
+        try:
+            for file in files[offset:] + files[:offset]:
+                _digest.content_digest(file)
+        except BaseException as exc:  # reported below, whatever it is
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hash_all, args=(i * 75,)) for i in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(previous)
+    assert errors == []
+    assert len(_digest._in_process) <= 8

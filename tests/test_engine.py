@@ -97,6 +97,12 @@ def test_wrong_format_for_the_named_backend(fake_backend, tmp_path):
         Engine.load(model)
 
 
+def test_a_format_whose_readers_are_all_disabled_says_so(fake_backend, fake_model, monkeypatch):
+    monkeypatch.setenv("UNIFER_DISABLE_BACKENDS", "fake")
+    with pytest.raises(ModelFormatError, match=r"read '.fake' files .* \(fake\) are disabled by"):
+        Engine.load(fake_model)
+
+
 def test_unknown_backend_suggests_and_tells_how_to_install(fake_backend, fake_model):
     with pytest.raises(BackendNotFoundError) as info:
         Engine.load(fake_model, backend="mxnett")  # a first-party backend not installed here
@@ -154,6 +160,8 @@ def test_backend_options_are_keyed_by_backend(fake_backend, fake_model):
         Engine.load(fake_model, backend="fake", backend_options={"fake": {"speed": 1}})
     with pytest.raises(UnsupportedOptionError, match="keyed by backend name"):
         Engine.load(fake_model, backend="fake", backend_options={"mode": 1})  # type: ignore[dict-item]
+    with pytest.raises(UnsupportedOptionError, match=r"option: \{'fake': \{'OPTION': value\}\}"):
+        Engine.load(fake_model, backend="fake", backend_options={"fake": 1})  # type: ignore[dict-item]
 
 
 class TestFeeds:

@@ -152,6 +152,9 @@ def open_auto(
     )
     # The resolved counts: the physical cores this process may use can change while it runs.
     key = _cache_key(path, objective, precisions, thread_options, versions, options_digest)
+    cached = _open_cached(key, objective, open_candidate)
+    if cached is not None:
+        return cached  # loads of a cached decision do not wait for one another
     # One measurement per key at a time in this process: the other callers wait, then take its
     # decision from the cache (measuring at once, each would slow the others down).
     with _lock_for(key):

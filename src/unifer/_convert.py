@@ -22,6 +22,7 @@ its own. The core owns everything around the conversion, so every plugin gets th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import math
@@ -110,7 +111,9 @@ def convert(
     if not isinstance(backend, Converter):  # callers check can_convert() first
         raise TypeError(f"{backend.name} cannot convert models")
     root, final, digest, version = _location(backend, source, options)
-    conversion = _find(final)
+    conversion = _read(final)
+    if conversion is None and (twin := _find(final)) is not None:
+        conversion = _adopt(twin, source, root, final)
     if conversion is None:
         conversion = _convert_into(backend, source, options, root, final, digest, version)
     if conversion.check.passed is False and not accept_mismatch:
@@ -164,13 +167,42 @@ def _find(entry: Path) -> Conversion | None:
 
     Entries are named ``<source stem>-<key>`` to be recognisable in the cache, but the key alone
     (content, target, converter) identifies one: a byte-identical copy of a model under another
-    name reuses the conversion.
+    name needs no second conversion (:func:`_adopt`).
     """
     key = entry.name.rpartition("-")[2]
     for directory in [entry, *sorted(entry.parent.glob(f"*-{key}"))]:
         if (conversion := _read(directory)) is not None:
             return conversion
     return None
+
+
+def _adopt(twin: Conversion, source: Path, root: Path, final: Path) -> Conversion:
+    """``twin`` (the same model converted under another file name) published as ``source``'s
+    conversion: its files hard-linked (copied where links fail) and renamed from the other
+    file's stem to this one's, so nothing carries the other name, and a manifest of its own."""
+    old, new = Path(twin.source).stem, source.stem
+    work = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
+    try:
+        for file in twin.path.parent.iterdir():
+            if file.name == MANIFEST:
+                continue
+            name = new + file.name[len(old) :] if file.name.startswith(old) else file.name
+            try:
+                os.link(file, work / name)
+            except OSError:
+                shutil.copy2(file, work / name)
+        primary = twin.path.name
+        adopted = dataclasses.replace(
+            twin,
+            source=str(source),
+            path=final / (new + primary[len(old) :] if primary.startswith(old) else primary),
+        )
+        manifest = {**adopted.to_dict(), "schema": SCHEMA, "primary": adopted.path.name}
+        del manifest["path"]
+        (work / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        return _publish(work, final) or adopted
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _read(directory: Path) -> Conversion | None:
@@ -342,12 +374,13 @@ def _reference_runs(session: Session, source: Path, target: str) -> list[_Run]:
         runs = [_run(session, 1, fill)]
     except InferenceError as exc:
         if not any(not isinstance(d, int) for s in session.inputs for d in s.shape[1:]):
-            raise _unrunnable(source, target, session, exc) from exc
+            raise _unrunnable(source, target, session, exc, "") from exc
         fill = 1
         try:
             runs = [_run(session, 1, fill)]
         except InferenceError as again:
-            raise _unrunnable(source, target, session, again) from again
+            tried = f"; dynamic sizes at {CHECK_SIZE}, then 1"
+            raise _unrunnable(source, target, session, again, tried) from again
     if any(spec.shape and not isinstance(spec.shape[0], int) for spec in session.inputs):
         # A batch dimension declared dynamic that the source itself cannot use (a Reshape fixed
         # to 1) leaves nothing to compare at that size.
@@ -361,12 +394,13 @@ def _run(session: Session, batch: int, fill: int) -> _Run:
     return batch, feeds, session.run(feeds)
 
 
-def _unrunnable(source: Path, target: str, session: Session, exc: InferenceError) -> ModelLoadError:
+def _unrunnable(
+    source: Path, target: str, session: Session, exc: InferenceError, tried: str
+) -> ModelLoadError:
     inputs = ", ".join(map(str, session.inputs))
     return ModelLoadError(
         f"the conversion of {source.name} to {target} cannot be checked: the reference could not "
-        f"run the source on seeded inputs ({inputs}; dynamic sizes at {CHECK_SIZE}, then 1): "
-        f"{exc.message}"
+        f"run the source on seeded inputs ({inputs}{tried}): {exc.message}"
     )
 
 

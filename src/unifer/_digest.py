@@ -19,6 +19,7 @@ import hashlib
 import json
 import mmap
 import re
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final, TypeGuard, TypeVar
@@ -34,6 +35,8 @@ MAX_ENTRIES: Final = 256
 
 _T = TypeVar("_T")
 _in_process: dict[tuple[str, tuple[int, ...], str], object] = {}
+_in_process_lock = threading.Lock()
+_MISSING: Final = object()
 
 
 def content_digest(path: Path) -> str:
@@ -92,8 +95,9 @@ def _remembered(
     stat = path.stat()
     identity = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev)
     key = (resolved, identity, field)
-    if key in _in_process:
-        return _in_process[key]  # type: ignore[return-value]  # stored by this function: a _T
+    found = _in_process.get(key, _MISSING)  # one lookup: another thread may evict it meanwhile
+    if found is not _MISSING:
+        return found  # type: ignore[return-value]  # stored by this function: a _T
     remembered = stat.st_size >= REMEMBER_FROM_BYTES
     memo = _read_memo() if remembered else {}
     entry = memo.get(resolved)
@@ -106,9 +110,10 @@ def _remembered(
             memo.pop(resolved, None)  # re-inserted last: the dict's order is the age order
             memo[resolved] = {**entry, field: value}
             _write_memo(dict(list(memo.items())[-MAX_ENTRIES:]))
-    _in_process[key] = value
-    while len(_in_process) > MAX_ENTRIES:  # a long-lived process loading many file versions
-        del _in_process[next(iter(_in_process))]  # the oldest
+    with _in_process_lock:  # loads in several threads: the eviction iterates the dict
+        _in_process[key] = value
+        while len(_in_process) > MAX_ENTRIES:  # a long-lived process seeing many file versions
+            del _in_process[next(iter(_in_process))]  # the oldest
     return value
 
 

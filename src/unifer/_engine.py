@@ -483,10 +483,16 @@ _WEIGHTS_FILES: Final = {
 def unreadable_format_error(path: Path, disabled: Collection[str] = ()) -> ModelFormatError:
     """The error for a file whose suffix no installed (and enabled) backend reads."""
     suffix = _suffix(path)
-    readable = sorted({x for _, suffixes in _suffixes() for x in suffixes})
-    message = f"no installed backend reads {suffix!r} files like {path.name!r}" + (
-        f" (disabled by ${_auto.DISABLE_ENV}: {', '.join(sorted(disabled))})" if disabled else ""
-    )
+    backends = _suffixes()
+    off = sorted(name for name, suffixes in backends if name in disabled and suffix in suffixes)
+    if off:
+        return ModelFormatError(
+            f"the backends that read {suffix!r} files like {path.name!r} ({', '.join(off)}) are "
+            f"disabled by ${_auto.DISABLE_ENV}={','.join(sorted(disabled))}; take one out of it, "
+            "or name a backend"
+        )
+    readable = sorted({x for name, suffixes in backends if name not in disabled for x in suffixes})
+    message = f"no installed backend reads {suffix!r} files like {path.name!r}"
     if suffix in _WEIGHTS_FILES:
         message += (
             f"; a {suffix} file holds the weights of {_WEIGHTS_FILES[suffix]}: pass the model "

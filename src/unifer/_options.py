@@ -82,11 +82,16 @@ def split_backend_options(
     result: dict[str, Mapping[str, object]] = {}
     for name, options in backend_options.items():
         if not isinstance(options, Mapping):
+            layout = (
+                f"{{{name!r}: {{'OPTION': value}}}}, e.g. {{{name!r}: {{'device': ...}}}}"
+                if name in installed  # a backend's options given without their names
+                else f"{{'BACKEND': {{{name!r}: {options!r}}}}}, BACKEND one of "
+                f"{', '.join(installed) or 'the installed backends'}"
+            )
             raise UnsupportedOptionError(
                 f"backend_options[{name!r}] must be a mapping of option names to values, got "
                 f"{type(options).__name__}; backend_options is keyed by backend name, then "
-                f"option: {{'BACKEND': {{{name!r}: {options!r}}}}}, BACKEND one of "
-                f"{', '.join(installed) or 'the installed backends'}"
+                f"option: {layout}"
             )
         if name not in installed:
             warn_user(

@@ -64,19 +64,22 @@ def seeded_feeds(
     sizes: Mapping[str, int] | None = None,
     fill: int = 1,
 ) -> dict[str, np.ndarray]:
-    """Deterministic feeds for ``inputs``: a dynamic first dimension becomes ``batch``, another
-    dynamic dimension its size in ``sizes`` (by its name), else ``fill``; floats are standard
-    normal, integers small non-negative, booleans random.
+    """Deterministic feeds for ``inputs``: a dynamic dimension named in ``sizes`` gets that size,
+    another dynamic first dimension ``batch`` (unless its name is used past the first axis too),
+    the rest ``fill``; floats are standard normal, integers small non-negative, booleans random.
     """
     rng = np.random.default_rng(seed)
     named = sizes or {}
+    # A name also used past the first axis is no batch, even where it comes first (bias[S]
+    # beside x[N, S]).
+    inner = {d for spec in inputs for d in spec.shape[1:] if isinstance(d, str)}
 
     def size(axis: int, dim: Dim) -> int:
         if isinstance(dim, int):
             return dim
-        if axis == 0:
-            return batch
-        return named.get(dim, fill) if isinstance(dim, str) else fill
+        if isinstance(dim, str) and dim in named:
+            return named[dim]
+        return batch if axis == 0 and dim not in inner else fill
 
     feeds = {}
     for spec in inputs:

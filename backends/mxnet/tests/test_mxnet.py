@@ -282,8 +282,11 @@ def test_a_native_checkpoint_without_input_shapes_says_what_to_pass(
     native: tuple[Path, dict[str, np.ndarray]],
 ) -> None:
     symbol, _ = native
-    with pytest.raises(ModelLoadError, match="'data', 'softmax_label'.*input_shapes"):
+    with pytest.raises(ModelLoadError, match="'data', 'softmax_label'.*input_shapes") as info:
         Engine.load(symbol, backend="mxnet")
+    # The suggested option is valid Python, to copy as it is.
+    suggested = str(info.value).split("backend_options=")[1].split(" for a batch")[0]
+    assert eval(suggested) == {"mxnet": {"input_shapes": {"data": [None, 3, 112, 112]}}}  # noqa: S307
 
 
 def test_a_training_label_input_points_to_the_outputs_option(

@@ -278,7 +278,26 @@ def test_a_kept_batch_axis_with_an_axis_bound_layer_is_refused_not_a_crash(
     )
     assert run.returncode == 0, run.stderr
     assert "pnnx could not tell the batch axis of 'x'" in run.stdout
-    assert "its Concat layers count with" in run.stdout
+    assert "which the Concat layers there count with" in run.stdout
+
+
+@needs_pnnx
+def test_a_kept_batch_axis_is_judged_on_its_own_path(tmp_path: Path) -> None:
+    """An image through a convolution beside a vector through a Mul: pnnx keeps the vector's
+    batch axis, but only the element-wise Mul sees it; the convolution elsewhere does not."""
+    source = save(
+        tmp_path / "two_paths.onnx",
+        [
+            helper.make_node("Conv", ["img", "w"], ["c"]),
+            helper.make_node("Mul", ["v", "two"], ["y2"]),
+        ],
+        [("img", [1, 3, 8, 8]), ("v", [1, 4, 8])],
+        ["c", "y2"],
+        {"w": f32(2, 3, 3, 3), "two": np.array(2.0, np.float32)},
+    )
+    options = {"ncnn": {"converter": "pnnx"}}
+    with Engine.load(source, backend="ncnn", backend_options=options) as engine:
+        assert engine.settings["conversion"]["check"]["passed"] is True
 
 
 @needs_pnnx

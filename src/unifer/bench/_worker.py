@@ -198,7 +198,13 @@ def check_batch(inputs: Sequence[TensorSpec], batch: int) -> None:
 def _check_sizes(inputs: Sequence[TensorSpec], sizes: Mapping[str, int]) -> list[str]:
     """The dynamic dimensions besides the batch that ``sizes`` leaves at 1, as ``input[axis]``
     (with the name if it has one); a name in ``sizes`` that no input has is refused."""
-    named = {d for s in inputs for d in s.shape[1:] if isinstance(d, str)}
+    batch = {s.shape[0] for s in inputs if len(s.shape) >= 2 and isinstance(s.shape[0], str)}
+    if taken := sorted(set(sizes) & batch):
+        raise UnsupportedOptionError(
+            f"--dim names {', '.join(map(repr, taken))}, the batch dimension of this model "
+            f"({', '.join(map(str, inputs))}): give batch sizes with --batch"
+        )
+    named = {d for s in inputs for d in s.shape if isinstance(d, str)}
     if unknown := sorted(set(sizes) - named):
         raise UnsupportedOptionError(
             f"--dim names {', '.join(map(repr, unknown))}, which is no dynamic dimension of this "

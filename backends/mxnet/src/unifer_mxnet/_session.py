@@ -285,7 +285,7 @@ def _input_specs(
             f"{checkpoint.symbol.name} does not record the shape of {listed}, and MXNet needs it "
             f"to run the model. If these are inputs, give their full shapes, None for a dynamic "
             f"dimension: backend_options={{'mxnet': {{'input_shapes': {{{unknown[0]!r}: "
-            "[None, 3, 112, 112]}}}} for a batch of 112x112 RGB images, say."
+            "[None, 3, 112, 112]}}} for a batch of 112x112 RGB images, say."
             + (
                 f" {', '.join(map(repr, labels))} is a training label: select the output before "
                 "the loss instead, backend_options={'mxnet': {'outputs': ['fc1_output']}} (names: "

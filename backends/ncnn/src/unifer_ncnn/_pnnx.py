@@ -237,16 +237,48 @@ def _refuse_a_kept_batch_axis(
         return  # an older pnnx that writes no script: the core's check stays the safeguard
     fed = [_BATCH_INDEX.findall(line) for line in lines if "ex.input(" in line]
     got = [_BATCH_INDEX.findall(line) for line in lines if ".numpy(batch_index=" in line]
-    kept = [n for n, f in zip([*inputs, *outputs], [*fed, *got], strict=False) if f and f[0] != "0"]
-    layers = {line.split()[0] for line in param.splitlines()[2:] if line.strip()}
-    if kept and (axis_bound := sorted(layers - _AXIS_FREE_LAYERS)):
+    # pnnx's own blob names at this point: in0, in1... and out0, out1... in ONNX order.
+    sources = {f"in{i}": n for i, (n, f) in enumerate(zip(inputs, fed, strict=False)) if _kept(f)}
+    sinks = {f"out{j}": n for j, (n, f) in enumerate(zip(outputs, got, strict=False)) if _kept(f)}
+    axis_bound = sorted(_layers_between(param, set(sources), set(sinks)) - _AXIS_FREE_LAYERS)
+    if axis_bound:
+        kept = ", ".join(map(repr, [*sources.values(), *sinks.values()]))
         raise ModelLoadError(
-            f"pnnx could not tell the batch axis of {', '.join(map(repr, kept))} in "
-            f"{source.name} (no operator of the model fixes it, as a convolution does) and kept "
-            f"that axis, which its {', '.join(axis_bound)} layers count with. unifer runs ncnn "
-            "one sample at a time, without the batch axis, so they would compute on the wrong "
-            "axes; run this model with another backend (onnxruntime, openvino)"
+            f"pnnx could not tell the batch axis of {kept} in {source.name} (no operator on its "
+            f"way fixes it, as a convolution does) and kept that axis, which the "
+            f"{', '.join(axis_bound)} layers there count with. unifer runs ncnn one sample at a "
+            "time, without the batch axis, so they would compute on the wrong axes; run this "
+            "model with another backend (onnxruntime, openvino)"
         )
+
+
+def _kept(found: list[str]) -> bool:
+    """Whether pnnx's script feeds or reads a blob with its batch axis in place (not index 0)."""
+    return bool(found) and found[0] != "0"
+
+
+def _layers_between(param: str, sources: set[str], sinks: set[str]) -> set[str]:
+    """The types of the layers that consume what ``sources`` feed, or produce ``sinks``."""
+    layers: list[tuple[str, set[str], set[str]]] = []
+    for line in param.splitlines()[2:]:
+        parts = line.split()
+        if len(parts) >= 4 and parts[2].isdigit() and parts[3].isdigit():
+            count_in, count_out = int(parts[2]), int(parts[3])
+            consumed = set(parts[4 : 4 + count_in])
+            produced = set(parts[4 + count_in : 4 + count_in + count_out])
+            layers.append((parts[0], consumed, produced))
+    found: set[str] = set()
+    reached = set(sources)
+    for kind, ins, outs in layers:
+        if ins & reached:
+            found.add(kind)
+            reached |= outs
+    needed = set(sinks)
+    for kind, ins, outs in reversed(layers):
+        if outs & needed:
+            found.add(kind)
+            needed |= ins
+    return found
 
 
 #: Layers that compute element by element, whatever the blob's axes: a kept batch axis does not
