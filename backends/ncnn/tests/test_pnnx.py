@@ -248,9 +248,7 @@ def test_an_operator_across_the_batch_is_caught_by_the_check_at_batch_3(tmp_path
 
 
 @needs_pnnx
-def test_a_kept_batch_axis_with_an_axis_bound_layer_is_refused_not_a_crash(
-    tmp_path: Path,
-) -> None:
+def test_a_kept_batch_axis_that_crashes_ncnn_is_refused_not_a_crash(tmp_path: Path) -> None:
     """Without a convolution pnnx cannot tell the batch axis of x [1, 4, 8] and keeps it; its
     Concat then counts axes with it, and ncnn fed one sample without it read out of bounds
     (SIGSEGV, the whole process). Run in a subprocess, so a regression fails, not crashes."""
@@ -277,14 +275,15 @@ def test_a_kept_batch_axis_with_an_axis_bound_layer_is_refused_not_a_crash(
         [sys.executable, "-c", script, str(source)], capture_output=True, text=True, timeout=120
     )
     assert run.returncode == 0, run.stderr
-    assert "pnnx could not tell the batch axis of 'x'" in run.stdout
+    assert "pnnx could not tell the batch axis of 'x', 'y'" in run.stdout
     assert "which the Concat layers there count with" in run.stdout
 
 
 @needs_pnnx
-def test_a_kept_batch_axis_is_judged_on_its_own_path(tmp_path: Path) -> None:
-    """An image through a convolution beside a vector through a Mul: pnnx keeps the vector's
-    batch axis, but only the element-wise Mul sees it; the convolution elsewhere does not."""
+def test_a_kept_batch_axis_that_does_not_matter_converts(tmp_path: Path) -> None:
+    """pnnx keeps the batch axis of a vector through a Mul (and of an MLP's Gemm and Softmax):
+    element by element, flattened or over a whole vector, the results are the same, and the
+    check says so; an image through a convolution beside it is no reason to refuse either."""
     source = save(
         tmp_path / "two_paths.onnx",
         [
@@ -297,6 +296,20 @@ def test_a_kept_batch_axis_is_judged_on_its_own_path(tmp_path: Path) -> None:
     )
     options = {"ncnn": {"converter": "pnnx"}}
     with Engine.load(source, backend="ncnn", backend_options=options) as engine:
+        assert engine.settings["conversion"]["check"]["passed"] is True
+    mlp = save(
+        tmp_path / "mlp.onnx",
+        [
+            helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("Gemm", ["r", "w2", "b2"], ["logits"], transB=1),
+            helper.make_node("Softmax", ["logits"], ["p"], axis=-1),
+        ],
+        [("x", [1, 20])],
+        ["p"],
+        {"w1": f32(16, 20), "b1": f32(16), "w2": f32(10, 16), "b2": f32(10)},
+    )
+    with Engine.load(mlp, backend="ncnn", backend_options=options) as engine:
         assert engine.settings["conversion"]["check"]["passed"] is True
 
 

@@ -222,14 +222,16 @@ _BATCH_INDEX: Final = re.compile(r"batch_index=(\d+)")
 def _refuse_a_kept_batch_axis(
     source: Path, param: str, script: Path, inputs: Sequence[str], outputs: Sequence[str]
 ) -> None:
-    """Refuse a conversion where pnnx kept a blob's batch axis and a layer depends on the axes.
+    """Refuse a conversion where pnnx kept a blob's batch axis and a layer on its way copies
+    along a numbered axis.
 
     unifer runs an ncnn model one sample at a time, with the batch axis dropped, as pnnx does when
     an operator (a convolution, say) tells it which axis is the batch. Without one it keeps the
-    full shape (its script feeds ``batch_index=233``, "unknown"): a layer that names an axis
-    (Concat, Softmax, Reduction...) would then count from the wrong one, out of bounds (ncnn
-    crashed the process on a concatenation along the last axis). Element-wise layers do not
-    care; a model of only those converts.
+    full shape (its script feeds ``batch_index=233``, "unknown"), and a layer's axis counts from
+    it: on a sample fed without it, Concat along the last axis read out of bounds and killed
+    the process (SIGSEGV). Layers that only compute wrong numbers that way are left to the core's
+    check; those that flatten or work element by element give the same ones (an MLP's
+    InnerProduct and Softmax over a vector), so such models still convert.
     """
     try:
         lines = script.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -240,16 +242,21 @@ def _refuse_a_kept_batch_axis(
     # pnnx's own blob names at this point: in0, in1... and out0, out1... in ONNX order.
     sources = {f"in{i}": n for i, (n, f) in enumerate(zip(inputs, fed, strict=False)) if _kept(f)}
     sinks = {f"out{j}": n for j, (n, f) in enumerate(zip(outputs, got, strict=False)) if _kept(f)}
-    axis_bound = sorted(_layers_between(param, set(sources), set(sinks)) - _AXIS_FREE_LAYERS)
-    if axis_bound:
+    copying = sorted(_layers_between(param, set(sources), set(sinks)) & _AXIS_COPYING_LAYERS)
+    if copying:
         kept = ", ".join(map(repr, [*sources.values(), *sinks.values()]))
         raise ModelLoadError(
             f"pnnx could not tell the batch axis of {kept} in {source.name} (no operator on its "
             f"way fixes it, as a convolution does) and kept that axis, which the "
-            f"{', '.join(axis_bound)} layers there count with. unifer runs ncnn one sample at a "
-            "time, without the batch axis, so they would compute on the wrong axes; run this "
-            "model with another backend (onnxruntime, openvino)"
+            f"{', '.join(copying)} layers there count with: unifer runs ncnn one sample at a "
+            "time, without the batch axis, where they would copy out of bounds. Run this model "
+            "with another backend (onnxruntime, openvino)"
         )
+
+
+#: Layers that copy memory along an axis they name: given one beyond the sample's rank, they
+#: read out of bounds.
+_AXIS_COPYING_LAYERS: Final = frozenset({"Concat", "Slice", "Crop"})
 
 
 def _kept(found: list[str]) -> bool:
@@ -279,17 +286,6 @@ def _layers_between(param: str, sources: set[str], sinks: set[str]) -> set[str]:
             found.add(kind)
             needed |= ins
     return found
-
-
-#: Layers that compute element by element, whatever the blob's axes: a kept batch axis does not
-#: change their results.
-_AXIS_FREE_LAYERS: Final = frozenset(
-    {
-        "Input", "Split", "Noop", "BinaryOp", "UnaryOp", "ReLU", "Sigmoid", "TanH", "Clip",
-        "Swish", "HardSigmoid", "HardSwish", "Mish", "GELU", "ELU", "SELU", "Dropout", "Power",
-        "Exp", "Log", "AbsVal", "Threshold",
-    }
-)  # fmt: skip
 
 
 def _load(source: Path) -> Any:
