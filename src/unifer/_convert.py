@@ -186,23 +186,26 @@ def _adopt(twin: Conversion, source: Path, root: Path, final: Path) -> Conversio
         for file in twin.path.parent.iterdir():
             if file.name == MANIFEST:
                 continue
-            name = new + file.name[len(old) :] if file.name.startswith(old) else file.name
             try:
-                os.link(file, work / name)
+                os.link(file, work / _restem(file.name, old, new))
             except OSError:
-                shutil.copy2(file, work / name)
-        primary = twin.path.name
-        adopted = dataclasses.replace(
-            twin,
-            source=str(source),
-            path=final / (new + primary[len(old) :] if primary.startswith(old) else primary),
-        )
+                shutil.copy2(file, work / _restem(file.name, old, new))
+        path = final / _restem(twin.path.name, old, new)
+        adopted = dataclasses.replace(twin, source=str(source), path=path)
         manifest = {**adopted.to_dict(), "schema": SCHEMA, "primary": adopted.path.name}
         del manifest["path"]
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2))
         return _publish(work, final) or adopted
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _restem(name: str, old: str, new: str) -> str:
+    """``name`` with the stem ``old`` it starts with (``old.param``, ``old-0000.params``)
+    replaced by ``new``."""
+    if name.startswith(old) and name[len(old) : len(old) + 1] in (".", "-", "_"):
+        return new + name[len(old) :]
+    return name
 
 
 def _read(directory: Path) -> Conversion | None:
