@@ -14,7 +14,9 @@ The field numbers are those of ``onnx/onnx.proto`` (stable since IR version 3).
 
 from __future__ import annotations
 
+import contextlib
 import mmap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -87,11 +89,8 @@ def read_graph_io(path: Path) -> GraphIO:
     Raises:
         OnnxFormatError: the file is empty, truncated or not an ONNX model.
     """
-    with path.open("rb") as file:
-        if path.stat().st_size == 0:
-            raise OnnxFormatError("the file is empty")
-        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            return _read_model(buf)
+    with _mapped(path) as buf:
+        return _read_model(buf)
 
 
 def read_op_types(path: Path) -> frozenset[str]:
@@ -100,15 +99,22 @@ def read_op_types(path: Path) -> frozenset[str]:
     Raises:
         OnnxFormatError: the file is empty, truncated or not an ONNX model.
     """
+    found: set[str] = set()
+    with _mapped(path) as buf:
+        for number, wire, a, b in fields(buf, 0, len(buf)):
+            if number == _MODEL_GRAPH and wire == LEN:
+                _graph_op_types(buf, a, b, found)
+    return frozenset(found)
+
+
+@contextlib.contextmanager
+def _mapped(path: Path) -> Iterator[mmap.mmap]:
+    """``path`` mapped read-only: the weights are never read into memory."""
     with path.open("rb") as file:
         if path.stat().st_size == 0:
             raise OnnxFormatError("the file is empty")
         with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            found: set[str] = set()
-            for number, wire, a, b in fields(buf, 0, len(buf)):
-                if number == _MODEL_GRAPH and wire == LEN:
-                    _graph_op_types(buf, a, b, found)
-            return frozenset(found)
+            yield buf
 
 
 def _graph_op_types(buf: mmap.mmap, start: int, end: int, found: set[str]) -> None:
