@@ -135,6 +135,20 @@ def test_reduced_precision_is_opt_in_reported_and_measurably_different(
     assert cosine(got, want) > 0.999
 
 
+def test_fp16_arithmetic_is_reported_only_where_the_cpu_has_it(
+    arcface_tiny: Converted, face: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ncnn keeps use_fp16_arithmetic as asked and skips it on a CPU without fp16 arithmetic
+    (x86 without AVX512-FP16): settings say what runs."""
+    from unifer_ncnn import _session
+
+    for capable in (False, True):
+        monkeypatch.setattr(_session, "_cpu_has_fp16_arithmetic", lambda capable=capable: capable)
+        _, settings = embed(arcface_tiny, face[:1], precision="fp16")
+        assert settings["use_fp16_storage"] is True
+        assert settings["use_fp16_arithmetic"] is capable
+
+
 def test_int8_is_refused_for_a_float_model(arcface_tiny: Converted) -> None:
     with pytest.raises(UnsupportedOptionError, match="ncnn2int8"):
         Engine.load(arcface_tiny.param, backend="ncnn", precision="int8")

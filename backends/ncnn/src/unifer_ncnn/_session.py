@@ -19,6 +19,7 @@ import ncnn
 import numpy as np
 
 from unifer import InferenceError, ModelNotFoundError, UnsupportedOptionError
+from unifer._hardware import fingerprint
 from unifer.backend import (
     Precision,
     SessionOptions,
@@ -169,6 +170,14 @@ def _check_precision(precision: Precision, int8_layer: str | None) -> None:
     )
 
 
+def _cpu_has_fp16_arithmetic() -> bool:
+    """Whether ncnn's CPU layers can compute in fp16 here: ARMv8.2 (asimdhp), or x86 with
+    AVX512-FP16 (read from /proc/cpuinfo: the binding does not expose ncnn's own check)."""
+    if ncnn.cpu_support_arm_asimdhp():
+        return True
+    return "avx512_fp16" in fingerprint(runtimes=False)["cpu"]["flags"]
+
+
 class NcnnSession:
     """A loaded ncnn Net; ``run`` creates one extractor per sample, so it is thread-safe."""
 
@@ -262,6 +271,10 @@ class NcnnSession:
                 **{key: bool(getattr(applied, key)) for key in _REPORTED},
                 "runtime_version": runtime_version(),
             }
+            if vulkan is None and not _cpu_has_fp16_arithmetic():
+                # ncnn keeps the flag as asked and its layers skip fp16 arithmetic where the CPU
+                # lacks it (x86 without AVX512-FP16): report what runs.
+                settings["use_fp16_arithmetic"] = False
             if vulkan is not None:
                 settings["vulkan_device"] = f"{vulkan.name} ({vulkan.kind})"
             if shapes:
