@@ -331,9 +331,13 @@ def test_settings_are_read_back(tmp_path: Path) -> None:
 def test_throughput_hint_and_request_pool(tmp_path: Path) -> None:
     path, x, exact = integer_matmul(tmp_path)
     options = {"openvino": {"performance_hint": "throughput", "num_requests": 3, "device": "cpu"}}
-    with Engine.load(path, backend="openvino", backend_options=options) as engine:
+    with Engine.load(path, backend="openvino", threads=2, backend_options=options) as engine:
         assert engine.settings["performance_hint"] == "throughput"
         assert engine.settings["num_requests"] == 3
+        # threads= is OpenVINO's total here, split over the streams.
+        streams = int(engine.settings["num_streams"])  # type: ignore[call-overload]
+        assert engine.settings["threads"] == 2
+        assert engine.settings["threads_per_inference"] == max(1, 2 // streams)
         np.testing.assert_array_equal(engine.run({"x": x})["y"], exact)
 
 

@@ -388,6 +388,12 @@ class OpenVINOSession:
                 # CPU reports a str, virtual devices a PerformanceMode enum.
                 "performance_hint": str(getattr(performance, "name", performance)).lower(),
                 "num_streams": int(streams) if streams is not None else None,
+                # INFERENCE_NUM_THREADS is the total: the throughput hint splits it over streams.
+                "threads_per_inference": (
+                    max(1, int(threads) // max(1, int(streams or 1)))
+                    if threads is not None
+                    else None
+                ),
                 "cache_dir": str(cache_dir) if cache_dir is not None else None,
                 "cache_skipped_for": uncacheable or None,
                 "loaded_from_cache": bool(loaded) if loaded is not None else None,
