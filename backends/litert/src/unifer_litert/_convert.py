@@ -25,6 +25,7 @@ axes, Reshape order); where it cannot, the converter refuses the node instead of
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -35,10 +36,11 @@ import numpy as np
 
 from unifer import MissingDependencyError, ModelLoadError
 
+from ._flatbuf import DIM_NAMES_KEY
 from ._writer import ModelWriter
 
 #: Bump whenever the bytes written for the same ONNX file change: it is part of the cache key.
-WRITER_VERSION: Final = "3"
+WRITER_VERSION: Final = "4"
 CONVERTER: Final = f"unifer-litert onnx->tflite {WRITER_VERSION}"
 
 SUPPORTED_OPS: Final = (
@@ -157,6 +159,13 @@ class _Converter:
         )
         self.writer = ModelWriter(f"Converted from ONNX by {CONVERTER}")
         self.writer.metadata("unifer_converter", CONVERTER.encode())
+        # TFLite records a dynamic dimension as -1, without its ONNX name: kept here, so the
+        # session can name it as onnxruntime does (and `unifer bench --dim NAME=...` reach it).
+        names = {
+            info.name: [d.dim_param or None for d in info.type.tensor_type.shape.dim]
+            for info in (*self.graph.input, *self.graph.output)
+        }
+        self.writer.metadata(DIM_NAMES_KEY, json.dumps(names).encode())
         self.values: dict[str, _Value] = {}
         self.infos: dict[str, tuple[tuple[int, ...], np.dtype[Any]] | str] = {}
         self.layouts: dict[tuple[str, tuple[int, ...]], int] = {}

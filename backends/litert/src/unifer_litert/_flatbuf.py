@@ -44,6 +44,11 @@ class _Malformed(Exception):
     """The bytes do not hold the table the schema promises."""
 
 
+#: The metadata entry (written by unifer's converter) holding the ONNX names of the graph's input
+#: and output dimensions: ``{"x": ["N", null, 8], ...}``.
+DIM_NAMES_KEY: Final = "unifer_dim_names"
+
+
 @dataclass(frozen=True, slots=True)
 class Metadata:
     """One ``Model.metadata`` entry."""

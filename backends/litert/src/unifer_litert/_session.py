@@ -8,6 +8,7 @@ ai-edge-litert (``ai_edge_litert.interpreter``) when installed, else tflite-runt
 
 from __future__ import annotations
 
+import json
 import mmap
 import queue
 import re
@@ -20,6 +21,7 @@ import numpy as np
 
 from unifer import InferenceError, InputError, ModelLoadError, UnsupportedOptionError
 from unifer.backend import (
+    Dim,
     SessionOptions,
     TensorSpec,
     integer_option,
@@ -28,7 +30,7 @@ from unifer.backend import (
     warn_unknown_options,
 )
 
-from ._flatbuf import ModelFacts, read_facts
+from ._flatbuf import DIM_NAMES_KEY, ModelFacts, read_facts
 
 #: The distribution that provides the runtime: "ai-edge-litert" or "tflite-runtime".
 DISTRIBUTION: str
@@ -196,7 +198,7 @@ class LiteRTSession:
                 _explain_missing_ops(exc, model, facts, xnnpack)
                 raise
             interpreter = slots[0].interpreter
-            inputs, outputs, signature = _ports(interpreter)
+            inputs, outputs, signature = _ports(interpreter, _dim_names(facts))
         threads = options.threads
         if threads is None and DISTRIBUTION == "ai-edge-litert":
             threads = 1  # ai-edge-litert's Interpreter passes `num_threads or 1` to the runtime
@@ -314,16 +316,31 @@ def _create(model: Path, content: bytes | None, threads: int | None, resolver: A
     return _Slot(interpreter, list(shapes))
 
 
-def _ports(interpreter: Any) -> tuple[list[_Port], list[_Port], str | None]:
-    """Input and output ports in the model's own order, named by its signature when it has one."""
+def _ports(
+    interpreter: Any, dim_names: Mapping[str, Sequence[str | None]]
+) -> tuple[list[_Port], list[_Port], str | None]:
+    """Input and output ports in the model's own order, named by its signature when it has one;
+    dynamic dimensions keep the ONNX names a unifer conversion recorded (``dim_names``)."""
     in_details = interpreter.get_input_details()
     out_details = interpreter.get_output_details()
     key, in_names, out_names = _signature_names(
         interpreter, [d["index"] for d in in_details], [d["index"] for d in out_details]
     )
-    inputs = [_port(d, in_names) for d in in_details]
-    outputs = [_port(d, out_names) for d in out_details]
+    inputs = [_port(d, in_names, dim_names) for d in in_details]
+    outputs = [_port(d, out_names, dim_names) for d in out_details]
     return inputs, outputs, key
+
+
+def _dim_names(facts: ModelFacts | None) -> dict[str, list[str | None]]:
+    """The ONNX dimension names a unifer conversion recorded in the file; ``{}`` for others."""
+    entry = facts.metadata.get(DIM_NAMES_KEY) if facts is not None else None
+    if entry is None:
+        return {}
+    try:
+        names = json.loads(entry.value)
+    except ValueError:
+        return {}
+    return names if isinstance(names, dict) else {}
 
 
 def _signature_names(
@@ -352,12 +369,22 @@ def _signature_names(
     return str(key), ins, outs
 
 
-def _port(detail: Mapping[str, Any], names: Mapping[int, str]) -> _Port:
+def _port(
+    detail: Mapping[str, Any],
+    names: Mapping[int, str],
+    dim_names: Mapping[str, Sequence[str | None]],
+) -> _Port:
     index = int(detail["index"])
     signature = detail.get("shape_signature")
     dims = signature if signature is not None and len(signature) else detail["shape"]
-    shape = tuple(None if int(d) < 0 else int(d) for d in dims)
+    shape: tuple[Dim, ...] = tuple(None if int(d) < 0 else int(d) for d in dims)
     name = names.get(index, str(detail["name"]))
+    recorded = dim_names.get(name)
+    if isinstance(recorded, list) and len(recorded) == len(shape):
+        shape = tuple(
+            n if d is None and isinstance(n, str) else d
+            for d, n in zip(shape, recorded, strict=True)
+        )
     return _Port(TensorSpec(name, shape, np.dtype(detail["dtype"])), index)
 
 
