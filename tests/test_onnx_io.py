@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from unifer import models
-from unifer._onnx_io import OnnxFormatError, ValueInfo, read_graph_io, read_op_types
+from unifer._onnx_io import OnnxFormatError, ValueInfo, read_graph_io
 
 _KINDS = {
     "tensor_type": "tensor",
@@ -173,8 +173,8 @@ def test_op_types_include_those_of_subgraphs(tmp_path: Path) -> None:
     )
     path = tmp_path / "if.onnx"
     onnx.save(helper.make_model(graph), path)
-    assert read_op_types(path) == {"Greater", "ReduceMin", "Cast", "If", "Relu", "Neg"}
+    assert read_graph_io(path).op_types == {"Greater", "ReduceMin", "Cast", "If", "Relu", "Neg"}
     arcface = tmp_path / "arcface.onnx"
     onnx.save(models.build("arcface-tiny"), arcface)
     expected = {node.op_type for node in onnx.load(arcface).graph.node}
-    assert read_op_types(arcface) == expected
+    assert read_graph_io(arcface).op_types == expected

@@ -7,6 +7,7 @@ check that must catch it; each defect is deterministic (no timing luck).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -183,13 +184,22 @@ def model_dir(tmp_path: Path) -> Path:
     return directory
 
 
+@contextlib.contextmanager
+def registered_kit(session: type[Wrapped], **attributes: object) -> Iterator[BackendContract]:
+    """:func:`kit`, its broken backend registered while in use."""
+    contract = kit(session, **attributes)
+    register_backend(contract.backend_class)
+    try:
+        yield contract
+    finally:
+        unregister_backend(contract.backend_class.name)
+
+
 @pytest.fixture
 def registered(request: pytest.FixtureRequest) -> Iterator[BackendContract]:
     """The kit for the broken backend ``request.param``, registered for the test."""
-    contract = kit(request.param)
-    register_backend(contract.backend_class)
-    yield contract
-    unregister_backend(contract.backend_class.name)
+    with registered_kit(request.param) as contract:
+        yield contract
 
 
 @pytest.mark.parametrize(
@@ -222,13 +232,11 @@ def test_int64_computed_in_int32_fails(registered: BackendContract, model_dir: P
 
 
 def test_the_int64_opt_out_demands_a_refusal(model_dir: Path) -> None:
-    contract = kit(Wraps32, int64_beyond_int32=False)
-    register_backend(contract.backend_class)
-    try:
-        with pytest.raises(pytest.fail.Exception, match="DID NOT RAISE"):
-            contract.test_run_returns_every_output_with_its_dtype(model_dir)
-    finally:
-        unregister_backend(contract.backend_class.name)
+    with (
+        registered_kit(Wraps32, int64_beyond_int32=False) as contract,
+        pytest.raises(pytest.fail.Exception, match="DID NOT RAISE"),
+    ):
+        contract.test_run_returns_every_output_with_its_dtype(model_dir)
 
 
 @pytest.mark.parametrize("registered", [EchoesThreads], indirect=True)
@@ -253,13 +261,11 @@ def test_results_aliasing_feeds_or_earlier_results_fail(
 
 
 def test_the_constant_output_opt_out_demands_a_refusal(model_dir: Path) -> None:
-    contract = kit(Wrapped, constant_outputs=False)
-    register_backend(contract.backend_class)
-    try:
-        with pytest.raises(pytest.fail.Exception, match="DID NOT RAISE"):
-            contract.test_results_belong_to_the_caller(model_dir)
-    finally:
-        unregister_backend(contract.backend_class.name)
+    with (
+        registered_kit(Wrapped, constant_outputs=False) as contract,
+        pytest.raises(pytest.fail.Exception, match="DID NOT RAISE"),
+    ):
+        contract.test_results_belong_to_the_caller(model_dir)
 
 
 @pytest.mark.parametrize(

@@ -111,9 +111,9 @@ def convert(
     if not isinstance(backend, Converter):  # callers check can_convert() first
         raise TypeError(f"{backend.name} cannot convert models")
     root, final, digest, version = _location(backend, source, options)
-    conversion = _read(final)
-    if conversion is None and (twin := _find(final)) is not None:
-        conversion = _adopt(twin, source, root, final)
+    conversion = _find(final)
+    if conversion is not None and conversion.path.parent != final:
+        conversion = _adopt(conversion, source, root, final)  # converted under another name
     if conversion is None:
         conversion = _convert_into(backend, source, options, root, final, digest, version)
     if conversion.check.passed is False and not accept_mismatch:

@@ -23,7 +23,7 @@ from typing import Final
 
 from unifer._protowire import LEN, VARINT, WireFormatError, fields
 
-__all__ = ["GraphIO", "OnnxFormatError", "ValueInfo", "read_graph_io", "read_op_types"]
+__all__ = ["GraphIO", "OnnxFormatError", "ValueInfo", "read_graph_io"]
 
 # ModelProto
 _MODEL_GRAPH: Final = 7
@@ -74,14 +74,17 @@ class ValueInfo:
 
 @dataclass(frozen=True, slots=True)
 class GraphIO:
-    """The graph's real inputs (initializers excluded) and its outputs, in file order."""
+    """The graph's real inputs (initializers excluded) and its outputs, in file order, and the
+    operator types its nodes use."""
 
     inputs: tuple[ValueInfo, ...]
     outputs: tuple[ValueInfo, ...]
+    op_types: frozenset[str]
+    """Every operator type of the graph, its subgraphs' (If, Loop, Scan) included."""
 
 
 def read_graph_io(path: Path) -> GraphIO:
-    """Read the inputs and outputs of the ONNX model at ``path``.
+    """Read the inputs, outputs and operator types of the ONNX model at ``path``.
 
     Inputs that are also initializers (IR version 3 files list every weight as an input) are left
     out, as ONNX Runtime does.
@@ -91,20 +94,6 @@ def read_graph_io(path: Path) -> GraphIO:
     """
     with _mapped(path) as buf:
         return _read_model(buf)
-
-
-def read_op_types(path: Path) -> frozenset[str]:
-    """Every operator type the ONNX model at ``path`` uses, subgraphs included.
-
-    Raises:
-        OnnxFormatError: the file is empty, truncated or not an ONNX model.
-    """
-    found: set[str] = set()
-    with _mapped(path) as buf:
-        for number, wire, a, b in fields(buf, 0, len(buf)):
-            if number == _MODEL_GRAPH and wire == LEN:
-                _graph_op_types(buf, a, b, found)
-    return frozenset(found)
 
 
 @contextlib.contextmanager
@@ -117,17 +106,17 @@ def _mapped(path: Path) -> Iterator[mmap.mmap]:
             yield buf
 
 
-def _graph_op_types(buf: mmap.mmap, start: int, end: int, found: set[str]) -> None:
-    for number, wire, a, b in fields(buf, start, end):
-        if number != _GRAPH_NODE or wire != LEN:
-            continue
-        for field, node_wire, na, nb in fields(buf, a, b):
-            if field == _NODE_OP_TYPE and node_wire == LEN:
-                found.add(_text(buf, na, nb))
-            elif field == _NODE_ATTRIBUTE and node_wire == LEN:
-                for kind, attribute_wire, ga, gb in fields(buf, na, nb):
-                    if kind in (_ATTRIBUTE_GRAPH, _ATTRIBUTE_GRAPHS) and attribute_wire == LEN:
-                        _graph_op_types(buf, ga, gb, found)
+def _node_op_types(buf: mmap.mmap, start: int, end: int, found: set[str]) -> None:
+    """Add the operator type of the NodeProto in [start, end), and those of its subgraphs."""
+    for field, node_wire, na, nb in fields(buf, start, end):
+        if field == _NODE_OP_TYPE and node_wire == LEN:
+            found.add(_text(buf, na, nb))
+        elif field == _NODE_ATTRIBUTE and node_wire == LEN:
+            for kind, attribute_wire, ga, gb in fields(buf, na, nb):
+                if kind in (_ATTRIBUTE_GRAPH, _ATTRIBUTE_GRAPHS) and attribute_wire == LEN:
+                    for number, wire, a, b in fields(buf, ga, gb):
+                        if number == _GRAPH_NODE and wire == LEN:
+                            _node_op_types(buf, a, b, found)
 
 
 def _read_model(buf: mmap.mmap) -> GraphIO:
@@ -137,13 +126,16 @@ def _read_model(buf: mmap.mmap) -> GraphIO:
     inputs: list[ValueInfo] = []
     outputs: list[ValueInfo] = []
     initializers: set[str] = set()
+    op_types: set[str] = set()
     # A message field repeated on the wire is merged by protobuf; for the repeated fields read
     # here that means appending, so every occurrence of the graph is read in order.
     for start, end in graphs:
         for number, wire, a, b in fields(buf, start, end):
             if wire != LEN:
                 continue
-            if number == _GRAPH_INPUT:
+            if number == _GRAPH_NODE:
+                _node_op_types(buf, a, b, op_types)
+            elif number == _GRAPH_INPUT:
                 inputs.append(_value_info(buf, a, b))
             elif number == _GRAPH_OUTPUT:
                 outputs.append(_value_info(buf, a, b))
@@ -154,7 +146,9 @@ def _read_model(buf: mmap.mmap) -> GraphIO:
                     if n == _SPARSE_VALUES and w == LEN:
                         initializers.add(_tensor_name(buf, va, vb))
     return GraphIO(
-        inputs=tuple(v for v in inputs if v.name not in initializers), outputs=tuple(outputs)
+        inputs=tuple(v for v in inputs if v.name not in initializers),
+        outputs=tuple(outputs),
+        op_types=frozenset(op_types),
     )
 
 

@@ -56,6 +56,17 @@ class Parity:
         )
 
 
+def inner_names(inputs: Sequence[TensorSpec]) -> frozenset[str]:
+    """The dimension names ``inputs`` use past their first axis."""
+    return frozenset(d for spec in inputs for d in spec.shape[1:] if isinstance(d, str))
+
+
+def is_batch(first: Dim, inner: frozenset[str]) -> bool:
+    """Whether an input's first dimension ``first`` is the batch: dynamic, and not a name also
+    used past the first axis (``S`` in bias[S] beside x[N, S] is no batch)."""
+    return not isinstance(first, int) and first not in inner
+
+
 def seeded_feeds(
     inputs: Sequence[TensorSpec],
     *,
@@ -70,16 +81,14 @@ def seeded_feeds(
     """
     rng = np.random.default_rng(seed)
     named = sizes or {}
-    # A name also used past the first axis is no batch, even where it comes first (bias[S]
-    # beside x[N, S]).
-    inner = {d for spec in inputs for d in spec.shape[1:] if isinstance(d, str)}
+    inner = inner_names(inputs)
 
     def size(axis: int, dim: Dim) -> int:
         if isinstance(dim, int):
             return dim
         if isinstance(dim, str) and dim in named:
             return named[dim]
-        return batch if axis == 0 and dim not in inner else fill
+        return batch if axis == 0 and is_batch(dim, inner) else fill
 
     feeds = {}
     for spec in inputs:

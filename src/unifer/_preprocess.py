@@ -368,12 +368,12 @@ def _dtype_name(value: object) -> object:
 def _check_representable(
     mean: tuple[float, float, float], std: tuple[float, float, float], dtype: str
 ) -> None:
-    """Refuse a mean/std whose results over 0..255 overflow ``dtype`` (they would come out inf)."""
+    """Refuse a mean/std whose results over 0..255 overflow ``dtype`` (they would come out inf),
+    checked on the scale and offset the conversion itself uses (:func:`_affine`)."""
     if dtype == "uint8":
         return
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        scale = np.float32(1.0) / np.array(std, dtype=np.float32)
-        offset = -np.array(mean, dtype=np.float32) * scale
+    with np.errstate(over="ignore", invalid="ignore"):
+        scale, offset = _affine(mean, std, "nhwc")
         ends = np.concatenate([offset, np.float32(255.0) * scale + offset])
     peak = float(np.where(np.isnan(ends), np.inf, np.abs(ends)).max())  # 0 x inf = nan: overflow
     limit = float(np.finfo(dtype).max)

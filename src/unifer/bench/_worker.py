@@ -47,7 +47,7 @@ from .. import _convert, _registry
 from .._cache import cache_dir
 from .._engine import Engine
 from .._errors import PreprocessError, UniferError, UniferWarning, UnsupportedOptionError
-from .._parity import seeded_feeds
+from .._parity import inner_names, is_batch, seeded_feeds
 from .._preprocess import Preprocess
 from .._timing import Stats, measure, time_once
 from ..backend import SessionOptions, TensorSpec
@@ -175,7 +175,8 @@ def check_batch(inputs: Sequence[TensorSpec], batch: int) -> None:
         UnsupportedOptionError: the model takes another number of samples a call. The seeded
             inputs would then hold that many while the record claimed ``batch``.
     """
-    if any(s.shape and not isinstance(s.shape[0], int) for s in inputs):
+    inner = inner_names(inputs)
+    if any(s.shape and is_batch(s.shape[0], inner) for s in inputs):
         return
     firsts = {d for s in inputs if len(s.shape) >= 2 and isinstance(d := s.shape[0], int)}
     fixed = firsts.pop() if len(firsts) == 1 else None
@@ -198,7 +199,10 @@ def check_batch(inputs: Sequence[TensorSpec], batch: int) -> None:
 def _check_sizes(inputs: Sequence[TensorSpec], sizes: Mapping[str, int]) -> list[str]:
     """The dynamic dimensions besides the batch that ``sizes`` leaves at 1, as ``input[axis]``
     (with the name if it has one); a name in ``sizes`` that no input has is refused."""
-    batch = {s.shape[0] for s in inputs if len(s.shape) >= 2 and isinstance(s.shape[0], str)}
+    inner = inner_names(inputs)
+    batch = {
+        d for s in inputs if s.shape and isinstance(d := s.shape[0], str) and is_batch(d, inner)
+    }
     if taken := sorted(set(sizes) & batch):
         raise UnsupportedOptionError(
             f"--dim names {', '.join(map(repr, taken))}, the batch dimension of this model "

@@ -23,7 +23,7 @@ import openvino as ov
 from unifer import InferenceError, ModelLoadError, ModelNotFoundError, UnsupportedOptionError
 from unifer._cache import atomic_write_bytes
 from unifer._digest import model_digest
-from unifer._onnx_io import OnnxFormatError, read_graph_io, read_op_types
+from unifer._onnx_io import GraphIO, OnnxFormatError, read_graph_io
 from unifer.backend import (
     Dim,
     SessionOptions,
@@ -118,15 +118,27 @@ _CACHE_UNSAFE_IR: Final = frozenset(
 )
 
 
-def _cache_unsafe_ops(model: Path) -> list[str]:
-    """The operators of ``model`` that must not be served from OpenVINO's model cache."""
+def _cache_unsafe_ops(model: Path, graph: GraphIO | None) -> list[str]:
+    """The operators of ``model`` (``graph``, for ONNX) that must not be served from OpenVINO's
+    model cache."""
+    if model.suffix.lower() == ".onnx":
+        return sorted(graph.op_types & _CACHE_UNSAFE_ONNX) if graph is not None else []
     try:
-        if model.suffix.lower() == ".onnx":
-            return sorted(read_op_types(model) & _CACHE_UNSAFE_ONNX)
         text = model.read_text(encoding="utf-8", errors="replace")  # IR: the layer types
-        return sorted(set(re.findall(r'\btype="(\w+)"', text)) & _CACHE_UNSAFE_IR)
-    except (OSError, OnnxFormatError):
+    except OSError:
         return []  # OpenVINO will say what is wrong with the file
+    return sorted(set(re.findall(r'\btype="(\w+)"', text)) & _CACHE_UNSAFE_IR)
+
+
+def _onnx_graph(model: Path) -> GraphIO | None:
+    """The graph of an ONNX ``model``, read once for the cache decision and the dimension names;
+    ``None`` for IR, or a file OpenVINO will say is not a model."""
+    if model.suffix.lower() != ".onnx":
+        return None
+    try:
+        return read_graph_io(model)
+    except (OSError, OnnxFormatError):
+        return None
 
 
 def _compiled_cache(root: Path, model: Path) -> Path | None:
@@ -269,13 +281,9 @@ def _spec(port: ov.ConstOutput, declared: Mapping[str, Sequence[Dim]]) -> Tensor
     return TensorSpec(name, dims, np.dtype(port.get_element_type().to_dtype()))
 
 
-def _declared_shapes(model: Path) -> dict[str, tuple[Dim, ...]]:
-    """Each graph input's and output's shape as an ONNX ``model`` declares it; ``{}`` for IR."""
-    if model.suffix.lower() != ".onnx":
-        return {}
-    try:
-        graph = read_graph_io(model)
-    except (OSError, OnnxFormatError):  # OpenVINO read the file: only the names are lost
+def _declared_shapes(graph: GraphIO | None) -> dict[str, tuple[Dim, ...]]:
+    """Each graph input's and output's shape as the ONNX file declares it; ``{}`` for IR."""
+    if graph is None:
         return {}
     return {v.name: v.shape for v in (*graph.inputs, *graph.outputs) if v.shape is not None}
 
@@ -353,7 +361,8 @@ class OpenVINOSession:
                 )
         # Only a directory the core reserved for this backend is used for compiled models.
         cache_dir = None
-        uncacheable = _cache_unsafe_ops(model) if cache else []
+        graph = _onnx_graph(model)
+        uncacheable = _cache_unsafe_ops(model, graph) if cache else []
         if cache and options.cache_dir is not None and not uncacheable:
             cache_dir = _compiled_cache(options.cache_dir, model)
         if cache_dir is not None:
@@ -403,7 +412,7 @@ class OpenVINOSession:
                 compiled,
                 num_requests=num_requests,
                 settings=settings,
-                declared=_declared_shapes(model),
+                declared=_declared_shapes(graph),
             )
 
     @property
