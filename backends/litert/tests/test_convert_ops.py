@@ -26,6 +26,7 @@ from unifer_litert import LiteRTBackend
 
 F32 = np.float32
 RNG = np.random.default_rng(1)
+I64 = np.int64
 
 
 def weights(*shape: int, scale: float = 0.5) -> np.ndarray:
@@ -64,17 +65,21 @@ def compare(source: Path, feeds: dict[str, np.ndarray], *, tolerance: float = 1e
     session = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
     want = session.run(None, feeds)
     names = [o.name for o in session.get_outputs()]
-    with Engine.load(source, backend="litert") as engine:
-        conversion = engine.settings["conversion"]
-        assert isinstance(conversion, dict) and conversion["check"]["passed"] is True
-        assert [s.name for s in engine.outputs] == names
-        got = engine.run(feeds)
-    for name, expected in zip(names, want, strict=True):
-        assert got[name].shape == expected.shape, name
-        scale = max(1.0, float(np.abs(expected).max()))
-        np.testing.assert_allclose(
-            got[name], expected, rtol=0, atol=tolerance * scale, err_msg=name
-        )
+    # With XNNPACK (the default) and with TFLite's own kernels: both must read the file alike.
+    for xnnpack in (True, False):
+        with Engine.load(
+            source, backend="litert", backend_options={"litert": {"xnnpack": xnnpack}}
+        ) as engine:
+            conversion = engine.settings["conversion"]
+            assert isinstance(conversion, dict) and conversion["check"]["passed"] is True
+            assert [s.name for s in engine.outputs] == names
+            got = engine.run(feeds)
+        for name, expected in zip(names, want, strict=True):
+            assert got[name].shape == expected.shape, name
+            scale = max(1.0, float(np.abs(expected).max()))
+            np.testing.assert_allclose(
+                got[name], expected, rtol=0, atol=tolerance * scale, err_msg=f"{name} {xnnpack=}"
+            )
 
 
 def refused(source: Path, match: str) -> None:
@@ -271,9 +276,216 @@ def test_constant_subgraphs_are_folded(tmp_path: Path) -> None:
     assert ops <= {"CONV_2D", "TRANSPOSE", "RESHAPE"}, ops
 
 
+def test_elementwise_operators_of_mobile_networks(tmp_path: Path) -> None:
+    """HardSwish/HardSigmoid (MobileNetV3), Pow as x**2 and x**0.5, and the plain unary ones."""
+    init = {
+        "w": weights(4, 3, 1, 1),
+        "two": np.array(2, F32),
+        "half": np.array(0.5, F32),
+        "three": np.array(3, F32),
+        "one": np.array(1, F32),
+    }
+    unary = ["Abs", "Ceil", "Cos", "Exp", "Floor", "HardSwish", "Neg", "Sin", "Elu"]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),  # NHWC from here on
+        *(helper.make_node(op, ["c"], [op.lower()]) for op in unary),
+        helper.make_node("HardSigmoid", ["c"], ["hardsigmoid"], alpha=1 / 6, beta=0.5),
+        helper.make_node("Pow", ["c", "two"], ["square"]),
+        helper.make_node("Abs", ["c"], ["magnitude"]),
+        helper.make_node("Pow", ["magnitude", "half"], ["root"]),
+        helper.make_node("Sqrt", ["magnitude"], ["sqrt"]),
+        helper.make_node("Log", ["magnitude"], ["log"]),
+        helper.make_node("Pow", ["magnitude", "three"], ["cube"]),
+        helper.make_node("Pow", ["c", "one"], ["same"]),
+        helper.make_node("Max", ["c", "sin", "cos"], ["max3"]),
+        helper.make_node("Min", ["c", "two"], ["min_const"]),
+    ]  # fmt: skip
+    names = [op.lower() for op in unary] + [
+        "hardsigmoid", "square", "root", "sqrt", "log", "cube", "same", "max3", "min_const",
+    ]  # fmt: skip
+    source = save(
+        tmp_path / "elementwise.onnx",
+        nodes,
+        [f32("x", ["N", 3, 5, 6])],
+        [f32(n, ["N", 4, 5, 6]) for n in names],
+        init,
+    )
+    compare(source, {"x": (RNG.standard_normal((2, 3, 5, 6)) * 4).astype(F32)})
+
+
+def test_reductions_keep_or_drop_axes_in_the_stored_layout(tmp_path: Path) -> None:
+    """Reduce* over channels, pixels or both, kept or dropped; axes as attribute and as input."""
+
+    def model(opset: int) -> Path:
+        init: dict[str, np.ndarray] = {"w": weights(4, 3, 3, 3)}
+        cases = {  # name: (op, axes, keepdims, output shape)
+            "mean_hw": ("ReduceMean", [2, 3], 0, ["N", 4]),  # torch's x.mean((2, 3))
+            "mean_hw_kept": ("ReduceMean", [-1, -2], 1, ["N", 4, 1, 1]),
+            "sum_c": ("ReduceSum", [1], 1, ["N", 1, 5, 6]),
+            "max_w": ("ReduceMax", [3], 0, ["N", 4, 5]),
+            "min_c": ("ReduceMin", [1], 0, ["N", 5, 6]),
+            "prod_h": ("ReduceProd", [2], 1, ["N", 4, 1, 6]),
+            "l2_c": ("ReduceL2", [1], 1, ["N", 1, 5, 6]),  # L2-normalising embeddings
+            "l1_hw": ("ReduceL1", [2, 3], 0, ["N", 4]),
+            "sumsq_w": ("ReduceSumSquare", [3], 1, ["N", 4, 5, 1]),
+        }
+        nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1])]
+        for name, (op, values, keep, _) in cases.items():
+            # ReduceSum took its axes as an input from opset 13 already.
+            use_input = opset >= 18 or (op == "ReduceSum" and opset >= 13)
+            if use_input:
+                init[f"{name}_axes"] = np.array(values, I64)
+                nodes.append(helper.make_node(op, ["c", f"{name}_axes"], [name], keepdims=keep))
+            else:
+                nodes.append(helper.make_node(op, ["c"], [name], axes=values, keepdims=keep))
+        nodes.append(helper.make_node("Div", ["c", "l2_c"], ["normalised"]))
+        outputs = [f32(name, shape) for name, (*_, shape) in cases.items()]
+        return save(
+            tmp_path / f"reduce{opset}.onnx",
+            nodes,
+            [f32("x", ["N", 3, 5, 6])],
+            [*outputs, f32("normalised", ["N", 4, 5, 6])],
+            init,
+            opset=opset,
+        )
+
+    feeds = {"x": RNG.standard_normal((2, 3, 5, 6)).astype(F32)}
+    for opset in (13, 18):
+        compare(model(opset), feeds)
+
+
+def test_grouped_convolution(tmp_path: Path) -> None:
+    """ResNeXt/RegNet groups (CONV_2D with fewer filter channels) next to a depthwise conv."""
+    init = {"g": weights(8, 3, 3, 3), "gb": weights(8), "dw": weights(8, 1, 3, 3)}
+    nodes = [
+        helper.make_node("Conv", ["x", "g", "gb"], ["grouped"], group=2, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["grouped", "dw"], ["y"], group=8, strides=[2, 2]),
+    ]
+    source = save(
+        tmp_path / "grouped.onnx",
+        nodes,
+        [f32("x", ["N", 6, 7, 7])],
+        [f32("grouped", ["N", 8, 7, 7]), f32("y", ["N", 8, 3, 3])],
+        init,
+    )
+    compare(source, {"x": RNG.standard_normal((2, 6, 7, 7)).astype(F32)})
+
+
+def test_split_and_slice_in_any_stored_layout(tmp_path: Path) -> None:
+    """YOLO-style channel splits and space-to-depth slices, on NHWC conv outputs and NCHW inputs."""
+    big = np.iinfo(np.int64).max
+    init = {
+        "w": weights(6, 3, 1, 1),
+        "sizes": np.array([2, 4], I64),
+        # x[:, :, ::2, 1::2] and a negative step, as exporters write them (INT64_MAX: the end)
+        "starts": np.array([0, 1], I64),
+        "ends": np.array([big, big], I64),
+        "axes": np.array([2, 3], I64),
+        "steps": np.array([2, 2], I64),
+        "rev_starts": np.array([-1], I64),
+        "rev_ends": np.array([-big], I64),
+        "rev_axes": np.array([1], I64),
+        "rev_steps": np.array([-1], I64),
+        "last": np.array([-3], I64),
+        "to_end": np.array([big], I64),
+        "w_axis": np.array([3], I64),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("Split", ["c", "sizes"], ["c_head", "c_tail"], axis=1),
+        helper.make_node("Split", ["x"], ["x_top", "x_bottom"], axis=2, num_outputs=2),
+        helper.make_node("Slice", ["c", "starts", "ends", "axes", "steps"], ["c_strided"]),
+        helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["x_strided"]),
+        helper.make_node("Slice", ["c", "rev_starts", "rev_ends", "rev_axes", "rev_steps"],
+                         ["c_reversed"]),
+        helper.make_node("Slice", ["c", "last", "to_end", "w_axis"], ["c_last3"]),
+    ]  # fmt: skip
+    source = save(
+        tmp_path / "split_slice.onnx",
+        nodes,
+        [f32("x", ["N", 3, 6, 7])],
+        [
+            f32("c_head", ["N", 2, 6, 7]), f32("c_tail", ["N", 4, 6, 7]),
+            f32("x_top", ["N", 3, 3, 7]), f32("x_bottom", ["N", 3, 3, 7]),
+            f32("c_strided", ["N", 6, 3, 3]), f32("x_strided", ["N", 3, 3, 3]),
+            f32("c_reversed", ["N", 6, 6, 7]), f32("c_last3", ["N", 6, 6, 3]),
+        ],
+        init,
+        opset=18,
+    )  # fmt: skip
+    compare(source, {"x": RNG.standard_normal((2, 3, 6, 7)).astype(F32)})
+
+
+RESIZES = {  # output name: (mode, coordinate_transformation_mode, nearest_mode, size)
+    "nearest_torch": ("nearest", "asymmetric", "floor", [10, 14]),  # F.interpolate default
+    "nearest_down": ("nearest", "asymmetric", "floor", [3, 3]),
+    "nearest_half": ("nearest", "half_pixel", "round_prefer_ceil", [15, 21]),
+    "nearest_default": ("nearest", "half_pixel", "round_prefer_floor", [10, 14]),
+    "bilinear": ("linear", "half_pixel", "round_prefer_floor", [10, 14]),
+    "bilinear_torch": ("linear", "pytorch_half_pixel", "round_prefer_floor", [13, 9]),
+    "bilinear_corners": ("linear", "align_corners", "round_prefer_floor", [11, 20]),
+    "bilinear_asym": ("linear", "asymmetric", "round_prefer_floor", [4, 3]),
+}
+
+
+def test_resize_modes_whose_sampling_tflite_reproduces(tmp_path: Path) -> None:
+    init = {"w": weights(4, 3, 3, 3), "scales": np.array([1, 1, 2, 2], F32)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1])]
+    outputs = []
+    for name, (mode, transform, rounding, size) in RESIZES.items():
+        init[f"{name}_sizes"] = np.array([2, 4, *size], I64)
+        nodes.append(
+            helper.make_node(
+                "Resize", ["c", "", "", f"{name}_sizes"], [name], mode=mode,
+                coordinate_transformation_mode=transform, nearest_mode=rounding,
+            )
+        )  # fmt: skip
+        outputs.append(f32(name, [2, 4, *size]))
+    nodes.append(helper.make_node("Resize", ["x", "", "scales"], ["x2"], mode="nearest",
+                                  coordinate_transformation_mode="asymmetric",
+                                  nearest_mode="floor"))  # fmt: skip
+    source = save(
+        tmp_path / "resize.onnx",
+        nodes,
+        [f32("x", [2, 3, 5, 7])],
+        [*outputs, f32("x2", [2, 3, 10, 14])],
+        init,
+    )
+    compare(source, {"x": RNG.standard_normal((2, 3, 5, 7)).astype(F32)})
+
+
+def test_pixel_shuffle_and_transposed_convolution(tmp_path: Path) -> None:
+    """U-Net and super-resolution upsampling: DepthToSpace (both modes), ConvTranspose."""
+    init = {
+        "w": weights(8, 3, 3, 3),
+        "up": weights(8, 5, 2, 2), "up_bias": weights(5),
+        "up3": weights(8, 2, 3, 3),
+    }  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("DepthToSpace", ["c"], ["dcr"], blocksize=2, mode="DCR"),
+        helper.make_node("DepthToSpace", ["c"], ["crd"], blocksize=2, mode="CRD"),
+        # torch's ConvTranspose2d(8, 5, 2, stride=2): the U-Net upsampler
+        helper.make_node("ConvTranspose", ["c", "up", "up_bias"], ["up2x"], strides=[2, 2]),
+        # pads and output_padding: the full result cropped at both ends, plus a zero row/column
+        helper.make_node("ConvTranspose", ["c", "up3"], ["up_padded"], strides=[2, 2],
+                         pads=[1, 1, 1, 1], output_padding=[1, 1]),
+    ]  # fmt: skip
+    source = save(
+        tmp_path / "upsample.onnx",
+        nodes,
+        [f32("x", ["N", 3, 5, 6])],
+        [
+            f32("dcr", ["N", 2, 10, 12]), f32("crd", ["N", 2, 10, 12]),
+            f32("up2x", ["N", 5, 10, 12]), f32("up_padded", ["N", 2, 10, 12]),
+        ],
+        init,
+    )  # fmt: skip
+    compare(source, {"x": RNG.standard_normal((2, 3, 5, 6)).astype(F32)})
+
+
 # -- refusals --------------------------------------------------------------------------------------
 
-I64 = np.int64
 
 #: case -> (nodes, input shape, output shape, initializers, what the error must say)
 REFUSALS: dict[str, tuple[list[onnx.NodeProto], list[Any], list[Any], dict[str, Any], str]] = {
@@ -300,6 +512,30 @@ REFUSALS: dict[str, tuple[list[onnx.NodeProto], list[Any], list[Any], dict[str, 
         [helper.make_node("Reshape", ["x", "s"], ["y"])],
         ["N", 2, 4, "W"], ["N", "M"], {"s": np.array([0, -1], I64)},
         "more than one dimension unknown",
+    ),
+    "resize-sampling-tflite-lacks": (
+        [helper.make_node("Resize", ["x", "", "", "s"], ["y"], mode="nearest",
+                          coordinate_transformation_mode="half_pixel", nearest_mode="ceil")],
+        [1, 2, 5, 5], [1, 2, 10, 10], {"s": np.array([1, 2, 10, 10], I64)},
+        "samples other pixels than TFLite's resize can",
+    ),
+    "resize-fractional-scale": (
+        [helper.make_node("Resize", ["x", "", "s"], ["y"], mode="linear")],
+        [1, 2, 5, 5], [1, 2, 7, 7], {"s": np.array([1, 1, 1.5, 1.5], F32)},
+        "scales that do not give whole output sizes",
+    ),
+    "resize-dynamic-size": (
+        [helper.make_node("Resize", ["x", "", "s"], ["y"], mode="linear")],
+        [1, 2, "H", "W"], [1, 2, "H2", "W2"], {"s": np.array([1, 1, 2, 2], F32)},
+        "size is unknown at conversion time",
+    ),
+    "convtranspose-groups": (
+        [helper.make_node("ConvTranspose", ["x", "w"], ["y"], group=2)],
+        [1, 4, 5, 5], [1, 4, 6, 6], {"w": weights(4, 2, 2, 2)}, "with groups or dilations",
+    ),
+    "split-dynamic-axis": (
+        [helper.make_node("Split", ["x"], ["y", "z"], axis=0)],
+        ["N", 2, 4, 4], ["M", 2, 4, 4], {}, "along a dynamic dimension",
     ),
     "constant-of-runtime-shape": (
         [helper.make_node("Shape", ["x"], ["x_shape"], name="shape"),

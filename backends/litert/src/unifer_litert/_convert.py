@@ -1,11 +1,13 @@
-"""Convert an ONNX model into a ``.tflite`` file, for the operators of plain CNN classifiers.
+"""Convert an ONNX model into a ``.tflite`` file, for the operators of CNNs.
 
 This is the plugin's half of unifer's conversion (the core decides when to convert, caches the
-result and checks it against the source model). It covers the operator subset of models like
-unifer's built-in ArcFace IResNets, ResNet-50 and SqueezeNet — convolutions (dense and depthwise),
-BatchNormalization, activations, pooling, Concat, Reshape, Softmax, Pad, elementwise arithmetic,
-Gemm/MatMul with constant weights — and refuses anything else by name, with the list of what it
-handles. General models need a full converter (onnx2tf, litert-torch).
+result and checks it against the source model). It covers the operator subset of CNN classifiers,
+detectors and U-Nets like unifer's built-in ArcFace IResNets, ResNet(X)-50, MobileNets, SqueezeNet
+and YOLO-style heads — convolutions (dense, grouped, depthwise, transposed), BatchNormalization,
+activations, pooling, reductions, Concat/Split/Slice, Reshape, Softmax, Pad, Resize,
+DepthToSpace, elementwise arithmetic, Gemm/MatMul with constant weights — and refuses anything else
+by name, with the list of what it handles. General models (recurrent, attention, dynamic image
+sizes into Resize) need a full converter (onnx2tf, litert-torch).
 
 Subgraphs that only compute constants (weights made by ConstantOfShape, shapes passed through
 Reshape/Concat/Cast, ...) are evaluated once at conversion time by onnx's reference implementation,
@@ -28,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,38 +39,68 @@ import numpy as np
 from unifer import MissingDependencyError, ModelLoadError
 
 from ._flatbuf import DIM_NAMES_KEY
+from ._resample import resize_flags
 from ._writer import ModelWriter
 
 #: Bump whenever the bytes written for the same ONNX file change: it is part of the cache key.
-WRITER_VERSION: Final = "4"
+WRITER_VERSION: Final = "5"
 CONVERTER: Final = f"unifer-litert onnx->tflite {WRITER_VERSION}"
 
 SUPPORTED_OPS: Final = (
+    "Abs",
     "Add",
     "AveragePool",
     "BatchNormalization",
+    "Ceil",
     "Clip",
     "Concat",
     "Constant",
     "Conv",
+    "ConvTranspose",
+    "Cos",
+    "DepthToSpace",
     "Div",
     "Dropout",
+    "Elu",
+    "Exp",
     "Flatten",
+    "Floor",
+    "Gelu",
     "Gemm",
     "GlobalAveragePool",
     "GlobalMaxPool",
+    "HardSigmoid",
+    "HardSwish",
     "Identity",
     "LeakyRelu",
+    "Log",
     "MatMul",
+    "Max",
     "MaxPool",
+    "Min",
     "Mul",
+    "Neg",
     "PRelu",
     "Pad",
+    "Pow",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceSum",
+    "ReduceSumSquare",
     "Relu",
     "Reshape",
+    "Resize",
     "Shape",
     "Sigmoid",
+    "Sin",
+    "Slice",
     "Softmax",
+    "Split",
+    "Sqrt",
     "Sub",
     "Sum",
     "Tanh",
@@ -138,7 +170,7 @@ def convert_onnx(source: Path, destination: Path) -> Path:
         data = _Converter(model).run()
     except _Unsupported as exc:
         raise ModelLoadError(
-            f"cannot convert {source} to TFLite: {exc}. unifer's converter handles plain CNNs "
+            f"cannot convert {source} to TFLite: {exc}. unifer's converter handles CNNs "
             f"({', '.join(SUPPORTED_OPS)}, and any node whose inputs are all constants); convert "
             "other models with onnx2tf or litert-torch and load the .tflite file they write"
         ) from exc
@@ -197,6 +229,8 @@ class _Converter:
                 self.fold(node)
                 continue
             handler = getattr(self, f"_op_{node.op_type}", None)
+            if handler is None and node.op_type in _ELEMENTWISE:
+                handler = self.elementwise
             if handler is None:
                 raise _Unsupported(f"operator {node.op_type} (node {node.name!r}) is not supported")
             try:
@@ -321,6 +355,11 @@ class _Converter:
             stored = stored[0]  # keep the constant compact
         return self.writer.constant(name, np.ascontiguousarray(stored.astype(like.dtype)))
 
+    def scratch(self, name: str, value: _Value, shape: Sequence[int] | None = None) -> int:
+        """An intermediate tensor stored like ``value`` (with logical ``shape`` if another)."""
+        logical = value.shape if shape is None else shape
+        return self.writer.tensor(name, _physical_shape(logical, value.perm), value.dtype)
+
     def copy(self, tensor: int, name: str, value: _Value) -> int:
         """A copy of ``tensor`` (a graph input reused as an output needs its own tensor)."""
         shape = list(value.shape)
@@ -372,14 +411,54 @@ class _Converter:
         out, _ = self.new(node.output[0], value.perm, nonneg=op in _NONNEGATIVE)
         self.writer.op(op, [source], [out], options, **fields)
 
-    def _op_Relu(self, node: Any, attrs: dict[str, Any]) -> None:
-        self.unary(node, "RELU")
+    def elementwise(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.unary(node, _ELEMENTWISE[node.op_type])
 
-    def _op_Sigmoid(self, node: Any, attrs: dict[str, Any]) -> None:
-        self.unary(node, "LOGISTIC")
+    def _op_Elu(self, node: Any, attrs: dict[str, Any]) -> None:
+        if float(attrs.get("alpha", 1.0)) != 1.0:
+            raise _Unsupported(f"Elu {node.name!r} with alpha != 1 (TFLite's ELU has alpha 1)")
+        self.unary(node, "ELU")
 
-    def _op_Tanh(self, node: Any, attrs: dict[str, Any]) -> None:
-        self.unary(node, "TANH")
+    def _op_Gelu(self, node: Any, attrs: dict[str, Any]) -> None:
+        approximate = attrs.get("approximate", b"none")
+        approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
+        self.unary(node, "GELU", "GeluOptions", approximate=approximate == "tanh")
+
+    def _op_HardSigmoid(self, node: Any, attrs: dict[str, Any]) -> None:
+        # max(0, min(1, alpha * x + beta)): TFLite has no such operator, so MUL, ADD and a clamp.
+        self.float_only(node)
+        value = self.values[node.input[0]]
+        name = node.output[0]
+        steps = [("MUL", "alpha", attrs.get("alpha", 0.2)), ("ADD", "beta", attrs.get("beta", 0.5))]
+        source = self.physical(node.input[0], value.perm)
+        for op, label, operand in steps:
+            out = self.scratch(f"{name}/{label}", value)
+            factor = self.writer.constant(f"{name}/{label}/value", np.full(1, operand, F32))
+            self.writer.op(
+                op, [source, factor], [out], f"{op.title()}Options", fusedActivationFunction=0
+            )
+            source = out
+        self.clamp(name, source, value, 0.0, 1.0)
+
+    def _op_Pow(self, node: Any, attrs: dict[str, Any]) -> None:
+        exponent = self.values[node.input[1]].const
+        if exponent is not None and exponent.size == 1:
+            # What exporters write for x**2 and x**0.5: the kernels that compute exactly that.
+            power = float(exponent.reshape(-1)[0])
+            if power == 1.0 and self.values[node.input[0]].shape == self.info(node.output[0])[0]:
+                self.values[node.output[0]] = self.values[node.input[0]]
+                return
+            if power in (0.5, 2.0):
+                self.unary(node, "SQRT" if power == 0.5 else "SQUARE")
+                return
+        self.float_only(node)
+        self.binary(node.input, node.output[0], "POW", "PowOptions", fused=False)
+
+    def _op_Max(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.variadic(node, "MAXIMUM", "MaximumMinimumOptions")
+
+    def _op_Min(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.variadic(node, "MINIMUM", "MaximumMinimumOptions")
 
     def _op_LeakyRelu(self, node: Any, attrs: dict[str, Any]) -> None:
         self.unary(node, "LEAKY_RELU", "LeakyReluOptions", alpha=float(attrs.get("alpha", 0.01)))
@@ -403,20 +482,17 @@ class _Converter:
         if low == -math.inf and high == math.inf:
             self.values[node.output[0]] = value
             return
-        # min(max(x, low), high), as ONNX defines it (so low > high gives high everywhere).
-        source = self.physical(node.input[0], value.perm)
-        name = node.output[0]
+        self.clamp(node.output[0], self.physical(node.input[0], value.perm), value, low, high)
+
+    def clamp(self, name: str, source: int, value: _Value, low: float, high: float) -> None:
+        """``name = min(max(source, low), high)``, as ONNX's Clip defines it (so low > high gives
+        high everywhere); an infinite bound is skipped. ``source`` is stored like ``value``."""
         steps = [(op, b) for op, b in (("MAXIMUM", low), ("MINIMUM", high)) if math.isfinite(b)]
         for index, (op, bound) in enumerate(steps):
-            last = index == len(steps) - 1
-            if last:
-                out, _ = self.new(name, value.perm)
+            if index == len(steps) - 1:
+                out, _ = self.new(name, value.perm, nonneg=low >= 0 and high >= 0)
             else:
-                out = self.writer.tensor(
-                    f"{name}/{op.lower()}", _physical_shape(value.shape, value.perm), value.dtype
-                )
-            if last and op == "MAXIMUM" and bound >= 0:
-                self.values[name] = replace(self.values[name], nonneg=True)
+                out = self.scratch(f"{name}/{op.lower()}", value)
             limit = self.writer.constant(
                 f"{name}/{op.lower()}/bound", np.full(1, bound, np.float32)
             )
@@ -439,6 +515,10 @@ class _Converter:
         self.binary(node.input, node.output[0], "DIV", "DivOptions")
 
     def _op_Sum(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.variadic(node, "ADD", "AddOptions")
+
+    def variadic(self, node: Any, op: str, options: str) -> None:
+        """Sum, Max or Min of any number of inputs: a chain of the binary ``op``."""
         names = list(node.input)
         output = node.output[0]
         if len(names) == 1:
@@ -449,26 +529,30 @@ class _Converter:
             for n in names
         ):
             raise _Unsupported(
-                f"Sum {node.name!r} of more than two inputs is supported only for tensors of one "
-                "shape (no broadcasting, no constants)"
+                f"{node.op_type} {node.name!r} of more than two inputs is supported only for "
+                "tensors of one shape (no broadcasting, no constants)"
             )
-        # A chain of ADDs, left to right as onnxruntime sums; partial sums have the output's shape.
+        # Left to right, as onnxruntime computes; partial results have the output's shape.
         total = names[0]
         for index, name in enumerate(names[1:], start=1):
-            step = output if index == len(names) - 1 else f"{output}/sum{index}"
+            step = output if index == len(names) - 1 else f"{output}/{op.lower()}{index}"
             self.infos[step] = self.info(output)
-            self.binary([total, name], step, "ADD", "AddOptions")
+            self.binary([total, name], step, op, options, fused=op == "ADD")
             total = step
 
-    def float_only(self, node: Any) -> None:
-        for name in node.input:
+    def float_only(self, node: Any, count: int | None = None) -> None:
+        """Refuse ``node`` unless its (first ``count``) inputs are float32."""
+        for name in node.input[:count]:
             if name and self.values[name].dtype != np.float32:
                 raise _Unsupported(
                     f"{node.op_type} {node.name!r} on {self.values[name].dtype} tensors is not "
                     "supported (float32 only)"
                 )
 
-    def binary(self, names: Sequence[str], output: str, op: str, options: str) -> None:
+    def binary(
+        self, names: Sequence[str], output: str, op: str, options: str, *, fused: bool = True
+    ) -> None:
+        """``output = a op b`` with ONNX broadcasting; ``fused``: the options take an activation."""
         a, b = (self.values[n] for n in names)
         rank = len(self.info(output)[0])
         variables = [v for v in (a, b) if v.const is None and len(v.shape) == rank]
@@ -493,7 +577,8 @@ class _Converter:
             else:
                 inputs.append(self.physical(name, identity(len(value.shape))))
         out, _ = self.new(output, perm)
-        self.writer.op(op, inputs, [out], options, fusedActivationFunction=0)
+        fields = {"fusedActivationFunction": 0} if fused else {}
+        self.writer.op(op, inputs, [out], options, **fields)
 
     def _op_PRelu(self, node: Any, attrs: dict[str, Any]) -> None:
         value = self.values[node.input[0]]
@@ -523,9 +608,7 @@ class _Converter:
         add = self.broadcast_const(
             f"{name}/shift", t.astype(np.float32).reshape(channel_shape), value
         )
-        scaled = self.writer.tensor(
-            f"{name}/scaled", _physical_shape(value.shape, value.perm), value.dtype
-        )
+        scaled = self.scratch(f"{name}/scaled", value)
         self.writer.op("MUL", [source, mul], [scaled], "MulOptions", fusedActivationFunction=0)
         out, _ = self.new(name, value.perm)
         self.writer.op("ADD", [scaled, add], [out], "AddOptions", fusedActivationFunction=0)
@@ -550,21 +633,7 @@ class _Converter:
             source = self.pad(node, source, value, pads)
         name = node.output[0]
         out, _ = self.new(name, NHWC)
-        if group == 1:
-            filt = self.writer.constant(f"{name}/filter", weight.transpose(0, 2, 3, 1))
-            self.writer.op(
-                "CONV_2D",
-                [source, filt, self.writer.constant(f"{name}/bias", bias)],
-                [out],
-                "Conv2DOptions",
-                padding=padding,
-                strideH=strides[0],
-                strideW=strides[1],
-                dilationHFactor=dilations[0],
-                dilationWFactor=dilations[1],
-                fusedActivationFunction=0,
-            )
-        elif group == cin and cin_per_group == 1 and cout % cin == 0:
+        if group > 1 and group == cin and cin_per_group == 1 and cout % cin == 0:
             filt = self.writer.constant(f"{name}/filter", weight.transpose(1, 2, 3, 0))
             self.writer.op(
                 "DEPTHWISE_CONV_2D",
@@ -580,7 +649,112 @@ class _Converter:
                 fusedActivationFunction=0,
             )
         else:
-            raise _Unsupported(f"grouped Conv {node.name!r} (group={group}) is not supported")
+            # TFLite's CONV_2D groups by itself when its filter holds fewer input channels.
+            filt = self.writer.constant(f"{name}/filter", weight.transpose(0, 2, 3, 1))
+            self.writer.op(
+                "CONV_2D",
+                [source, filt, self.writer.constant(f"{name}/bias", bias)],
+                [out],
+                "Conv2DOptions",
+                padding=padding,
+                strideH=strides[0],
+                strideW=strides[1],
+                dilationHFactor=dilations[0],
+                dilationWFactor=dilations[1],
+                fusedActivationFunction=0,
+            )
+
+    def _op_ConvTranspose(self, node: Any, attrs: dict[str, Any]) -> None:
+        value = self.values[node.input[0]]
+        weight = self.const(node.input[1], "ConvTranspose weight").astype(np.float32)
+        shape = self.info(node.output[0])[0]
+        if len(value.shape) != 4 or weight.ndim != 4:
+            raise _Unsupported(f"ConvTranspose {node.name!r} is not a 2-D convolution")
+        if int(attrs.get("group", 1)) != 1 or any(int(d) != 1 for d in attrs.get("dilations", ())):
+            raise _Unsupported(
+                f"ConvTranspose {node.name!r} with groups or dilations is not supported"
+            )
+        if _text(attrs.get("auto_pad", "NOTSET")) != "NOTSET" or "output_shape" in attrs:
+            raise _Unsupported(
+                f"ConvTranspose {node.name!r} with auto_pad or output_shape is not supported"
+            )
+        if any(d < 0 for d in (*value.shape[1:], *shape[1:])):
+            raise _Unsupported(
+                f"ConvTranspose {node.name!r} of an image whose size is unknown at conversion time"
+            )
+        cout = weight.shape[1]
+        strides = [int(s) for s in attrs.get("strides", (1, 1))]
+        top, left = (int(p) for p in attrs.get("pads", (0, 0, 0, 0))[:2])
+        if len(node.input) > 2 and node.input[2]:
+            bias = self.const(node.input[2], "ConvTranspose bias").astype(np.float32)
+        else:
+            bias = np.zeros(cout, np.float32)
+        # TFLite's VALID transposed convolution places input pixel i at i * stride, as ONNX does
+        # before its pads: compute [top + H, left + W] pixels (those past the full result are the
+        # zeros of output_padding), then drop the first top rows and left columns.
+        n, _, height, width = shape
+        name = node.output[0]
+        full = [n, height + top, width + left, cout]
+        out, _ = self.new(name, NHWC)
+        target = out if top == left == 0 else self.writer.tensor(f"{name}/full", full, F32)
+        self.writer.op(
+            "TRANSPOSE_CONV",
+            [
+                self.output_shape(node, full),
+                self.writer.constant(f"{name}/filter", weight.transpose(1, 2, 3, 0)),
+                self.physical(node.input[0], NHWC),
+                self.writer.constant(f"{name}/bias", bias),
+            ],
+            [target],
+            "TransposeConvOptions",
+            padding=1,
+            strideH=strides[0],
+            strideW=strides[1],
+            fusedActivationFunction=0,
+        )
+        if target != out:
+            self.writer.op(
+                "SLICE",
+                [
+                    target,
+                    self.writer.constant(f"{name}/begin", _i32([0, top, left, 0])),
+                    self.writer.constant(f"{name}/size", _i32([-1, height, width, cout])),
+                ],
+                [out],
+                "SliceOptions",
+            )
+
+    def output_shape(self, node: Any, shape: Sequence[int]) -> int:
+        """TRANSPOSE_CONV's output-shape input: a constant, or built at run time from the
+        input's batch size when that is dynamic."""
+        name = node.output[0]
+        if shape[0] >= 0:
+            return self.writer.constant(f"{name}/output_shape", _i32(shape))
+        dims = self.writer.tensor(f"{name}/input_shape", [4], np.int32)
+        self.writer.op(
+            "SHAPE", [self.physical(node.input[0], NHWC)], [dims], "ShapeOptions", outType=2
+        )
+        batch = self.writer.tensor(f"{name}/batch", [1], np.int32)
+        self.writer.op(
+            "SLICE",
+            [
+                dims,
+                self.writer.constant(f"{name}/at0", _i32([0])),
+                self.writer.constant(f"{name}/one", _i32([1])),
+            ],
+            [batch],
+            "SliceOptions",
+        )
+        result = self.writer.tensor(f"{name}/output_shape", [4], np.int32)
+        self.writer.op(
+            "CONCATENATION",
+            [batch, self.writer.constant(f"{name}/output_shape/rest", _i32(shape[1:]))],
+            [result],
+            "ConcatenationOptions",
+            axis=0,
+            fusedActivationFunction=0,
+        )
+        return result
 
     def conv_padding(
         self,
@@ -728,20 +902,206 @@ class _Converter:
 
     def global_pool(self, node: Any, op: str) -> None:
         self.float_only(node)
-        value = self.values[node.input[0]]
-        rank = len(value.shape)
+        rank = len(self.values[node.input[0]].shape)
         if rank < 3:
             raise _Unsupported(f"{node.op_type} {node.name!r} needs a tensor with spatial axes")
-        # Reduce the spatial axes where they are stored; keep_dims leaves the layout unchanged.
-        axes = sorted(value.perm[a] for a in range(2, rank))
+        self.reduction(node, op, list(range(2, rank)), keep=True)
+
+    # -- reductions --------------------------------------------------------------------------------
+
+    def _op_ReduceMean(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.reduce(node, attrs, "MEAN")
+
+    def _op_ReduceSum(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.reduce(node, attrs, "SUM")
+
+    def _op_ReduceMax(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.reduce(node, attrs, "REDUCE_MAX")
+
+    def _op_ReduceMin(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.reduce(node, attrs, "REDUCE_MIN")
+
+    def _op_ReduceProd(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.reduce(node, attrs, "REDUCE_PROD")
+
+    def _op_ReduceSumSquare(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.reduce(node, attrs, "SUM", before="SQUARE")
+
+    def _op_ReduceL1(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.reduce(node, attrs, "SUM", before="ABS")
+
+    def _op_ReduceL2(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.reduce(node, attrs, "SUM", before="SQUARE", after="SQRT")
+
+    def reduce(
+        self,
+        node: Any,
+        attrs: dict[str, Any],
+        op: str,
+        *,
+        before: str | None = None,
+        after: str | None = None,
+    ) -> None:
+        """An ONNX Reduce*: ``op`` over the axes, with elementwise ``before``/``after`` steps."""
+        self.float_only(node, count=1)
+        rank = len(self.values[node.input[0]].shape)
+        # The axes moved from an attribute to an optional input (opset 13 for ReduceSum, else 18).
+        if len(node.input) > 1 and node.input[1]:
+            axes = [int(a) for a in self.const(node.input[1], f"{node.op_type} axes").reshape(-1)]
+        else:
+            axes = [int(a) for a in attrs.get("axes", ())]
+        if not axes and int(attrs.get("noop_with_empty_axes", 0)):
+            if before or after:  # what the identity means then is not settled across runtimes
+                raise _Unsupported(f"{node.op_type} {node.name!r} with noop_with_empty_axes=1")
+            self.values[node.output[0]] = self.values[node.input[0]]
+            return
+        axes = sorted({a % rank for a in axes} if axes else set(range(rank)))
+        keep = bool(int(attrs.get("keepdims", 1)))
+        self.reduction(node, op, axes, keep=keep, before=before, after=after)
+
+    def reduction(
+        self,
+        node: Any,
+        op: str,
+        axes: Sequence[int],
+        *,
+        keep: bool,
+        before: str | None = None,
+        after: str | None = None,
+    ) -> None:
+        """Reduce the logical ``axes`` where they are stored: no TRANSPOSE is needed."""
+        value = self.values[node.input[0]]
+        name = node.output[0]
+        perm = value.perm
+        if not keep:  # the remaining axes keep their stored order
+            kept = [a for a in range(len(value.shape)) if a not in axes]
+            perm = tuple(int(p) for p in np.argsort(np.argsort([value.perm[a] for a in kept])))
         source = self.physical(node.input[0], value.perm)
-        out, _ = self.new(node.output[0], value.perm)
+        if before is not None:
+            elementwise = self.scratch(f"{name}/{before.lower()}", value)
+            self.writer.op(before, [source], [elementwise])
+            source = elementwise
+        stored_axes = sorted(value.perm[a] for a in axes)
+        if after is None:
+            out, _ = self.new(name, perm, nonneg=value.nonneg or before is not None)
+        else:
+            shape, _ = self.info(name)
+            out = self.writer.tensor(f"{name}/{op.lower()}", _physical_shape(shape, perm), F32)
         self.writer.op(
             op,
-            [source, self.writer.constant(f"{node.output[0]}/axes", _i32(axes))],
+            [source, self.writer.constant(f"{name}/axes", _i32(stored_axes))],
             [out],
             "ReducerOptions",
-            keepDims=True,
+            keepDims=keep,
+        )
+        if after is not None:
+            final, _ = self.new(name, perm, nonneg=True)  # SQRT of a sum of squares
+            self.writer.op(after, [out], [final])
+
+    # -- resampling --------------------------------------------------------------------------------
+
+    def _op_Resize(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.float_only(node, count=1)
+        value = self.values[node.input[0]]
+        shape = self.info(node.output[0])[0]
+        mode = _text(attrs.get("mode", "nearest"))
+        if len(value.shape) != 4 or shape[:2] != value.shape[:2] or "axes" in attrs:
+            raise _Unsupported(f"Resize {node.name!r} of other axes than the last two of NCHW")
+        if mode not in ("nearest", "linear"):
+            raise _Unsupported(f"Resize {node.name!r} in mode {mode!r} is not supported")
+        if any(d < 0 for d in (*value.shape[2:], *shape[2:])):
+            raise _Unsupported(
+                f"Resize {node.name!r} of an image whose size is unknown at conversion time: "
+                "the sampling is checked for fixed sizes"
+            )
+        inputs = [*node.input, "", "", ""]
+        scales = self.values[inputs[2]].const if inputs[2] else None
+        if scales is not None and scales.size == 0:
+            scales = None  # opset 11-12 write an empty scales input when sizes are given
+        spatial = list(zip(value.shape[2:], shape[2:], strict=True))
+        if scales is not None and any(
+            size * float(scale) != out
+            for (size, out), scale in zip(spatial, scales.reshape(-1)[2:], strict=True)
+        ):
+            # ONNX maps coordinates with the given scale, TFLite with the size ratio.
+            raise _Unsupported(
+                f"Resize {node.name!r} with scales that do not give whole output sizes"
+            )
+        if int(attrs.get("antialias", 0)) and any(out < size for size, out in spatial):
+            raise _Unsupported(f"Resize {node.name!r} with antialias when downscaling")
+        flags = resize_flags(
+            _text(attrs.get("coordinate_transformation_mode", "half_pixel")),
+            _text(attrs.get("nearest_mode", "round_prefer_floor")),
+            mode,
+            spatial,
+        )
+        if flags is None:
+            raise _Unsupported(
+                f"Resize {node.name!r} ({mode}, coordinate_transformation_mode="
+                f"{_text(attrs.get('coordinate_transformation_mode', 'half_pixel'))}, "
+                f"nearest_mode={_text(attrs.get('nearest_mode', 'round_prefer_floor'))}) "
+                "samples other pixels than TFLite's resize can"
+            )
+        align_corners, half_pixel = flags
+        name = node.output[0]
+        op, options = (
+            ("RESIZE_BILINEAR", "ResizeBilinearOptions")
+            if mode == "linear"
+            else ("RESIZE_NEAREST_NEIGHBOR", "ResizeNearestNeighborOptions")
+        )
+        source = self.physical(node.input[0], NHWC)
+        out, _ = self.new(name, NHWC, nonneg=value.nonneg)
+        self.writer.op(
+            op,
+            [source, self.writer.constant(f"{name}/size", _i32(shape[2:]))],
+            [out],
+            options,
+            alignCorners=align_corners,
+            halfPixelCenters=half_pixel,
+        )
+
+    def _op_DepthToSpace(self, node: Any, attrs: dict[str, Any]) -> None:
+        value = self.values[node.input[0]]
+        block = int(attrs["blocksize"])
+        name = node.output[0]
+        source = self.physical(node.input[0], NHWC)
+        out, _ = self.new(name, NHWC, nonneg=value.nonneg)
+        if _text(attrs.get("mode", "DCR")) == "DCR":  # TensorFlow's channel order
+            self.writer.op(
+                "DEPTH_TO_SPACE", [source], [out], "DepthToSpaceOptions", blockSize=block
+            )
+            return
+        # CRD (PyTorch's PixelShuffle): channel c * block**2 + i * block + j goes to pixel (i, j)
+        # of channel c. As NHWC: [N, H, W, C, i, j] -> [N, H, i, W, j, C], reshaped.
+        n, c, h, w = value.shape
+        if sum(d < 0 for d in (n, h, w)) > 1 or c < 0:
+            raise _Unsupported(f"DepthToSpace {node.name!r} (CRD) with several dynamic dims")
+        channels = c // block**2
+        split = self.writer.tensor(f"{name}/split", [n, h, w, channels, block, block], F32)
+        self.writer.op(
+            "RESHAPE",
+            [
+                source,
+                self.writer.constant(
+                    f"{name}/split/shape", _i32([n, h, w, channels, block, block])
+                ),
+            ],
+            [split],
+            "ReshapeOptions",
+        )
+        moved = self.writer.tensor(f"{name}/moved", [n, h, block, w, block, channels], F32)
+        self.writer.op(
+            "TRANSPOSE",
+            [split, self.writer.constant(f"{name}/moved/perm", _i32([0, 1, 4, 2, 5, 3]))],
+            [moved],
+            "TransposeOptions",
+        )
+        size = [n, -1 if h < 0 else h * block, -1 if w < 0 else w * block, channels]
+        self.writer.op(
+            "RESHAPE",
+            [moved, self.writer.constant(f"{name}/shape", _i32(size))],
+            [out],
+            "ReshapeOptions",
         )
 
     # -- shapes ------------------------------------------------------------------------------------
@@ -767,6 +1127,87 @@ class _Converter:
             "ConcatenationOptions",
             axis=perm[axis],
             fusedActivationFunction=0,
+        )
+
+    def _op_Split(self, node: Any, attrs: dict[str, Any]) -> None:
+        value = self.values[node.input[0]]
+        rank = len(value.shape)
+        axis = int(attrs.get("axis", 0)) % rank
+        # Whatever form the sizes take (attribute, input, num_outputs), onnx's shape inference
+        # has resolved them into the outputs' shapes.
+        sizes = [self.info(name)[0][axis] for name in node.output]
+        if any(size < 0 for size in sizes):
+            raise _Unsupported(f"Split {node.name!r} along a dynamic dimension is not supported")
+        source = self.physical(node.input[0], value.perm)
+        outputs = [self.new(name, value.perm, nonneg=value.nonneg)[0] for name in node.output]
+        name = node.output[0]
+        self.writer.op(
+            "SPLIT_V",
+            [
+                source,
+                self.writer.constant(f"{name}/sizes", _i32(sizes)),
+                self.writer.constant(f"{name}/axis", _i32(value.perm[axis])),
+            ],
+            outputs,
+            "SplitVOptions",
+            numSplits=len(sizes),
+        )
+
+    def _op_Slice(self, node: Any, attrs: dict[str, Any]) -> None:
+        value = self.values[node.input[0]]
+        rank = len(value.shape)
+        if self.opset >= 10:  # starts, ends, axes and steps became inputs in opset 10
+            inputs = [*node.input, "", ""]
+            starts, ends = (
+                [int(v) for v in self.const(n, "Slice bound").reshape(-1)] for n in inputs[1:3]
+            )
+            axes = list(range(len(starts)))
+            if inputs[3]:
+                axes = [int(a) for a in self.const(inputs[3], "Slice axes").reshape(-1)]
+            steps = [1] * len(starts)
+            if inputs[4]:
+                steps = [int(s) for s in self.const(inputs[4], "Slice steps").reshape(-1)]
+        else:
+            starts, ends = [int(v) for v in attrs["starts"]], [int(v) for v in attrs["ends"]]
+            axes = [int(a) for a in attrs.get("axes", range(len(starts)))]
+            steps = [1] * len(starts)
+        # TFLite's STRIDED_SLICE reads indices as Python does (negative from the end, clamped to
+        # the axis), as ONNX's Slice does, except that a negative step's "before the first
+        # element" must be the end mask: -1 means the last element there.
+        begin, end, stride = [0] * rank, [0] * rank, [1] * rank
+        begin_mask = end_mask = (1 << rank) - 1  # axes not sliced are taken whole
+        for axis, start, stop, step in zip(axes, starts, ends, steps, strict=True):
+            axis %= rank
+            size = value.shape[axis]
+            if size >= 0:
+                start, stop, step = slice(start, stop, step).indices(size)
+            elif step < 0:
+                raise _Unsupported(
+                    f"Slice {node.name!r} with a negative step along a dynamic dimension"
+                )
+            stored = value.perm[axis]
+            bit = 1 << stored
+            begin[stored], stride[stored] = _clamp_i32(start), step
+            begin_mask &= ~bit
+            if (step < 0 and stop < 0) or (step > 0 and stop >= _I32_MAX):
+                continue  # to the end of the axis
+            end[stored] = _clamp_i32(stop)
+            end_mask &= ~bit
+        source = self.physical(node.input[0], value.perm)
+        name = node.output[0]
+        out, _ = self.new(name, value.perm, nonneg=value.nonneg)
+        self.writer.op(
+            "STRIDED_SLICE",
+            [
+                source,
+                self.writer.constant(f"{name}/begin", _i32(begin)),
+                self.writer.constant(f"{name}/end", _i32(end)),
+                self.writer.constant(f"{name}/strides", _i32(stride)),
+            ],
+            [out],
+            "StridedSliceOptions",
+            beginMask=begin_mask,
+            endMask=end_mask,
         )
 
     def _op_Reshape(self, node: Any, attrs: dict[str, Any]) -> None:
@@ -963,6 +1404,11 @@ def _attributes(node: Any) -> dict[str, Any]:
     return attrs
 
 
+def _text(value: Any) -> str:
+    """A string attribute's value (onnx returns bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _type_info(info: Any) -> tuple[tuple[int, ...], np.dtype[Any]] | str:
     """Shape and dtype of a value_info, or why the converter cannot write such a tensor."""
     tensor_type = info.type.tensor_type
@@ -995,9 +1441,34 @@ def _product(dims: Sequence[int]) -> int:
 
 F32: Final = np.float32
 
+#: ONNX operators that are one TFLite operator on each element, float32 in and out.
+_ELEMENTWISE: Final = {
+    "Abs": "ABS",
+    "Ceil": "CEIL",
+    "Cos": "COS",
+    "Exp": "EXP",
+    "Floor": "FLOOR",
+    "HardSwish": "HARD_SWISH",
+    "Log": "LOG",
+    "Neg": "NEG",
+    "Relu": "RELU",
+    "Sigmoid": "LOGISTIC",
+    "Sin": "SIN",
+    "Sqrt": "SQRT",
+    "Tanh": "TANH",
+}
+
 #: Elementwise TFLite operators whose output is never negative.
-_NONNEGATIVE: Final = frozenset({"RELU", "RELU6", "LOGISTIC"})
+_NONNEGATIVE: Final = frozenset({"ABS", "EXP", "LOGISTIC", "RELU", "RELU6", "SQRT", "SQUARE"})
 
 
 def _i32(values: Any) -> np.ndarray:
     return np.asarray(values, dtype=np.int32)
+
+
+_I32_MAX: Final = 2**31 - 1
+
+
+def _clamp_i32(index: int) -> int:
+    """An ONNX (int64) index as an int32 one with the same meaning (INT64_MAX: the end)."""
+    return max(-_I32_MAX - 1, min(index, _I32_MAX))
