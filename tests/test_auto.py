@@ -22,10 +22,12 @@ from unifer import (
     Engine,
     MissingDependencyError,
     NoBackendAvailableError,
+    PluginError,
     UniferWarning,
     UnsupportedOptionError,
     _autocache,
     _hardware,
+    _registry,
     register_backend,
     unregister_backend,
 )
@@ -297,6 +299,50 @@ def test_every_failure_is_listed(two_fakes, fake_model):
     assert set(given.value.reasons) == {
         f"{name}/fp32/threads={t}" for name in ("fake", "slowfake") for t in (1, 2)
     }
+
+
+class DefectiveFake(FakeBackend):
+    """A plugin whose open() and run() break the contract with exceptions outside unifer's."""
+
+    name: ClassVar[str] = "defective"
+    fail_in: ClassVar[str] = "open"
+
+    def open(self, model, options, /):
+        if self.fail_in == "open":
+            raise ImportError("No module named 'defective_runtime'")
+        session = super().open(model, options)
+
+        def run(feeds):
+            raise ZeroDivisionError("division by zero")
+
+        session.run = run
+        return session
+
+
+@pytest.mark.parametrize("where", ["open", "run"])
+def test_a_plugin_defect_fails_its_candidate_not_auto(fake_backend, fake_model, where, monkeypatch):
+    monkeypatch.setattr(DefectiveFake, "fail_in", where)
+    with registered(DefectiveFake):
+        engine = Engine.load(fake_model, threads=1, budget_s=0.1)
+    assert engine.backend == "fake"
+    reasons = {str(t.candidate): t.reason or "" for t in engine.selection.trials}
+    assert "defect in the plugin" in reasons["defective/fp32/threads=1"]
+
+
+def test_a_plugin_defect_in_open_is_a_plugin_error_with_its_cause(fake_backend, fake_model):
+    with registered(DefectiveFake), pytest.raises(PluginError, match="ImportError opening") as info:
+        Engine.load(fake_model, backend="defective")
+    assert isinstance(info.value.__cause__, ImportError)
+
+
+def test_a_broken_plugin_is_listed_by_auto_and_warned_about(fake_backend, fake_model, monkeypatch):
+    monkeypatch.setattr(
+        _registry, "broken_plugins", lambda: {"onnxruntime": "registered twice: a, b"}
+    )
+    with pytest.warns(UniferWarning, match="passes over backend 'onnxruntime': registered twice"):
+        engine = Engine.load(fake_model, threads=1, budget_s=0.1)
+    reasons = {str(t.candidate): t.reason for t in engine.selection.trials}
+    assert reasons["onnxruntime/fp32/threads=1"] == "registered twice: a, b"
 
 
 def test_precision_choices(two_fakes, fake_model):

@@ -1,12 +1,14 @@
-"""The helpers ``unifer.backend`` gives plugins for checking their options."""
+"""The helpers ``unifer.backend`` gives plugins: options, process-wide settings, feeds, warnings."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from unifer import UnsupportedOptionError
-from unifer.backend import ProcessWideSetting, integer_option
+from unifer import InputError, UniferWarning, UnsupportedOptionError, _registry
+from unifer.backend import ProcessWideSetting, integer_option, refuse_int64_beyond_int32
 
 
 @pytest.mark.parametrize("value", [3, np.int64(3), np.uint8(3)])
@@ -52,3 +54,50 @@ def test_sessions_that_disagree_leave_the_last_value() -> None:
     keys = [setting.request(v)[0] for v in (1, 2, 3)]
     setting.release(keys[2])
     assert applied == [1, 2, 3]  # 1 and 2 are still asked for: no value to go back to
+
+
+def test_a_process_wide_setting_takes_unhashable_values() -> None:
+    applied: list[object] = []
+    setting = ProcessWideSetting(applied.append)
+    first, _ = setting.request({"threads": 1})
+    second, others = setting.request({"threads": 2})
+    assert others == [{"threads": 1}]
+    setting.release(second)
+    assert applied[-1] == {"threads": 1}
+    setting.release(first)
+
+
+@pytest.mark.parametrize(
+    "feed",
+    [
+        np.array([3e9], np.float32),  # not an integer tensor: nothing to wrap
+        np.array([4_000_000_000], np.uint32),  # 32-bit: the runtime's own type
+        np.array([2**31 - 1, -(2**31)], np.int64),
+        np.array([2**31 - 1], np.uint64),
+        np.zeros(0, np.int64),
+    ],
+)
+def test_only_64_bit_integers_beyond_int32_are_refused(feed: np.ndarray) -> None:
+    refuse_int64_beyond_int32("rt", "x", feed)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64])
+def test_64_bit_integers_beyond_int32_are_refused(dtype: type) -> None:
+    with pytest.raises(InputError, match=f"{np.dtype(dtype)} values outside the int32 range"):
+        refuse_int64_beyond_int32("rt", "x", np.array([2**40 + 1], dtype))
+
+
+def test_warnings_look_past_plugins_whatever_their_package_is_called(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A third-party plugin need not be called unifer_*: its frames are not the user's line."""
+    (tmp_path / "thirdparty_rt.py").write_text(
+        "from unifer.backend import warn_user\n\ndef open_it():\n    warn_user('ignored')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(_registry, "plugin_packages", lambda: frozenset({"thirdparty_rt"}))
+    import thirdparty_rt
+
+    with pytest.warns(UniferWarning, match="ignored") as caught:
+        thirdparty_rt.open_it()
+    assert {w.filename for w in caught} == {__file__}

@@ -97,6 +97,38 @@ def test_probe_that_raises_is_reported_not_propagated(entry_points):
     assert "probe() raised RuntimeError" in (info.availability.reason or "")
 
 
+class CrashingConstructor(GoodBackend):
+    name = "crashinit"
+
+    def __init__(self):
+        raise RuntimeError("init boom")
+
+
+class ProbeReturnsNonsense(GoodBackend):
+    name = "nonsense"
+
+    def probe(self):
+        return True
+
+
+def test_a_constructor_that_raises_is_a_plugin_error_that_unifer_backends_shows(entry_points):
+    entry_points(crashinit=f"{__name__}:CrashingConstructor")
+    with pytest.raises(PluginError, match="failed to start: RuntimeError: init boom") as info:
+        _registry.get_backend("crashinit")
+    assert isinstance(info.value.__cause__, RuntimeError)
+    (row,) = _registry.describe_backends()
+    assert row.broken and not row.availability.ok
+    assert "init boom" in (row.availability.reason or "")
+    assert _registry.broken_plugins() == {"crashinit": info.value.message}
+
+
+def test_a_probe_answer_that_is_no_availability_is_reported(entry_points):
+    entry_points(nonsense=f"{__name__}:ProbeReturnsNonsense")
+    availability = _registry.probe(_registry.get_backend("nonsense"))
+    assert not availability.ok
+    assert "probe() returned bool, not an Availability" in (availability.reason or "")
+
+
 def test_in_process_registration_wins(entry_points, fake_backend):
     entry_points(fake=f"{__name__}:GoodBackend")
     assert type(_registry.get_backend("fake")).__name__ == "FakeBackend"

@@ -278,3 +278,38 @@ def test_an_empty_batch_that_is_neither_empty_nor_refused_fails(
 ) -> None:
     with pytest.raises(failure):
         registered.test_empty_batch_gives_empty_outputs_or_an_input_error(model_dir)
+
+
+@pytest.fixture
+def submodule_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> type[Backend]:
+    """A plugin whose class lives in a submodule (``plug.backend``) that imports ``wave`` (its
+    "runtime") at the top, registered by an entry point naming that submodule."""
+    import importlib
+    import importlib.metadata as metadata
+
+    package = tmp_path / "site" / "plug"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "backend.py").write_text(
+        "import wave\nfrom unifer_onnxruntime import OnnxRuntimeBackend\n\n"
+        "class PlugBackend(OnnxRuntimeBackend):\n    name = 'plug'\n"
+    )
+    monkeypatch.syspath_prepend(str(package.parent))
+    monkeypatch.setenv("PYTHONPATH", str(package.parent))  # for the kit's subprocess
+    cls: type[Backend] = importlib.import_module("plug.backend").PlugBackend
+    entry = metadata.EntryPoint("plug", "plug.backend:PlugBackend", "unifer.backends")
+    monkeypatch.setattr(metadata, "entry_points", lambda **_: metadata.EntryPoints([entry]))
+    return cls
+
+
+def test_a_submodule_entry_point_is_checked_where_it_points(submodule_plugin: type) -> None:
+    contract = kit(Wrapped, backend_class=submodule_plugin, runtime_modules=("wave",))
+    contract.test_registered_under_its_name()  # "plug.backend:PlugBackend" is right
+    # The module the entry point loads imports the runtime, though the package alone does not.
+    with pytest.raises(AssertionError):
+        contract.test_plugin_module_imports_without_its_runtime()
+
+
+def test_the_kit_s_cache_directory_exists_as_the_engine_s_does(model_dir: Path) -> None:
+    cache = kit(Wrapped).session_options(model_dir).cache_dir
+    assert cache is not None and cache.is_dir()

@@ -120,6 +120,12 @@ def open_auto(
         and (allow_conversion or _conversion_cached(n, path, backend_options.get(n, {})))
     ]
     names = [n for n in _registry.auto_order([*readers(suffix), *converting]) if n not in disabled]
+    # A broken plugin reads nothing, so it is no candidate; said once, and listed in the
+    # explanation, since it may hide a backend the user expects (one that registers the
+    # reference's name disables onnxruntime).
+    broken = {n: m for n, m in _registry.broken_plugins().items() if n not in disabled}
+    for name, message in broken.items():
+        warn_user(f"backend='auto' passes over backend {name!r}: {message}")
     if not names:
         if not suffix:
             raise no_suffix_error(path, ".onnx, .xml, .tflite, .param...")
@@ -141,6 +147,7 @@ def open_auto(
         open_candidate=open_candidate,
         backend_options=backend_options,
         device=device,
+        broken=broken,
     )
     if mode == "static" or budget_s == 0:
         return choose(key=None)
@@ -185,11 +192,23 @@ def _choose(
     open_candidate: Callable[[Candidate], Session],
     backend_options: Mapping[str, Mapping[str, object]],
     device: str | None,
+    broken: Mapping[str, str],
     key: str | None,
 ) -> tuple[Selection, Session]:
     """Probe, then measure the candidates and store the decision under ``key``; without a key,
     pick from the hardware without measuring."""
-    unavailable: list[Trial] = []
+
+    def failed(name: str, reason: str) -> list[Trial]:
+        # Listed with the caller's thread counts, if any: auto's own pick (a CPU count) would
+        # suggest a configuration that was never tried.
+        threads_listed = [*threads] if threads else [None]
+        return [
+            Trial(Candidate(name, t, p), "failed", reason=reason)
+            for p in precisions
+            for t in threads_listed
+        ]
+
+    unavailable = [t for name, message in broken.items() for t in failed(name, message)]
     available: list[str] = []
     availabilities: dict[str, Availability] = {}
     pinned: dict[str, list[str | None]] = {}  # with device=: where each runs (None: its default)
@@ -205,13 +224,7 @@ def _choose(
             except UnsupportedOptionError as exc:
                 reason = exc.message
         if reason is not None:
-            # Listed with the caller's thread counts, if any: auto's own pick (a CPU count)
-            # would suggest a configuration that was never tried.
-            unavailable += [
-                Trial(Candidate(name, t, p), "failed", reason=reason)
-                for p in precisions
-                for t in ([*threads] if threads else [None])
-            ]
+            unavailable += failed(name, reason)
             continue
         available.append(name)
         availabilities[name] = availability

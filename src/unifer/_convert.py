@@ -346,7 +346,7 @@ def _check(backend: Converter, source: Path, converted: Path, options: SessionOp
     # The caller's backend_options open the converted model (it may need them to load at all, as
     # an ncnn model with undeclared input sizes does); the precision is fp32, the reference's.
     fp32 = SessionOptions(threads=options.threads, cache_dir=options.cache_dir, extra=options.extra)
-    session = backend.open(converted, fp32)
+    session = _registry.open_session(backend, converted, fp32)
     try:
         parities = [
             (batch, compare(want, session.run(feeds), declared=session.outputs))
@@ -426,7 +426,7 @@ def _open_source(reference: Backend, source: Path, target: str, options: Session
     as the source's fault, not as a problem of the reference backend the user never asked for.
     """
     try:
-        return reference.open(source, SessionOptions(threads=options.threads))
+        return _registry.open_session(reference, source, SessionOptions(threads=options.threads))
     except ModelLoadError as exc:
         native = exc.__cause__ if exc.__cause__ is not None else exc
         detail = " ".join(str(native).split())  # runtimes' messages span lines

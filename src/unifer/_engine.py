@@ -179,7 +179,7 @@ class Engine:
                 if _suffix(path) not in plugin.suffixes:  # a converting candidate
                     conversions[plugin.name] = _convert.convert(plugin, path, chosen)
                     opened = conversions[plugin.name].path
-                return plugin.open(opened, chosen)
+                return _registry.open_session(plugin, opened, chosen)
 
             selection, session = _auto.open_auto(
                 path,
@@ -223,7 +223,7 @@ class Engine:
             opened = conversion.path
         else:
             _check_suffix(plugin, path)
-        session = plugin.open(opened, chosen)
+        session = _registry.open_session(plugin, opened, chosen)
         selection = _select.Selection(_select.Candidate(backend, single, checked, where), source)
         return cls._wrap(
             session, path, preprocess, sidecar, selection=selection, conversion=conversion

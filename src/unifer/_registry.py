@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from ._errors import BackendNotFoundError, BackendUnavailableError, PluginError
-from .backend import BACKEND_API_VERSION, Availability, Backend
+from ._errors import BackendNotFoundError, BackendUnavailableError, PluginError, UniferError
+from .backend import BACKEND_API_VERSION, Availability, Backend, Session, SessionOptions
 
 GROUP: Final = "unifer.backends"
 
@@ -92,6 +92,8 @@ class BackendInfo:
     distribution: str | None
     distribution_version: str | None
     availability: Availability
+    broken: bool = False
+    """The plugin itself failed (import, contract, constructor): its reason says what to do."""
 
 
 @functools.cache
@@ -101,6 +103,17 @@ def _entry_points() -> dict[str, tuple[metadata.EntryPoint, ...]]:
     for ep in metadata.entry_points(group=GROUP):
         found.setdefault(ep.name, []).append(ep)
     return {name: tuple(eps) for name, eps in found.items()}
+
+
+@functools.cache
+def plugin_packages() -> frozenset[str]:
+    """The top-level packages of the installed plugins' entry points (``warn_user`` looks past
+    their frames to the user's line, whatever the packages are called)."""
+    return frozenset(
+        ep.value.partition(":")[0].partition(".")[0]
+        for eps in _entry_points().values()
+        for ep in eps
+    )
 
 
 def register_backend(cls: type[Backend]) -> None:
@@ -133,9 +146,47 @@ def get_backend(name: str) -> Backend:
 
     Raises:
         BackendNotFoundError: no installed plugin registers ``name``.
-        PluginError: the plugin cannot be imported or breaks the contract.
+        PluginError: the plugin cannot be imported, cannot be instantiated, or breaks the
+            contract.
     """
-    return _load(name)()
+    cls = _load(name)
+    try:
+        return cls()
+    except Exception as exc:  # the contract asks for a cheap constructor that cannot fail
+        raise PluginError(
+            f"the plugin for backend {name!r} ({_origin(name)}) failed to start: "
+            f"{type(exc).__name__}: {exc}. {_DEFECT}"
+        ) from exc
+
+
+def open_session(plugin: Backend, path: Path, options: SessionOptions) -> Session:
+    """``plugin.open(path, options)``; an exception from outside unifer's hierarchy is a defect
+    of the plugin (the contract has ``open`` raise UniferErrors): a PluginError that names it, so
+    that ``backend="auto"`` passes over that candidate as over any that failed to open."""
+    try:
+        return plugin.open(path, options)
+    except (UniferError, MemoryError):
+        raise
+    except Exception as exc:
+        raise PluginError(
+            f"backend {plugin.name!r} ({_origin(plugin.name)}) raised {type(exc).__name__} "
+            f"opening {path.name}: {exc}. {_DEFECT}"
+        ) from exc
+
+
+_DEFECT: Final = "This is a defect in the plugin: report it to its authors, or uninstall it"
+
+
+def _origin(name: str) -> str:
+    """Where backend ``name`` comes from, for messages: its entry point and distribution."""
+    if name in _registered:
+        cls = _registered[name]
+        return f"{cls.__module__}.{cls.__qualname__}, registered in-process"
+    eps = _entry_points().get(name)
+    if not eps:
+        return "not installed"
+    dist, version = _distribution(eps[0])
+    return f"{eps[0].value} from {dist} {version}"
 
 
 def _distribution(ep: metadata.EntryPoint) -> tuple[str | None, str | None]:
@@ -157,8 +208,8 @@ def _load(name: str) -> type[Backend]:
             "Uninstall all but one of them"
         )
     (ep,) = eps
-    dist, version = _distribution(ep)
-    origin = f"{ep.value} from {dist} {version}"
+    dist, _ = _distribution(ep)
+    origin = _origin(name)
     try:
         cls = ep.load()
     except Exception as exc:
@@ -235,9 +286,16 @@ def require_available(backend: Backend) -> Availability:
 def probe(backend: Backend) -> Availability:
     """Probe ``backend``, turning a plugin that breaks the never-raise rule into an answer."""
     try:
-        return backend.probe()
+        availability = backend.probe()
     except Exception as exc:  # the contract says probe never raises; keep the cause visible anyway
         return Availability(ok=False, reason=f"probe() raised {type(exc).__name__}: {exc}")
+    if not isinstance(availability, Availability):
+        return Availability(
+            ok=False,
+            reason=f"probe() returned {type(availability).__name__}, not an Availability. "
+            + _DEFECT,
+        )
+    return availability
 
 
 @functools.cache
@@ -357,9 +415,22 @@ def describe_backends() -> list[BackendInfo]:
         try:
             availability = probe(get_backend(name))
         except (PluginError, BackendNotFoundError) as exc:
-            availability = Availability(ok=False, reason=exc.message)
+            broken = Availability(ok=False, reason=exc.message)
+            infos.append(BackendInfo(name, dist, version, broken, broken=True))
+            continue
         infos.append(BackendInfo(name, dist, version, availability))
     return infos
+
+
+def broken_plugins() -> dict[str, str]:
+    """Installed backends whose plugin fails (import, contract, constructor), with the reason."""
+    broken = {}
+    for name in backend_names():
+        try:
+            get_backend(name)
+        except PluginError as exc:
+            broken[name] = exc.message
+    return broken
 
 
 def auto_order(names: list[str]) -> list[str]:

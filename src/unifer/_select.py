@@ -295,12 +295,20 @@ def measure_candidates(
             kept[candidate] = session
             for other in [c for c in kept if costs[c] > best_cost * (1 + TIE_TOLERANCE)]:
                 kept.pop(other).close()
-        except UniferError as exc:
-            trials.append(Trial(candidate, "failed", open_s=open_s, reason=exc.message))
+        except MemoryError:
+            raise
+        except Exception as exc:  # one plugin's defect (a non-unifer error) fails only its trial
+            trials.append(Trial(candidate, "failed", open_s=open_s, reason=_reason(exc)))
         finally:
             if candidate not in kept:
                 session.close()  # idempotent: a session pruned above is already closed
     return trials, kept
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, UniferError):
+        return exc.message
+    return f"raised {type(exc).__name__}: {exc} (a defect in the plugin: report it to its authors)"
 
 
 def _feeds_for(session: Session, objective: Objective) -> tuple[dict[str, np.ndarray], int]:

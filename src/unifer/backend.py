@@ -14,7 +14,7 @@ import numbers
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -264,7 +264,7 @@ class ProcessWideSetting:
         live sessions asked for, which it overrides (for the plugin to warn about)."""
         with self._lock:
             key = next(self._ids)
-            others = sorted({v for v in self._requests.values() if v != value}, key=repr)
+            others = sorted(_distinct(v for v in self._requests.values() if v != value), key=repr)
             self._apply(value)
             self._requests[key] = value
             self._current = value
@@ -280,12 +280,21 @@ class ProcessWideSetting:
         """Forget request ``key`` (its session closed); re-apply what the others agree on."""
         with self._lock:
             self._requests.pop(key, None)
-            remaining = set(self._requests.values())
+            remaining = _distinct(self._requests.values())
             if len(remaining) == 1:
                 (value,) = remaining
                 if value != self._current:
                     self._apply(value)
                     self._current = value
+
+
+def _distinct(values: Iterable[object]) -> list[object]:
+    """``values`` without repeats, by equality: a setting's value need not be hashable."""
+    found: list[object] = []
+    for value in values:
+        if value not in found:
+            found.append(value)
+    return found
 
 
 def integer_option(
@@ -324,7 +333,12 @@ def warn_user(message: str) -> None:
 
 
 def _in_unifer(frame: Any) -> bool:
-    return str(frame.f_globals.get("__name__", "")).partition(".")[0].startswith("unifer")
+    """Whether ``frame`` runs code of unifer or of an installed backend plugin (whatever its
+    package is called)."""
+    from ._registry import plugin_packages  # the registry imports this module
+
+    package = str(frame.f_globals.get("__name__", "")).partition(".")[0]
+    return package.startswith("unifer") or package in plugin_packages()
 
 
 _INT32: Final = np.iinfo(np.int32)
@@ -345,16 +359,20 @@ def refuse_empty(runtime: str, name: str, array: np.ndarray, why: str) -> None:
 
 
 def refuse_int64_beyond_int32(runtime: str, name: str, array: np.ndarray) -> None:
-    """Raise :class:`InputError` when the int64 feed ``array`` holds values int32 cannot.
+    """Raise :class:`InputError` when the 64-bit integer feed ``array`` (int64 or uint64) holds
+    values int32 cannot; feeds of any other dtype pass.
 
-    For runtimes that compute int64 tensors in int32 (OpenCV DNN, OpenVINO's CPU plugin): they
-    keep the low 32 bits without any error, so such a feed would give wrong numbers silently.
+    For runtimes that compute 64-bit integer tensors in int32 (OpenCV DNN, OpenVINO's CPU plugin):
+    they keep the low 32 bits without any error, so such a feed would give wrong numbers silently.
     """
-    if array.size and (array.min() < _INT32.min or array.max() > _INT32.max):
+    if array.dtype not in (np.int64, np.uint64) or not array.size:
+        return
+    low, high = int(array.min()), int(array.max())
+    if low < _INT32.min or high > _INT32.max:
         raise InputError(
-            f"input {name!r} holds int64 values outside the int32 range "
-            f"({int(array.min())} .. {int(array.max())}); {runtime} computes int64 tensors in "
-            "int32 and would silently wrap them. Use another backend for this model, e.g. "
+            f"input {name!r} holds {array.dtype} values outside the int32 range "
+            f"({low} .. {high}); {runtime} computes {array.dtype} tensors in int32 and would "
+            "silently wrap them. Use another backend for this model, e.g. "
             "backend='onnxruntime'"
         )
 

@@ -148,7 +148,10 @@ def backends(as_json: bool) -> None:
             "runtime_version": info.availability.version,
             "available": info.availability.ok,
             "reason": info.availability.reason,
-            "install": info.availability.install or _registry.install_hint(info.name),
+            # A broken plugin's reason says how to fix it; installing the extra would not.
+            "install": None
+            if info.broken
+            else info.availability.install or _registry.install_hint(info.name),
             "devices": list(info.availability.devices),
             "accelerators": list(info.availability.accelerators),
         }

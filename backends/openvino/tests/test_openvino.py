@@ -602,6 +602,33 @@ def test_element_types_numpy_cannot_hold_are_refused(tmp_path: Path) -> None:
         Engine.load(path, backend="openvino")
 
 
+def test_float64_models_are_refused_since_openvino_computes_them_in_float32(
+    tmp_path: Path,
+) -> None:
+    path = save_model(
+        tmp_path / "f64.onnx",
+        [helper.make_node("Add", ["x", "x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["N"])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["N"])],
+    )
+    with pytest.raises(ModelLoadError, match="float64 input 'x'.*backend='onnxruntime'"):
+        Engine.load(path, backend="openvino")
+
+
+def test_uint64_feeds_beyond_int32_are_refused_not_wrapped(tmp_path: Path) -> None:
+    path = save_model(
+        tmp_path / "u64.onnx",
+        [helper.make_node("Add", ["x", "x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.UINT64, ["N"])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT64, ["N"])],
+    )
+    with Engine.load(path, backend="openvino") as engine:
+        small = np.array([7, 2**30 - 1], np.uint64)  # doubled, still within int32
+        np.testing.assert_array_equal(engine.predict(small), small * 2)
+        with pytest.raises(InputError, match="uint64 values outside the int32 range"):
+            engine.predict(np.array([2**40 + 1], np.uint64))
+
+
 def test_outputs_sharing_a_name_are_refused(tmp_path: Path) -> None:
     # What ovc writes for a PyTorch `return y, n, y`: two Results of one tensor.
     x = ov.opset13.parameter([2], ov.Type.f32, name="x")

@@ -133,10 +133,11 @@ class BackendContract:
         return Engine.load(path, backend=name, backend_options=merged, **options)  # type: ignore[arg-type]
 
     def session_options(self, directory: Path) -> SessionOptions:
-        """What the kit opens sessions with: a private cache and :attr:`backend_options`."""
-        return SessionOptions(
-            cache_dir=directory.parent / "cache", extra=dict(self.backend_options)
-        )
+        """What the kit opens sessions with: a private cache (created, as the core's is) and
+        :attr:`backend_options`."""
+        cache = directory.parent / "cache"
+        cache.mkdir(exist_ok=True)
+        return SessionOptions(cache_dir=cache, extra=dict(self.backend_options))
 
     def open_session(self, backend: Backend, model: ToyModel, directory: Path) -> Session:
         path = self.model_file(model, directory)
@@ -154,10 +155,12 @@ class BackendContract:
         assert "pip install" in backend.install
 
     def test_registered_under_its_name(self) -> None:
-        eps = metadata.entry_points(group="unifer.backends").select(name=self.backend_class.name)
-        values = [ep.value for ep in eps]
         cls = self.backend_class
-        assert values == [f"{cls.__module__.split('.')[0]}:{cls.__qualname__}"]
+        eps = metadata.entry_points(group="unifer.backends").select(name=cls.name)
+        values = [ep.value for ep in eps]
+        assert len(values) == 1, f"entry points named {cls.name!r}: {values}, expected one"
+        (ep,) = eps
+        assert ep.load() is cls, f"the entry point {ep.value!r} is not {cls!r}"
 
     def test_probe_reports_available(self, backend: Backend) -> None:
         availability = backend.probe()
@@ -175,9 +178,9 @@ class BackendContract:
         if cls().probe().ok:  # the runtime is installed: one of them must exist
             found = [m for m in self.runtime_modules if importlib.util.find_spec(m) is not None]
             assert found, f"none of runtime_modules={self.runtime_modules!r} is installed"
-        module = cls.__module__.split(".")[0]
+        # The module that defines the class: what loading the entry point imports.
         code = (
-            f"import sys, {module}; "
+            f"import importlib, sys; importlib.import_module({cls.__module__!r}); "
             f"print(sorted(m for m in {self.runtime_modules!r} if m in sys.modules))"
         )
         result = subprocess.run(

@@ -234,7 +234,7 @@ def _port_name(port: ov.ConstOutput) -> str:
 #: same width (bf16 -> float16, f8/u4 -> uint8, string -> bytes of length 0): feeding or reading
 #: those would silently reinterpret the bits.
 _NUMPY_TYPES: Final = frozenset(
-    {"f16", "f32", "f64", "i8", "i16", "i32", "i64", "u8", "u16", "u32", "u64", "boolean"}
+    {"f16", "f32", "i8", "i16", "i32", "i64", "u8", "u16", "u32", "u64", "boolean"}
 )
 
 
@@ -244,11 +244,18 @@ def _check_ports(compiled: ov.CompiledModel, model: Path) -> None:
     for kind, ports in (("input", compiled.inputs), ("output", compiled.outputs)):
         for port in ports:
             element = port.get_element_type().get_type_name()
+            if element == "f64":
+                raise ModelLoadError(
+                    f"{model} has float64 {kind} {_port_name(port)!r}: OpenVINO computes float64 "
+                    "tensors in float32 (1e300 comes back as 3.4e38, 1 + 1e-12 as 1.0) and returns "
+                    "them as float64 without a sign. Run this model with backend='onnxruntime' "
+                    "(exact in float64), or export it in float32"
+                )
             if element not in _NUMPY_TYPES:
                 raise ModelLoadError(
                     f"{model} has {kind} {_port_name(port)!r} of element type {element}, which "
                     "numpy cannot hold (OpenVINO would pass it as another type of the same "
-                    "width); unifer's openvino backend runs f16/f32/f64, integer and boolean "
+                    "width); unifer's openvino backend runs f16/f32, integer and boolean "
                     "tensors. Convert that tensor in the model, or use another backend"
                 )
     names = [_port_name(port) for port in compiled.outputs]
@@ -311,7 +318,8 @@ class OpenVINOSession:
         self._inputs = tuple(_spec(p, declared) for p in compiled.inputs)
         self._outputs = tuple(_spec(p, declared) for p in compiled.outputs)
         self._input_names = tuple(s.name for s in self._inputs)
-        self._int64_inputs = tuple(s.name for s in self._inputs if s.dtype == np.int64)
+        # OpenVINO's CPU plugin computes 64-bit integers in int32 (uint64 too: it wraps).
+        self._int64_inputs = tuple(s.name for s in self._inputs if s.dtype in (np.int64, np.uint64))
         self._output_names = tuple(s.name for s in self._outputs)
         size = num_requests or int(_get(compiled, "OPTIMAL_NUMBER_OF_INFER_REQUESTS") or 1)
         # CompiledModel.__call__ reuses one hidden request and blocks concurrent callers; a queue of
