@@ -179,6 +179,20 @@ def test_cache_show_and_clear(cli, fake_backend, fake_model):
     assert json.loads(cli("cache", "show", "--json").output)["auto"] == {}
 
 
+def test_cache_commands_on_a_cache_never_created_or_half_cleared(cli, tmp_path, monkeypatch):
+    root = tmp_path / "never"
+    monkeypatch.setenv("UNIFER_CACHE_DIR", str(root))
+    shown = json.loads(cli("cache", "show", "--json").output)
+    assert shown["sizes"] == {} and shown["auto"] == {} and not root.exists()
+    assert json.loads(cli("cache", "clear", "--json").output)["auto_decisions"] == 0
+    leftover = root / ".cleared-1234"  # an interrupted clear
+    (leftover / "converted").mkdir(parents=True)
+    (leftover / "converted" / "x.tflite").write_bytes(b"0" * 1000)
+    (root / "backends").mkdir()
+    assert json.loads(cli("cache", "clear", "--json").output)["bytes_freed"] == 1000
+    assert not [p for p in root.iterdir() if p.is_dir()]  # the lock file of the decisions stays
+
+
 def test_info_auto_explains_the_choice(cli, fake_backend, fake_model):
     data = json.loads(cli("info", str(fake_model), "--auto", "--json").output)
     assert data["selection"]["source"] == "measured"

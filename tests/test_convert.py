@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import threading
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from unifer import (
+    CacheError,
     ConversionMismatchError,
     Engine,
     InferenceError,
@@ -110,6 +112,87 @@ def test_a_changed_source_is_converted_again(converter, fake_model, make_fake_mo
     )
     assert Engine.load(fake_model, backend="fake2").inputs[0].shape == ("N", 4)
     assert converter.conversions == 2
+
+
+def test_a_changed_source_keeps_one_entry_and_entries_are_not_private(
+    converter, fake_model, make_fake_model
+):
+    first = _convert.convert(converter(), fake_model, SessionOptions())
+    four = [{"name": "x", "shape": ["N", 4], "dtype": "float32"}]
+    make_fake_model(fake_model, inputs=four, outputs=[{**four[0], "name": "y"}])
+    second = _convert.convert(converter(), fake_model, SessionOptions())
+    entries = [p for p in second.path.parent.parent.iterdir() if not p.name.startswith(".")]
+    assert entries == [second.path.parent] and first.path.parent != second.path.parent
+    # Not mkdtemp's 0700: an ordinary directory, which the users of a shared cache can read.
+    mask = os.umask(0)
+    os.umask(mask)
+    assert second.path.parent.stat().st_mode & 0o777 == 0o777 & ~mask
+
+
+def test_a_source_rewritten_while_converting_is_converted_again(converter, fake_model):
+    """The cache key names the source as it was before converting: a rewrite meanwhile must not
+    file the new content's conversion (or its failed check) under the old content's key."""
+
+    class Rewriting(FakeConverter):
+        def convert(self, source, out_dir, options, /):
+            out = super().convert(source, out_dir, options)
+            if type(self).conversions == 1:  # a deployment replaces the model meanwhile
+                spec = json.loads(source.read_text())
+                spec["inputs"][0]["shape"] = ["N", 5]
+                spec["outputs"][0]["shape"] = ["N", 5]
+                source.write_text(json.dumps(spec))
+            return out
+
+    register_backend(Rewriting)
+    try:
+        conversion = _convert.convert(Rewriting(), fake_model, SessionOptions())
+    finally:
+        register_backend(FakeConverter)
+    assert Rewriting.conversions == 2
+    assert json.loads(conversion.path.read_text())["inputs"][0]["shape"] == ["N", 5]
+    assert conversion.source_sha256 == _digest.content_digest(fake_model)
+
+
+def test_a_truncated_or_damaged_cached_conversion_is_rebuilt(converter, fake_model):
+    first = _convert.convert(converter(), fake_model, SessionOptions())
+    first.path.write_text(first.path.read_text()[:10])  # cut short: the size says so
+    assert _convert.cached(converter(), fake_model, SessionOptions()) is None
+    Engine.load(fake_model, backend="fake2")
+    assert converter.conversions == 2
+    # Same size, but the runtime cannot load it any more: dropped and converted again at load.
+    text = first.path.read_text()
+    first.path.write_text("#" * len(text))
+    assert Engine.load(fake_model, backend="fake2").inputs[0].name == "x"
+    assert converter.conversions == 3
+
+
+def test_an_unusable_cache_directory_fails_only_what_must_write_there(
+    converter, fake_model, tmp_path, monkeypatch
+):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("UNIFER_CACHE_DIR", str(blocker / "cache"))  # under a file: uncreatable
+    with pytest.warns(UniferWarning, match="cache directory cannot be used"):
+        engine = Engine.load(fake_model, backend="fake")  # caches nothing: opens anyway
+    assert engine.run({"x": np.ones((1, 3), np.float32)})["y"].shape == (1, 3)
+    with pytest.warns(UniferWarning), pytest.raises(CacheError, match="UNIFER_CACHE_DIR") as info:
+        Engine.load(fake_model, backend="fake2")  # a conversion must be written somewhere
+    assert isinstance(info.value, OSError) and isinstance(info.value.__cause__, OSError)
+    with pytest.warns(UniferWarning, match="cache directory cannot be used"):
+        assert Engine.load(fake_model, budget_s=0.1).backend == "fake"  # measured, not stored
+
+
+def test_a_conversion_that_cannot_be_written_is_a_cache_error(converter, fake_model):
+    class FullDisk(FakeConverter):
+        def convert(self, source, out_dir, options, /):
+            raise OSError(28, "No space left on device")
+
+    register_backend(FullDisk)
+    try:
+        with pytest.raises(CacheError, match="No space left on device"):
+            Engine.load(fake_model, backend="fake2")
+    finally:
+        register_backend(FakeConverter)
 
 
 def test_a_conversion_that_changes_outputs_is_refused(converter, fake_model):

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from ._cache import CACHE_DIR_ENV, atomic_write_bytes, cache_dir
+from ._cache import CACHE_DIR_ENV, atomic_write_bytes, cache_dir, cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +26,9 @@ SCHEMA: Final = 1
 
 
 def cache_file() -> Path:
-    """Where the decisions live (inside ``$UNIFER_CACHE_DIR`` or the user cache directory)."""
-    return cache_dir() / FILE_NAME
+    """Where the decisions live (inside ``$UNIFER_CACHE_DIR`` or the user cache directory); not
+    created by asking: reading a decision must work, and fail nothing, without a writable cache."""
+    return cache_root() / FILE_NAME
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -78,7 +79,7 @@ def store(key: str, entry: dict[str, Any]) -> None:
     caller holds the measured winner's open session, which a failure here would lose.
     """
     try:
-        path = cache_file()
+        path = cache_dir() / FILE_NAME
         with _locked(path):
             current = _read(path)
             current[key] = entry
@@ -97,6 +98,8 @@ def store(key: str, entry: dict[str, Any]) -> None:
 def clear() -> int:
     """Delete every decision; returns how many there were."""
     path = cache_file()
+    if not path.parent.is_dir():
+        return 0
     with _locked(path):
         count = len(_read(path))
         path.unlink(missing_ok=True)

@@ -14,21 +14,58 @@ import secrets
 from pathlib import Path
 from typing import Final
 
+from ._errors import CacheError
+
 CACHE_DIR_ENV: Final = "UNIFER_CACHE_DIR"
 
 
-def cache_dir(*parts: str) -> Path:
-    """Return (and create) the cache directory, or a subdirectory of it."""
+def cache_root() -> Path:
+    """The cache directory's path (not created)."""
     root = os.environ.get(CACHE_DIR_ENV)
     if root:
-        base = Path(root).expanduser()
-    else:
-        import platformdirs  # imported here: only needed once something is cached
+        return Path(root).expanduser()
+    import platformdirs  # imported here: only needed once something is cached
 
-        base = Path(platformdirs.user_cache_dir("unifer", appauthor=False))
-    path = base.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    return Path(platformdirs.user_cache_dir("unifer", appauthor=False))
+
+
+def cache_dir(*parts: str) -> Path:
+    """Return (and create) the cache directory, or a subdirectory of it.
+
+    Raises:
+        CacheError: it cannot be created (a read-only parent, a file in the way, no space).
+    """
+    path = cache_root().joinpath(*parts)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise cache_error(path, exc) from exc
     return path
+
+
+def usable_cache_dir(*parts: str) -> Path | None:
+    """:func:`cache_dir` when it can be written, else None (caching nothing), said once: a cache
+    only speeds work up and must not fail it (a service user without a writable home)."""
+    try:
+        path = cache_dir(*parts)
+    except CacheError as exc:
+        problem = exc.message
+    else:
+        if os.access(path, os.W_OK | os.X_OK):
+            return path
+        problem = cache_error(path, PermissionError("not writable")).message
+    from .backend import warn_user  # the backend module imports this one
+
+    warn_user(f"{problem}; going on without caching there")
+    return None
+
+
+def cache_error(path: Path, exc: OSError) -> CacheError:
+    """The error for a cache location ``path`` that ``exc`` says cannot be written."""
+    return CacheError(
+        f"unifer's cache directory cannot be used at {path} ({type(exc).__name__}: {exc}). Make "
+        f"it writable, free space there, or point ${CACHE_DIR_ENV} at a writable directory"
+    )
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -28,8 +28,9 @@ import json
 import math
 import os
 import shutil
-import tempfile
+import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -37,9 +38,15 @@ from typing import Any, Final
 import numpy as np
 
 from . import _registry
-from ._cache import cache_dir
+from ._cache import atomic_write_bytes, cache_dir, cache_error
 from ._digest import content_digest, model_digest
-from ._errors import ConversionMismatchError, InferenceError, ModelLoadError, UniferError
+from ._errors import (
+    ConversionMismatchError,
+    InferenceError,
+    ModelError,
+    ModelLoadError,
+    UniferError,
+)
 from ._parity import FP32_MAX_RELATIVE_DIFF, Parity, compare, seeded_feeds, worst
 from .backend import Backend, Converter, Session, SessionOptions, warn_user
 
@@ -110,12 +117,22 @@ def convert(
     """
     if not isinstance(backend, Converter):  # callers check can_convert() first
         raise TypeError(f"{backend.name} cannot convert models")
-    root, final, digest, version = _location(backend, source, options)
-    conversion = _find(final)
-    if conversion is not None and conversion.path.parent != final:
-        conversion = _adopt(conversion, source, root, final)  # converted under another name
-    if conversion is None:
-        conversion = _convert_into(backend, source, options, root, final, digest, version)
+    for _ in range(_SOURCE_ATTEMPTS):
+        root, final, digest, version = _location(backend, source, options)
+        conversion = _find(final)
+        if conversion is not None and conversion.path.parent != final:
+            conversion = _adopt(conversion, source, root, final)  # converted under another name
+        if conversion is None:
+            try:
+                conversion = _convert_into(backend, source, options, root, final, digest, version)
+            except _SourceChanged:
+                continue  # rewritten while converting: convert what is there now
+        break
+    else:
+        raise ModelLoadError(
+            f"{source} changed while it was being converted to {backend.name}, "
+            f"{_SOURCE_ATTEMPTS} times; load it once it is completely written"
+        )
     if conversion.check.passed is False and not accept_mismatch:
         c = conversion.check
         if c.max_abs_diff is not None and math.isfinite(c.max_abs_diff):
@@ -132,6 +149,27 @@ def convert(
             "load the converted file"
         )
     return conversion
+
+
+def open_converted(
+    backend: Backend, source: Path, options: SessionOptions
+) -> tuple[Conversion, Session]:
+    """:func:`convert`, then open the converted model with ``options``.
+
+    A cached conversion that the runtime cannot load (damaged on disk, or removed meanwhile by
+    ``unifer cache clear``) is dropped and converted again, once: a cache must not keep failing
+    the load it was made for.
+    """
+    was_cached = cached(backend, source, options) is not None
+    conversion = convert(backend, source, options)
+    try:
+        return conversion, _registry.open_session(backend, conversion.path, options)
+    except ModelError:
+        if not was_cached:
+            raise
+        _drop(conversion.path.parent)
+    conversion = convert(backend, source, options)
+    return conversion, _registry.open_session(backend, conversion.path, options)
 
 
 def cached(backend: Backend, source: Path, options: SessionOptions) -> Conversion | None:
@@ -181,7 +219,7 @@ def _adopt(twin: Conversion, source: Path, root: Path, final: Path) -> Conversio
     conversion: its files hard-linked (copied where links fail) and renamed from the other
     file's stem to this one's, so nothing carries the other name, and a manifest of its own."""
     old, new = Path(twin.source).stem, source.stem
-    work = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
+    work = _work_dir(root)
     try:
         for file in twin.path.parent.iterdir():
             if file.name == MANIFEST:
@@ -192,10 +230,18 @@ def _adopt(twin: Conversion, source: Path, root: Path, final: Path) -> Conversio
                 shutil.copy2(file, work / _restem(file.name, old, new))
         path = final / _restem(twin.path.name, old, new)
         adopted = dataclasses.replace(twin, source=str(source), path=path)
-        manifest = {**adopted.to_dict(), "schema": SCHEMA, "primary": adopted.path.name}
+        manifest = {
+            **adopted.to_dict(),
+            "schema": SCHEMA,
+            "primary": adopted.path.name,
+            "sizes": _sizes(work),
+        }
         del manifest["path"]
-        (work / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        return _publish(work, final) or adopted
+        _write_manifest(work, manifest)
+        if (theirs := _publish(work, final)) is not None:
+            return theirs
+        _prune(root, final, str(source), twin.converter)
+        return adopted
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -217,6 +263,11 @@ def _read(directory: Path) -> Conversion | None:
         path = directory / data["primary"]
         if not path.is_file():
             return None
+        # A file cut short (a full disk, a crash before this manifest was flushed) or emptied:
+        # the entry is rebuilt rather than handed to the runtime.
+        for name, size in data.get("sizes", {}).items():
+            if (directory / name).stat().st_size != size:
+                return None
         return Conversion(
             source=data["source"],
             source_sha256=data["source_sha256"],
@@ -239,7 +290,7 @@ def _convert_into(
     digest: str,
     version: str,
 ) -> Conversion:
-    work = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
+    work = _work_dir(root)
     try:
         primary = backend.convert(source, work, options)
         if primary.parent != work or not primary.is_file():
@@ -248,6 +299,12 @@ def _convert_into(
                 f"in the output directory; this is a bug in the plugin"
             )
         check = _check(backend, source, primary, options)
+        # The key names the source as it was before converting: a source rewritten since (a
+        # deployment replacing the model in place) would file its conversion, or its failed
+        # check, under the old content's key. Any write changes the file's ctime, so this
+        # hashes again only then.
+        if _location(backend, source, options)[1] != final:
+            raise _SourceChanged
         created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         manifest = {
             "schema": SCHEMA,
@@ -258,15 +315,83 @@ def _convert_into(
             "primary": primary.name,
             "check": asdict(check),
             "created": created,
+            "sizes": _sizes(work),
         }
-        (work / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _write_manifest(work, manifest)
         if (theirs := _publish(work, final)) is not None:
             return theirs
+        _prune(root, final, str(source), version)
         return Conversion(
             str(source), digest, backend.name, version, final / primary.name, check, created
         )
+    except UniferError:
+        raise
+    except OSError as exc:  # writing the conversion into the cache directory failed
+        raise cache_error(root, exc) from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+class _SourceChanged(Exception):
+    """The source file was rewritten while it was being converted."""
+
+
+#: Conversions of a source that keeps being rewritten, before giving up.
+_SOURCE_ATTEMPTS: Final = 3
+#: Leftovers of conversions that a killed process never finished are removed after this long.
+_STALE_S: Final = 24 * 3600
+
+
+def _work_dir(root: Path) -> Path:
+    """A new private-named directory under ``root`` for building one entry; not mkdtemp's 0700,
+    which would survive the rename and hide the entry from the other users of a shared cache."""
+    work = root / f".tmp-{uuid.uuid4().hex}"
+    work.mkdir(mode=0o777)  # less the umask, as an ordinary mkdir
+    return work
+
+
+def _sizes(directory: Path) -> dict[str, int]:
+    return {f.name: f.stat().st_size for f in directory.iterdir() if f.name != MANIFEST}
+
+
+def _write_manifest(directory: Path, manifest: Mapping[str, object]) -> None:
+    # Flushed to disk with the files it describes, before the rename publishes them: after a
+    # power loss an entry is whole or absent.
+    for file in directory.iterdir():
+        if file.name != MANIFEST:
+            with file.open("rb+") as f:
+                os.fsync(f.fileno())
+    atomic_write_bytes(directory / MANIFEST, json.dumps(manifest, indent=2).encode())
+
+
+def _prune(root: Path, kept: Path, source: str, converter: str) -> None:
+    """Remove the entries of ``source``'s earlier contents by the same ``converter`` (the file
+    was rewritten; a copy elsewhere has entries of its own, and other converter versions may be
+    other options in use) and leftovers of killed conversions, so a model updated in place keeps
+    one entry, not one per version. Entries in use stay readable where the OS keeps open files
+    (POSIX); a load that finds its entry gone converts again."""
+    now = time.time()
+    for entry in root.iterdir():
+        if entry == kept or not entry.is_dir():
+            continue
+        if entry.name.startswith((".tmp-", ".old-")):
+            with contextlib.suppress(OSError):
+                if now - entry.stat().st_mtime > _STALE_S:
+                    shutil.rmtree(entry, ignore_errors=True)
+            continue
+        found = _read(entry)
+        if found is not None and (found.source, found.converter) == (source, converter):
+            _drop(entry)
+
+
+def _drop(entry: Path) -> None:
+    """Remove the entry ``entry``: renamed aside first, so no reader finds it half deleted."""
+    aside = entry.with_name(f".old-{uuid.uuid4().hex}")
+    try:
+        os.rename(entry, aside)
+    except OSError:
+        return  # gone already, or not ours to remove
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 #: Rounds of "publish, else clear an unreadable leftover" before giving up; more than one is

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final, TypeGuard, TypeVar
 
-from ._cache import atomic_write_bytes, cache_dir, sha256_file
+from ._cache import atomic_write_bytes, cache_root, sha256_file
 from ._protowire import LEN, fields
 
 MEMO_FILE: Final = "digests-v1.json"
@@ -118,7 +118,7 @@ def _remembered(
 
 
 def _memo_path() -> Path:
-    return cache_dir() / MEMO_FILE
+    return cache_root() / MEMO_FILE  # written by atomic_write_bytes, which creates the directory
 
 
 def _read_memo() -> dict[str, object]:

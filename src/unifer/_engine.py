@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _auto, _convert, _registry, _select, models
-from ._cache import cache_dir
+from ._cache import usable_cache_dir
 from ._devices import device_option
 from ._errors import (
     InferenceError,
@@ -163,7 +163,7 @@ class Engine:
             return SessionOptions(
                 threads=threads,
                 precision=precision,
-                cache_dir=cache_dir("backends", plugin.name),
+                cache_dir=usable_cache_dir("backends", plugin.name),
                 extra=extra if device is None else {**extra, "device": device},
             )
 
@@ -175,11 +175,11 @@ class Engine:
                 chosen = session_options(
                     plugin, candidate.precision, candidate.threads, candidate.device
                 )
-                opened = path
-                if _suffix(path) not in plugin.suffixes:  # a converting candidate
-                    conversions[plugin.name] = _convert.convert(plugin, path, chosen)
-                    opened = conversions[plugin.name].path
-                return _registry.open_session(plugin, opened, chosen)
+                if _suffix(path) in plugin.suffixes:
+                    return _registry.open_session(plugin, path, chosen)
+                # A converting candidate.
+                conversions[plugin.name], opened = _convert.open_converted(plugin, path, chosen)
+                return opened
 
             selection, session = _auto.open_auto(
                 path,
@@ -217,13 +217,12 @@ class Engine:
             else device_option(plugin.name, availability, device, options.get(plugin.name, {}))
         )
         chosen = session_options(plugin, checked, single, where)
-        opened, conversion = path, None
+        conversion = None
         if _suffix(path) not in plugin.suffixes and _convert.can_convert(plugin, _suffix(path)):
-            conversion = _convert.convert(plugin, path, chosen)
-            opened = conversion.path
+            conversion, session = _convert.open_converted(plugin, path, chosen)
         else:
             _check_suffix(plugin, path)
-        session = _registry.open_session(plugin, opened, chosen)
+            session = _registry.open_session(plugin, path, chosen)
         selection = _select.Selection(_select.Candidate(backend, single, checked, where), source)
         return cls._wrap(
             session, path, preprocess, sidecar, selection=selection, conversion=conversion

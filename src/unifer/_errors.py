@@ -144,6 +144,14 @@ class PreprocessError(UniferError, ValueError):
     code = "preprocess-error"
 
 
+class CacheError(UniferError, OSError):
+    """Raised when work that needs unifer's cache directory (a conversion, a built-in model)
+    cannot write there: not writable, not creatable, or full. Loads that only read from the
+    cache go on without it."""
+
+    code = "cache-error"
+
+
 class InferenceError(UniferError, RuntimeError):
     """Raised when the runtime fails while opening or running a model; ``__cause__`` is native."""
 

@@ -322,7 +322,7 @@ def integer_option(
 def warn_user(message: str) -> None:
     """Warn with a :class:`UniferWarning` attributed to the user's code.
 
-    The warning points at the first caller outside unifer and its plugins (``unifer_*``), so it
+    The warning points at the first caller outside unifer and the installed plugins' packages, so it
     names the user's ``Engine.load`` line however deep the call came (through ``backend="auto"``,
     a conversion, a plugin's helpers), where a fixed ``stacklevel`` would point into unifer.
     """

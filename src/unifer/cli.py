@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
+import uuid
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -20,7 +22,7 @@ import click
 import numpy as np
 
 from . import _autocache, _convert, _hardware, _registry, models
-from ._cache import cache_dir
+from ._cache import cache_dir, cache_root
 from ._engine import Engine, readers, resolve_model
 from ._errors import InputError, ModelFormatError, UniferError, UniferWarning
 from ._preprocess import Preprocess
@@ -308,8 +310,8 @@ def cache() -> None:
 @json_option
 def cache_show(as_json: bool) -> None:
     """List the cache directory's contents and the cached auto decisions."""
-    root = cache_dir()
-    sections = {p.name: _tree_size(p) for p in sorted(root.iterdir()) if p.is_dir()}
+    root = cache_root()
+    sections = {p.name: _tree_size(p) for p in _sections(root)}
     decisions = _autocache.entries()
     if as_json:
         emit_json({"directory": str(root), "sizes": sections, "auto": decisions})
@@ -342,18 +344,38 @@ def cache_clear(auto_only: bool, as_json: bool) -> None:
     removed = _autocache.clear()
     freed = 0
     if not auto_only:
-        root = cache_dir()
-        for section in [p for p in root.iterdir() if p.is_dir()]:
+        root = cache_root()
+        for section in _sections(root, hidden=True):  # leftovers of an interrupted clear too
             freed += _tree_size(section)
-            shutil.rmtree(section)
+            # Renamed aside first: a service loading meanwhile recreates a fresh section instead
+            # of finding one half deleted (what it had open converts or compiles again).
+            aside = root / f".cleared-{uuid.uuid4().hex}"
+            try:
+                os.rename(section, aside)
+            except FileNotFoundError:
+                continue
+            shutil.rmtree(aside, ignore_errors=True)
     if as_json:
         emit_json({"auto_decisions": removed, "bytes_freed": freed})
         return
     click.echo(f"forgot {removed} auto decision(s); freed {freed / 2**20:.1f} MiB")
 
 
+def _sections(root: Path, *, hidden: bool = False) -> list[Path]:
+    """The cache's subdirectories (none when it was never created)."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        p for p in root.iterdir() if p.is_dir() and (hidden or not p.name.startswith("."))
+    )
+
+
 def _tree_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    total = 0
+    for file in path.rglob("*"):
+        with contextlib.suppress(OSError):  # removed meanwhile (a conversion's temporary files)
+            total += file.stat().st_size if file.is_file() else 0
+    return total
 
 
 @main.command()

@@ -547,7 +547,7 @@ def test_a_cache_that_cannot_be_written_warns_and_compiles_without_it(
 ) -> None:
     path, x, exact = integer_matmul(tmp_path)
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # as a read-only cache directory
-    with pytest.warns(UniferWarning, match="cannot be cached") as caught:
+    with pytest.warns(UniferWarning, match="cache directory cannot be used") as caught:
         engine = Engine.load(path, backend="openvino")
     assert {w.filename for w in caught} == {__file__}
     with engine:
