@@ -383,6 +383,23 @@ def test_ragged_and_mistyped_feeds_are_input_errors(fake_backend, fake_model):
     assert isinstance(info.value.__cause__, ValueError)
     with pytest.raises(InputError, match=r"x\.astype\(np\.float32\)"):
         engine.run({"x": np.ones((1, 3), np.float64)})
+    with pytest.raises(InputError, match=r"np\.asarray\(x, dtype=np\.float32\)"):
+        engine.predict([[1.0, 2.0, 3.0]])  # a list has no astype()
+
+
+@pytest.mark.parametrize("given", [None, {"x": np.ones((1, 3), np.float32)}])
+def test_predict_given_no_array_points_at_run(fake_backend, fake_model, given):
+    engine = Engine.load(fake_model, backend="fake")
+    with pytest.raises(InputError, match=r"predict\(\) takes one array .*use run\(\)"):
+        engine.predict(given)
+
+
+def test_nan_inputs_are_allowed_for_models_that_read_them(fake_backend, fake_model):
+    x = np.array([[1.0, np.nan, 3.0]], np.float32)
+    with pytest.raises(InputError, match="allow_nan=True"):
+        Engine.load(fake_model, backend="fake").predict(x)
+    out = Engine.load(fake_model, backend="fake", allow_nan=True).predict(x)
+    np.testing.assert_array_equal(out, x * 2)
 
 
 class TestEnvironmentBackend:

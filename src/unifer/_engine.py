@@ -23,6 +23,7 @@ from ._cache import usable_cache_dir
 from ._devices import device_option
 from ._errors import (
     InferenceError,
+    InputError,
     ModelFormatError,
     ModelNotFoundError,
     ModelSignatureError,
@@ -61,6 +62,7 @@ class Engine:
         preprocess: Preprocess | None = None,
         selection: _select.Selection | None = None,
         conversion: _convert.Conversion | None = None,
+        allow_nan: bool = False,
     ) -> None:
         if not isinstance(session, Session):
             raise PluginError(
@@ -77,6 +79,7 @@ class Engine:
         self._settings = MappingProxyType(settings)
         self._selection = selection
         self._closed = False
+        self._allow_nan = allow_nan
         if preprocess is not None:
             self._single_io("preprocess=")
             preprocess.check_layout(self._inputs[0])
@@ -97,6 +100,7 @@ class Engine:
         budget_s: float | None = None,
         allow_conversion: bool = False,
         device: str | None = None,
+        allow_nan: bool = False,
     ) -> Engine:
         """Open ``model`` with one backend.
 
@@ -131,6 +135,8 @@ class Engine:
                 backend's ``device`` option; a backend that cannot run there raises. With
                 ``"auto"``, only the backends that can run there compete. ``None`` (default):
                 each backend's default device (``"auto"`` also measures its accelerators).
+            allow_nan: Let inputs hold NaN, for models that read it as a missing value
+                (scikit-learn imputers). By default a NaN input is refused with ``InputError``.
 
         Raises:
             ModelNotFoundError: ``model`` does not exist.
@@ -194,7 +200,13 @@ class Engine:
             )
             conversion = conversions.get(selection.chosen.backend)
             return cls._wrap(
-                session, path, preprocess, sidecar, selection=selection, conversion=conversion
+                session,
+                path,
+                preprocess,
+                sidecar,
+                selection=selection,
+                conversion=conversion,
+                allow_nan=allow_nan,
             )
 
         source: _select.Source = "explicit"
@@ -225,7 +237,13 @@ class Engine:
             session = _registry.open_session(plugin, path, chosen)
         selection = _select.Selection(_select.Candidate(backend, single, checked, where), source)
         return cls._wrap(
-            session, path, preprocess, sidecar, selection=selection, conversion=conversion
+            session,
+            path,
+            preprocess,
+            sidecar,
+            selection=selection,
+            conversion=conversion,
+            allow_nan=allow_nan,
         )
 
     @classmethod
@@ -238,6 +256,7 @@ class Engine:
         *,
         selection: _select.Selection,
         conversion: _convert.Conversion | None = None,
+        allow_nan: bool = False,
     ) -> Engine:
         """The Engine around a freshly opened session, which is closed if that fails.
 
@@ -252,6 +271,7 @@ class Engine:
                 preprocess=preprocess,
                 selection=selection,
                 conversion=conversion,
+                allow_nan=allow_nan,
             )
         except (PreprocessError, ModelSignatureError) as exc:
             session.close()
@@ -314,6 +334,12 @@ class Engine:
             InferenceError: the runtime failed.
         """
         self._single_io("predict()")
+        if x is None or isinstance(x, Mapping):
+            raise InputError(
+                f"predict() takes one array (the model's input {self._inputs[0]}, or an image "
+                f"with a preprocess spec), got {type(x).__name__}; for a dict of named inputs use "
+                "run()"
+            )
         tensor = self._preprocess(x) if self._preprocess is not None else x
         return self.run({self._inputs[0].name: tensor})[self._outputs[0].name]
 
@@ -329,7 +355,7 @@ class Engine:
                 f"this Engine ({self._backend}) is closed; load the model again to run it",
                 backend=self._backend,
             )
-        return self._session.run(check_feeds(feeds, self._inputs))
+        return self._session.run(check_feeds(feeds, self._inputs, allow_nan=self._allow_nan))
 
     def close(self) -> None:
         """Release the runtime's resources. Calling it again does nothing."""

@@ -21,8 +21,11 @@ def _describe(dtype: np.dtype[Any], shape: Sequence[object]) -> str:
     return f"{dtype}[{dims}]"
 
 
-def check_feeds(feeds: Mapping[str, object], inputs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
-    """Return ``feeds`` as C-contiguous arrays, or raise :class:`InputError` saying why."""
+def check_feeds(
+    feeds: Mapping[str, object], inputs: Sequence[TensorSpec], *, allow_nan: bool = False
+) -> dict[str, np.ndarray]:
+    """Return ``feeds`` as C-contiguous arrays, or raise :class:`InputError` saying why
+    (``allow_nan``: NaN is a value the model reads, not a mistake)."""
     if not isinstance(feeds, Mapping):
         names = ", ".join(repr(s.name) for s in inputs)
         raise InputError(
@@ -56,7 +59,7 @@ def check_feeds(feeds: Mapping[str, object], inputs: Sequence[TensorSpec]) -> di
                 f"input {spec.name!r} is not an array numpy can build ({exc}); pass a numpy "
                 f"array of {_describe(spec.dtype, spec.shape)}"
             ) from exc
-        _check_one(spec, array, bound)
+        _check_one(spec, array, bound, isinstance(feeds[spec.name], np.ndarray), allow_nan)
         arrays[spec.name] = array
     return arrays
 
@@ -70,12 +73,19 @@ def _fixed_dimension_fix(axis: int, dim: int, rank: int) -> str:
     return "reshape or resize the input to that size (images: Preprocess(size=(height, width)))"
 
 
-def _check_one(spec: TensorSpec, array: np.ndarray, bound: dict[str, tuple[int, str]]) -> None:
+def _check_one(
+    spec: TensorSpec,
+    array: np.ndarray,
+    bound: dict[str, tuple[int, str]],
+    given_an_array: bool,
+    allow_nan: bool,
+) -> None:
     # This runs on every call: messages are only formatted once something is wrong.
     if array.dtype != spec.dtype:
+        numpy_type = f"np.{spec.dtype.type.__name__}"
+        fix = f"x.astype({numpy_type})" if given_an_array else f"np.asarray(x, dtype={numpy_type})"
         raise InputError(
-            f"input {spec.name!r} expects {_expected(spec, array)}; convert it with "
-            f"x.astype(np.{spec.dtype.type.__name__})"
+            f"input {spec.name!r} expects {_expected(spec, array)}; convert it with {fix}"
             + (" or pass preprocess= to Engine.load for images" if array.dtype == np.uint8 else "")
         )
     if array.ndim != len(spec.shape):
@@ -102,10 +112,11 @@ def _check_one(spec: TensorSpec, array: np.ndarray, bound: dict[str, tuple[int, 
                 f"input {spec.name!r}; inputs sharing a named dimension must agree"
             )
     # min() propagates NaN without allocating a mask: the common all-finite case stays cheap.
-    if array.dtype.kind == "f" and array.size and np.isnan(array.min()):
+    if not allow_nan and array.dtype.kind == "f" and array.size and np.isnan(array.min()):
         raise InputError(
             f"input {spec.name!r} contains NaN at {int(np.isnan(array).sum())} positions; "
-            "the model's outputs would be meaningless. Check how the input was produced"
+            "the model's outputs would be meaningless. Check how the input was produced, or, "
+            "for a model that reads NaN as a missing value, load it with allow_nan=True"
         )
 
 

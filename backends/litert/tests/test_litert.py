@@ -184,14 +184,14 @@ def test_dynamic_batch_resizes_the_interpreter(tmp_path: Path) -> None:
 
 
 def test_empty_batch_of_a_convolution_model(tmp_path: Path) -> None:
-    """XNNPACK cannot prepare a convolution for batch 0: the caller hears why and what to do,
-    and the engine keeps working. Without XNNPACK the builtin kernels return empty outputs."""
+    """XNNPACK cannot reshape a convolution to batch 0 (it fails, or in some processes returns
+    an output of garbage shape): the call is refused before it runs, saying what to do, and the
+    engine keeps working. Without XNNPACK the builtin kernels return empty outputs."""
     onnx_path, tflite = arcface(tmp_path, dynamic=True)
     empty = faces(0)
     with Engine.load(tflite, backend="litert", threads=1) as engine:
-        with pytest.raises(InputError, match=r"'input.1' is empty .*'xnnpack': False") as info:
+        with pytest.raises(InputError, match=r"'input.1' is empty .*'xnnpack': False"):
             engine.run({"input.1": empty})
-        assert isinstance(info.value.__cause__, RuntimeError)  # XNNPACK's own message
         x = faces(2)
         assert_parity(engine.run({"input.1": x})["embedding"], onnxruntime_reference(onnx_path, x))
     options = {"litert": {"xnnpack": False}}

@@ -19,12 +19,13 @@ from typing import Any, Final
 
 import numpy as np
 
-from unifer import InferenceError, InputError, ModelLoadError, UnsupportedOptionError
+from unifer import InferenceError, ModelLoadError, UnsupportedOptionError
 from unifer.backend import (
     Dim,
     SessionOptions,
     TensorSpec,
     integer_option,
+    refuse_empty,
     reject_precision,
     translate_errors,
     warn_unknown_options,
@@ -151,6 +152,9 @@ class LiteRTSession:
         for slot in slots:
             self._pool.put(slot)
         self._settings = settings
+        # XNNPACK reshaping a delegated graph to a batch of 0 fails, or in some processes
+        # returns an output of garbage shape (uninitialised memory): never let it try.
+        self._refuses_empty = bool(settings["xnnpack"]) and settings["xnnpack_partitions"] != 0
 
     @classmethod
     def open(cls, model: Path, options: SessionOptions) -> LiteRTSession:
@@ -236,14 +240,20 @@ class LiteRTSession:
             raise InferenceError(
                 "this LiteRT session is closed; open the model again to run it", backend=NAME
             )
+        if self._refuses_empty:
+            for name, array in feeds.items():
+                refuse_empty(
+                    "LiteRT's XNNPACK delegate",
+                    name,
+                    array,
+                    "it fails, or returns outputs of garbage shape; with "
+                    "backend_options={'litert': {'xnnpack': False}} the builtin kernels return "
+                    "empty outputs",
+                )
         slot = pool.get()
         try:
             with translate_errors(NAME, ValueError, RuntimeError):
-                try:
-                    return self._invoke(slot, feeds)
-                except RuntimeError as exc:
-                    _refuse_empty(feeds, exc)
-                    raise
+                return self._invoke(slot, feeds)
         finally:
             pool.put(slot)
 
@@ -273,22 +283,6 @@ class LiteRTSession:
     def close(self) -> None:
         # Interpreters free their memory once no run() holds one; a later run() is refused.
         self._pool = None
-
-
-def _refuse_empty(feeds: Mapping[str, np.ndarray], exc: RuntimeError) -> None:
-    """Raise :class:`InputError` for ``exc`` if a feed is empty: the caller's fix, not a crash.
-
-    XNNPACK cannot reshape some nodes (convolutions) to a zero-size batch and fails to prepare
-    them; the builtin kernels, and XNNPACK's fully connected, return empty outputs.
-    """
-    for name, array in feeds.items():
-        if array.size == 0:
-            raise InputError(
-                f"input {name!r} is empty (shape {list(array.shape)}) and LiteRT could not "
-                f"prepare the model for it: {str(exc).rstrip('.')}. Skip the call, or load the "
-                "model with backend_options={'litert': {'xnnpack': False}}, whose kernels "
-                "return empty outputs"
-            ) from exc
 
 
 def _read_facts(model: Path) -> ModelFacts | None:
