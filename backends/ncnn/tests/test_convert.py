@@ -500,3 +500,21 @@ def test_without_onnx_the_install_line_is_given(
     monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` fail
     with pytest.raises(MissingDependencyError, match=r'pip install "unifer-ncnn\[convert\]"'):
         convert(source)
+
+
+@pytest.mark.parametrize(("batch", "fed"), [(1, 2), ("batch", 5)])
+def test_the_source_batch_dimension_is_kept(tmp_path: Path, batch: int | str, fed: int) -> None:
+    """ncnn has no batch dimension; the source's is recorded with the conversion: a fixed batch
+    of 1 refuses another batch as on every other backend, a named one keeps its name."""
+    from unifer import Engine, InputError
+
+    source = save(tmp_path, [helper.make_node("Relu", ["x"], ["y"])], [("x", [batch, 3, 4])], ["y"])
+    with Engine.load(source, backend="ncnn", backend_options={"ncnn": WRITER.extra}) as engine:
+        assert engine.inputs[0].shape == (batch, 3, 4)
+        assert engine.outputs[0].shape == (batch, 3, 4)
+        x = f32(fed, 3, 4)
+        if isinstance(batch, int):
+            with pytest.raises(InputError, match="takes batches of exactly 1"):
+                engine.run({"x": x})
+        else:
+            np.testing.assert_array_equal(engine.run({"x": x})["y"], np.maximum(x, 0))

@@ -146,7 +146,7 @@ class NcnnBackend:
                     + ". Or run the ONNX file with another backend"
                 )
             raise ModelLoadError(f"{exc.message}. {hint}") from exc
-        _routes.write_record(param, {"route": "unifer", "converter": _writer_version()})
+        _routes.write_record(param, {"route": "unifer", "converter": _writer_version()}, source)
         return param
 
 
@@ -176,5 +176,5 @@ def _convert_with_pnnx(source: Path, out_dir: Path, *, writer_refused: str | Non
     record = {**_pnnx.describe(result, pnnx), "converter": _pnnx_version()}
     if writer_refused is not None:
         record["writer_refused"] = writer_refused
-    _routes.write_record(result.param, record)
+    _routes.write_record(result.param, record, source)
     return result.param

@@ -38,7 +38,7 @@ import numpy.typing as npt
 from unifer import MissingDependencyError, ModelLoadError
 
 #: Bumped whenever the written files change for the same source; part of the conversion cache key.
-WRITER_VERSION: Final = "2"
+WRITER_VERSION: Final = "3"
 
 #: What the writer covers, for the refusal message.
 COVERED: Final = (

@@ -53,7 +53,7 @@ from . import _param
 from ._onnx2ncnn import FIX_SIZES, ONNX_INSTALL
 
 #: Bumped whenever what this module does to pnnx's output changes; part of the cache key.
-GLUE_VERSION: Final = "2"
+GLUE_VERSION: Final = "3"
 #: The pnnx release this module was written and tested against (the test dependency group pins it).
 TESTED: Final = "20261020"
 INSTALL: Final = "pip install --no-deps pnnx"

@@ -9,7 +9,7 @@ A conversion leaves ``<stem>.converter.json`` beside its ``.param`` (inside the 
 directory in unifer's cache), saying which route wrote it. The session reports it in
 ``settings["converted_by"]``; the conversion cache key names the route
 (``NcnnBackend.converter_version``), so a cached conversion by one route never serves another.
-Pure Python: no ncnn, no onnx.
+Pure Python: no ncnn, no onnx (the source's input shapes are read from its protobuf directly).
 """
 
 from __future__ import annotations
@@ -20,11 +20,14 @@ from pathlib import Path
 from typing import Final, Literal
 
 from unifer import UnsupportedOptionError
+from unifer._onnx_io import read_graph_io
 
 Route = Literal["auto", "unifer", "pnnx"]
 ROUTES: Final[tuple[Route, ...]] = ("auto", "unifer", "pnnx")
 OPTION: Final = "converter"
 RECORD_SUFFIX: Final = ".converter.json"
+#: The record's key for the source's declared input shapes.
+INPUTS: Final = "source_inputs"
 
 
 def route(extra: Mapping[str, object]) -> Route:
@@ -44,12 +47,29 @@ def record_path(param: Path) -> Path:
     return param.with_suffix(RECORD_SUFFIX)
 
 
-def write_record(param: Path, record: Mapping[str, object]) -> None:
-    """Record which route wrote ``param`` (``record`` holds at least ``route`` and ``converter``).
+def write_record(param: Path, record: Mapping[str, object], source: Path) -> None:
+    """Record which route wrote ``param`` (``record`` holds at least ``route`` and ``converter``)
+    from the ONNX file ``source``, and the shapes ``source`` declares for its inputs.
 
+    ncnn has no batch dimension and pnnx's ``.param`` declares no input sizes: the session reads
+    both back from here (a fixed batch of 1 stays fixed, the sizes need no ``input_shapes``).
     Written into the conversion's private output directory, which the core publishes whole.
     """
-    record_path(param).write_text(json.dumps(dict(record), indent=2) + "\n", encoding="utf-8")
+    inputs = {info.name: list(info.shape or ()) for info in read_graph_io(source).inputs}
+    text = json.dumps({**record, INPUTS: inputs}, indent=2)
+    record_path(param).write_text(text + "\n", encoding="utf-8")
+
+
+def declared_inputs(record: Mapping[str, object] | None) -> dict[str, list[int | str | None]]:
+    """The source's input shapes in a conversion ``record`` (none in records of older writers)."""
+    inputs = record.get(INPUTS) if record is not None else None
+    if not isinstance(inputs, dict):
+        return {}
+    return {
+        str(name): dims
+        for name, dims in inputs.items()
+        if isinstance(dims, list) and all(d is None or isinstance(d, (int, str)) for d in dims)
+    }
 
 
 def read_record(param: Path) -> dict[str, object] | None:

@@ -21,6 +21,7 @@ import numpy as np
 from unifer import InferenceError, ModelNotFoundError, UnsupportedOptionError
 from unifer._hardware import fingerprint
 from unifer.backend import (
+    Dim,
     Precision,
     SessionOptions,
     TensorSpec,
@@ -187,19 +188,22 @@ class NcnnSession:
         inputs: Sequence[tuple[str, tuple[int, ...]]],
         outputs: Sequence[str],
         settings: Mapping[str, object],
+        batch: Dim = BATCH,
     ) -> None:
+        """``batch``: the batch dimension of every input and output (the source model's, for a
+        conversion: a fixed 1 stays 1, so another batch is refused as on the other backends)."""
         self._net: ncnn.Net | None = net
         self._threads = int(net.opt.num_threads)
         self._input_shapes = tuple(inputs)
         self._output_names = tuple(outputs)
         self._inputs = tuple(
-            TensorSpec(name, (BATCH, *shape), np.dtype(np.float32)) for name, shape in inputs
+            TensorSpec(name, (batch, *shape), np.dtype(np.float32)) for name, shape in inputs
         )
         # ncnn reports no output shapes: run one sample of zeros and read them off the results.
         sample = self._run_sample(net, [np.zeros(shape, np.float32) for _, shape in inputs])
         self._output_shapes = tuple(value.shape for value in sample)
         self._outputs = tuple(
-            TensorSpec(name, (BATCH, *shape), np.dtype(np.float32))
+            TensorSpec(name, (batch, *shape), np.dtype(np.float32))
             for name, shape in zip(outputs, self._output_shapes, strict=True)
         )
         self._settings = dict(settings)
@@ -232,7 +236,8 @@ class NcnnSession:
                 f"{model.name} is quantized with ncnn2int8 (layer {int8_layer!r}), and ncnn's int8 "
                 "path on Vulkan can crash the process; open it with device='cpu'"
             )
-        inputs = _resolve_inputs(model, graph, shapes)
+        source_inputs = _routes.declared_inputs(converted_by)
+        inputs = _resolve_inputs(model, graph, shapes, source_inputs)
         if not graph.outputs:
             with translate_errors(NAME, ValueError, model=model):
                 raise ValueError("no blob is left unconsumed, so the model has no output")
@@ -281,7 +286,8 @@ class NcnnSession:
                 settings["input_shapes"] = {name: list(shape) for name, shape in shapes.items()}
             if converted_by is not None:
                 settings["converted_by"] = converted_by
-            session = cls(net, inputs, graph.outputs, settings)  # runs one sample
+            # runs one sample
+            session = cls(net, inputs, graph.outputs, settings, _batch_dim(source_inputs))
             _fork.note_run(session._threads)
             return session
 
@@ -367,10 +373,23 @@ class NcnnSession:
         self._net = None
 
 
+def _batch_dim(source_inputs: Mapping[str, list[int | str | None]]) -> Dim:
+    """The batch dimension the converted model's source declares for all its inputs (``N``
+    where there is no source, or its inputs disagree)."""
+    batches = {
+        dims[0] if dims and dims[0] is not None else BATCH for dims in source_inputs.values()
+    }
+    return batches.pop() if len(batches) == 1 else BATCH
+
+
 def _resolve_inputs(
-    model: Path, graph: _param.Graph, shapes: Mapping[str, tuple[int, ...]]
+    model: Path,
+    graph: _param.Graph,
+    shapes: Mapping[str, tuple[int, ...]],
+    source_inputs: Mapping[str, list[int | str | None]],
 ) -> list[tuple[str, tuple[int, ...]]]:
-    """Each input's per-sample shape: declared by its Input layer or given in ``input_shapes``."""
+    """Each input's per-sample shape: declared by its Input layer, given in ``input_shapes``, or
+    declared by the ONNX source of a conversion (pnnx writes no sizes into the .param)."""
     names = [name for name, _ in graph.inputs]
     unknown = sorted(set(shapes) - set(names))
     if unknown:
@@ -390,6 +409,10 @@ def _resolve_inputs(
                 f"input_shapes gives {list(given)}. ncnn does not check input sizes, so only a "
                 "shape the .param leaves open can be set"
             )
+        source = source_inputs.get(name, [])[1:]
+        sizes = tuple(d for d in source if isinstance(d, int) and d > 0)
+        if given is None and source and len(sizes) == len(source):
+            given = sizes
         shape = declared or given
         if shape is None:
             raise UnsupportedOptionError(
