@@ -436,6 +436,20 @@ def test_concurrent_writers_keep_every_entry():
     assert _autocache.clear() == 8 and _autocache.entries() == {}
 
 
+def _load_source(model) -> str:
+    return Engine.load(model, threads=1, budget_s=0.3).selection.source
+
+
+def test_processes_loading_one_model_at_once_measure_once(two_fakes, fake_model):
+    """A server's workers starting together: the first measures, the others wait for its
+    decision (fork keeps the fakes registered in the workers)."""
+    import multiprocessing
+
+    with ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("fork")) as pool:
+        sources = list(pool.map(_load_source, [fake_model] * 3))
+    assert sorted(sources) == ["cache", "cache", "measured"]
+
+
 def test_concurrent_loads_of_one_model_measure_once(two_fakes, fake_model):
     """Six threads loading at once: one measures, the others wait and take its decision (each
     measuring while the others load the CPUs could pick differently, as it once did)."""

@@ -162,9 +162,10 @@ def open_auto(
     cached = _open_cached(key, objective, open_candidate)
     if cached is not None:
         return cached  # loads of a cached decision do not wait for one another
-    # One measurement per key at a time in this process: the other callers wait, then take its
-    # decision from the cache (measuring at once, each would slow the others down).
-    with _lock_for(key):
+    # One measurement per key at a time, in this process and across processes: the other
+    # callers wait, then take its decision from the cache (measuring at once, each would slow
+    # the others down).
+    with _lock_for(key), _autocache.measuring(key):
         cached = _open_cached(key, objective, open_candidate)
         if cached is not None:
             return cached

@@ -61,6 +61,31 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def measuring(key: str) -> Iterator[None]:
+    """Held while one process measures for ``key``: processes started together (the workers of a
+    server) wait for the first one's decision instead of measuring at once, which slows each
+    measurement down and can leave them on different backends. Best effort: without a writable
+    cache directory (or ``fcntl``) nothing is held."""
+    try:
+        directory = cache_dir("locks")
+        lock = (directory / f"auto-{key}.lock").open("a")
+    except OSError:
+        yield
+        return
+    with lock:
+        try:
+            import fcntl
+        except ImportError:  # Windows: each process measures for itself
+            yield
+            return
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def entries() -> dict[str, Any]:
     """Every cached decision, by key."""
     return _read(cache_file())
