@@ -13,6 +13,7 @@ import os
 import queue
 import re
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -167,6 +168,7 @@ def _compiled_cache(root: Path, model: Path) -> Path | None:
             raise PermissionError(errno.EACCES, "not writable")
         if not (directory / _SOURCE).is_file():
             atomic_write_bytes(directory / _SOURCE, str(resolved).encode())
+        os.utime(directory / _SOURCE)  # in use: see _remove_orphans
     except OSError as exc:
         warn_user(
             f"compiled models cannot be cached in {current} ({exc.strerror}); compiling "
@@ -177,21 +179,28 @@ def _compiled_cache(root: Path, model: Path) -> Path | None:
 
 
 #: In each model path's directory: the path, so entries of deleted model files can be removed.
+#: Its modification time is the entry's last use.
 _SOURCE: Final = "source.txt"
+#: Entries of missing model files are removed once unused for this long: a cache directory
+#: shared by containers holds paths that exist only in another container, which keeps using them.
+_ORPHAN_AFTER_S: Final = 3600
 
 
 def _remove_orphans(root: Path, *, keep: Path) -> None:
-    """Remove the compiled models of model files that no longer exist."""
+    """Remove the compiled models of model files that no longer exist, unused for an hour."""
     try:
         entries = [e for e in root.iterdir() if e != keep]
     except OSError:
         return
+    now = time.time()
     for entry in entries:
         try:
-            source = Path((entry / _SOURCE).read_text())
+            record = entry / _SOURCE
+            source = Path(record.read_text())
+            idle = now - record.stat().st_mtime
         except (OSError, ValueError):
             continue  # being created, or written before source.txt existed: left alone
-        if not source.exists():
+        if idle > _ORPHAN_AFTER_S and not source.exists():
             shutil.rmtree(entry, ignore_errors=True)
 
 
