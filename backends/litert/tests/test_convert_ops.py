@@ -484,6 +484,89 @@ def test_pixel_shuffle_and_transposed_convolution(tmp_path: Path) -> None:
     compare(source, {"x": RNG.standard_normal((2, 3, 5, 6)).astype(F32)})
 
 
+def test_transposed_convolutions_of_decoders(tmp_path: Path) -> None:
+    """k4 s2 p1 and k3 s2 p1 (common decoders): the pads crop more than output_padding adds, so
+    the full result is computed and sliced (TFLite refuses an output shorter than the full)."""
+    init = {"k4": weights(3, 4, 4, 4), "k3": weights(3, 2, 3, 3), "k1": weights(3, 2, 1, 1)}
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "k4"], ["k4s2p1"], strides=[2, 2],
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("ConvTranspose", ["x", "k3"], ["k3s2p1"], strides=[2, 2],
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("ConvTranspose", ["x", "k3"], ["bottom_only"], strides=[1, 1],
+                         pads=[0, 0, 2, 1]),
+        helper.make_node("ConvTranspose", ["x", "k1"], ["k1s3"], strides=[3, 2],
+                         output_padding=[2, 1]),
+    ]  # fmt: skip
+    source = save(
+        tmp_path / "decoders.onnx",
+        nodes,
+        [f32("x", ["N", 3, 5, 6])],
+        [
+            f32("k4s2p1", ["N", 4, 10, 12]), f32("k3s2p1", ["N", 2, 9, 11]),
+            f32("bottom_only", ["N", 2, 5, 7]), f32("k1s3", ["N", 2, 15, 12]),
+        ],
+        init,
+    )  # fmt: skip
+    compare(source, {"x": RNG.standard_normal((2, 3, 5, 6)).astype(F32)})
+
+
+def test_edge_forms_of_the_newer_operators(tmp_path: Path) -> None:
+    """Each once wrong: Pow by a constant of higher rank, an integer exponent, a negative-step
+    Slice starting before the first element (ONNX clamps it to 0), HardSigmoid of a scalar, a
+    Max whose partial results are named like a graph tensor, Reshape [0, -1] of a dynamic batch,
+    Resize with axes=[2, 3]."""
+    big = np.iinfo(np.int64).max
+    init = {
+        "two": np.full((1, 1, 1, 1, 1), 2.0, F32), "three": np.array(3, I64),
+        "s": np.array([-10], I64), "e": np.array([-big - 1], I64), "a": np.array([2], I64),
+        "t": np.array([-1], I64), "flat": np.array([0, -1], I64), "size": np.array([4, 8], I64),
+    }  # fmt: skip
+    nodes = [
+        helper.make_node("Pow", ["x", "two"], ["squared_up"]),
+        helper.make_node("Pow", ["x", "three"], ["cubed"]),
+        helper.make_node("Slice", ["x", "s", "e", "a", "t"], ["first_row"]),
+        helper.make_node("ReduceMean", ["x"], ["mean"], keepdims=0),
+        helper.make_node("HardSigmoid", ["mean"], ["scalar"]),
+        helper.make_node("Neg", ["x"], ["top/maximum1"]),
+        helper.make_node("Max", ["x", "cubed", "top/maximum1"], ["top"]),
+        helper.make_node("Reshape", ["x", "flat"], ["rows"]),
+        helper.make_node("Resize", ["x", "", "", "size"], ["resized"], mode="linear",
+                         axes=[2, 3]),
+    ]  # fmt: skip
+    source = save(
+        tmp_path / "edges.onnx",
+        nodes,
+        [f32("x", ["N", 2, 3, 4])],
+        [
+            f32("squared_up", [1, "N", 2, 3, 4]), f32("cubed", ["N", 2, 3, 4]),
+            f32("first_row", ["N", 2, 1, 4]), f32("scalar", []), f32("top", ["N", 2, 3, 4]),
+            f32("top/maximum1", ["N", 2, 3, 4]), f32("rows", ["N", 24]),
+            f32("resized", ["N", 2, 4, 8]),
+        ],
+        init,
+        opset=18,
+    )  # fmt: skip
+    compare(source, {"x": RNG.standard_normal((2, 2, 3, 4)).astype(F32)})
+
+
+@pytest.mark.parametrize("op", ["Resize", "Upsample"])
+def test_resize_10_and_upsample_sample_asymmetrically(tmp_path: Path, op: str) -> None:
+    nodes = [
+        helper.make_node(op, ["x", "scales"], ["linear"], mode="linear"),
+        helper.make_node(op, ["x", "scales"], ["nearest"], mode="nearest"),
+    ]
+    source = save(
+        tmp_path / f"{op}.onnx",
+        nodes,
+        [f32("x", ["N", 3, 4, 6])],
+        [f32("linear", ["N", 3, 8, 12]), f32("nearest", ["N", 3, 8, 12])],
+        {"scales": np.array([1, 1, 2, 2], F32)},
+        opset=10 if op == "Resize" else 9,
+    )
+    compare(source, {"x": RNG.standard_normal((2, 3, 4, 6)).astype(F32)})
+
+
 # -- refusals --------------------------------------------------------------------------------------
 
 

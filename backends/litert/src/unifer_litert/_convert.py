@@ -43,7 +43,7 @@ from ._resample import resize_flags
 from ._writer import ModelWriter
 
 #: Bump whenever the bytes written for the same ONNX file change: it is part of the cache key.
-WRITER_VERSION: Final = "5"
+WRITER_VERSION: Final = "6"
 CONVERTER: Final = f"unifer-litert onnx->tflite {WRITER_VERSION}"
 
 SUPPORTED_OPS: Final = (
@@ -105,6 +105,7 @@ SUPPORTED_OPS: Final = (
     "Sum",
     "Tanh",
     "Transpose",
+    "Upsample",
 )
 
 #: Operators never evaluated at conversion time even with constant inputs: their result is random.
@@ -360,6 +361,12 @@ class _Converter:
         logical = value.shape if shape is None else shape
         return self.writer.tensor(name, _physical_shape(logical, value.perm), value.dtype)
 
+    def fresh(self, name: str) -> str:
+        """``name``, made unique among the graph's tensor names (for values the converter adds)."""
+        while name in self.values or name in self.infos:
+            name += "'"
+        return name
+
     def copy(self, tensor: int, name: str, value: _Value) -> int:
         """A copy of ``tensor`` (a graph input reused as an output needs its own tensor)."""
         shape = list(value.shape)
@@ -433,7 +440,7 @@ class _Converter:
         source = self.physical(node.input[0], value.perm)
         for op, label, operand in steps:
             out = self.scratch(f"{name}/{label}", value)
-            factor = self.writer.constant(f"{name}/{label}/value", np.full(1, operand, F32))
+            factor = self.writer.constant(f"{name}/{label}/value", _scalar(operand, value))
             self.writer.op(
                 op, [source, factor], [out], f"{op.title()}Options", fusedActivationFunction=0
             )
@@ -442,17 +449,27 @@ class _Converter:
 
     def _op_Pow(self, node: Any, attrs: dict[str, Any]) -> None:
         exponent = self.values[node.input[1]].const
-        if exponent is not None and exponent.size == 1:
+        same_shape = self.values[node.input[0]].shape == self.info(node.output[0])[0]
+        if exponent is not None and exponent.size == 1 and same_shape:
             # What exporters write for x**2 and x**0.5: the kernels that compute exactly that.
             power = float(exponent.reshape(-1)[0])
-            if power == 1.0 and self.values[node.input[0]].shape == self.info(node.output[0])[0]:
+            if power == 1.0:
                 self.values[node.output[0]] = self.values[node.input[0]]
                 return
             if power in (0.5, 2.0):
                 self.unary(node, "SQRT" if power == 0.5 else "SQUARE")
                 return
-        self.float_only(node)
-        self.binary(node.input, node.output[0], "POW", "PowOptions", fused=False)
+        names = list(node.input)
+        if exponent is not None and exponent.dtype != np.float32:
+            # ONNX allows an integer exponent; TFLite's POW takes one type.
+            exact = exponent.astype(np.float32)
+            if not np.array_equal(exact, exponent):
+                raise _Unsupported(f"Pow {node.name!r} has an exponent float32 cannot hold")
+            names[1] = self.fresh(f"{names[1]}/float32")
+            self.values[names[1]] = _Value(exact.shape, exact.dtype, const=exact)
+        if any(self.values[n].dtype != np.float32 for n in names):
+            raise _Unsupported(f"Pow {node.name!r} on non-float32 tensors is not supported")
+        self.binary(names, node.output[0], "POW", "PowOptions", fused=False)
 
     def _op_Max(self, node: Any, attrs: dict[str, Any]) -> None:
         self.variadic(node, "MAXIMUM", "MaximumMinimumOptions")
@@ -493,9 +510,7 @@ class _Converter:
                 out, _ = self.new(name, value.perm, nonneg=low >= 0 and high >= 0)
             else:
                 out = self.scratch(f"{name}/{op.lower()}", value)
-            limit = self.writer.constant(
-                f"{name}/{op.lower()}/bound", np.full(1, bound, np.float32)
-            )
+            limit = self.writer.constant(f"{name}/{op.lower()}/bound", _scalar(bound, value))
             self.writer.op(op, [source, limit], [out], "MaximumMinimumOptions")
             source = out
 
@@ -535,7 +550,9 @@ class _Converter:
         # Left to right, as onnxruntime computes; partial results have the output's shape.
         total = names[0]
         for index, name in enumerate(names[1:], start=1):
-            step = output if index == len(names) - 1 else f"{output}/{op.lower()}{index}"
+            step = (
+                output if index == len(names) - 1 else self.fresh(f"{output}/{op.lower()}{index}")
+            )
             self.infos[step] = self.info(output)
             self.binary([total, name], step, op, options, fused=op == "ADD")
             total = step
@@ -685,18 +702,27 @@ class _Converter:
         cout = weight.shape[1]
         strides = [int(s) for s in attrs.get("strides", (1, 1))]
         top, left = (int(p) for p in attrs.get("pads", (0, 0, 0, 0))[:2])
+        extra = [int(p) for p in attrs.get("output_padding", (0, 0))]
         if len(node.input) > 2 and node.input[2]:
             bias = self.const(node.input[2], "ConvTranspose bias").astype(np.float32)
         else:
             bias = np.zeros(cout, np.float32)
         # TFLite's VALID transposed convolution places input pixel i at i * stride, as ONNX does
-        # before its pads: compute [top + H, left + W] pixels (those past the full result are the
-        # zeros of output_padding), then drop the first top rows and left columns.
+        # before its pads, and takes an output of ONNX's full extent (output_padding included:
+        # less than a stride, which VALID allows, and its rows get only the bias). Computed
+        # whole, then cropped to ONNX's pads.
         n, _, height, width = shape
+        full_h, full_w = (
+            (size - 1) * stride + kernel + pad
+            for size, stride, kernel, pad in zip(
+                value.shape[2:], strides, weight.shape[2:], extra, strict=True
+            )
+        )
         name = node.output[0]
-        full = [n, height + top, width + left, cout]
+        full = [n, full_h, full_w, cout]
         out, _ = self.new(name, NHWC)
-        target = out if top == left == 0 else self.writer.tensor(f"{name}/full", full, F32)
+        cropped = (full_h, full_w) != (height, width)
+        target = self.writer.tensor(f"{name}/full", full, F32) if cropped else out
         self.writer.op(
             "TRANSPOSE_CONV",
             [
@@ -712,7 +738,7 @@ class _Converter:
             strideW=strides[1],
             fusedActivationFunction=0,
         )
-        if target != out:
+        if cropped:
             self.writer.op(
                 "SLICE",
                 [
@@ -1001,11 +1027,38 @@ class _Converter:
     # -- resampling --------------------------------------------------------------------------------
 
     def _op_Resize(self, node: Any, attrs: dict[str, Any]) -> None:
+        inputs = [*node.input, "", "", ""]
+        if self.opset < 11:  # Resize-10 (as Upsample): scales as input 1, asymmetric, floor
+            self.resize(node, attrs, inputs[1], "asymmetric", "floor")
+            return
+        self.resize(
+            node,
+            attrs,
+            inputs[2],
+            _text(attrs.get("coordinate_transformation_mode", "half_pixel")),
+            _text(attrs.get("nearest_mode", "round_prefer_floor")),
+        )
+
+    def _op_Upsample(self, node: Any, attrs: dict[str, Any]) -> None:
+        if "scales" in attrs:  # opset 7-8: an attribute; opset 9: input 1
+            scales = np.asarray(attrs["scales"], np.float32)
+            name = self.fresh(f"{node.output[0]}/scales")
+            self.values[name] = _Value(scales.shape, scales.dtype, const=scales)
+        else:
+            name = node.input[1]
+        self.resize(node, attrs, name, "asymmetric", "floor")
+
+    def resize(
+        self, node: Any, attrs: dict[str, Any], scales_name: str, transform: str, rounding: str
+    ) -> None:
+        """Resize or Upsample of the last two axes of NCHW, sampling as ``transform`` and
+        ``rounding`` (ONNX's coordinate_transformation_mode and nearest_mode) define."""
         self.float_only(node, count=1)
         value = self.values[node.input[0]]
         shape = self.info(node.output[0])[0]
         mode = _text(attrs.get("mode", "nearest"))
-        if len(value.shape) != 4 or shape[:2] != value.shape[:2] or "axes" in attrs:
+        axes = sorted(int(a) % 4 for a in attrs.get("axes", (2, 3)))
+        if len(value.shape) != 4 or shape[:2] != value.shape[:2] or axes != [2, 3]:
             raise _Unsupported(f"Resize {node.name!r} of other axes than the last two of NCHW")
         if mode not in ("nearest", "linear"):
             raise _Unsupported(f"Resize {node.name!r} in mode {mode!r} is not supported")
@@ -1014,14 +1067,13 @@ class _Converter:
                 f"Resize {node.name!r} of an image whose size is unknown at conversion time: "
                 "the sampling is checked for fixed sizes"
             )
-        inputs = [*node.input, "", "", ""]
-        scales = self.values[inputs[2]].const if inputs[2] else None
+        scales = self.values[scales_name].const if scales_name else None
         if scales is not None and scales.size == 0:
             scales = None  # opset 11-12 write an empty scales input when sizes are given
         spatial = list(zip(value.shape[2:], shape[2:], strict=True))
         if scales is not None and any(
             size * float(scale) != out
-            for (size, out), scale in zip(spatial, scales.reshape(-1)[2:], strict=True)
+            for (size, out), scale in zip(spatial, scales.reshape(-1)[-2:], strict=True)
         ):
             # ONNX maps coordinates with the given scale, TFLite with the size ratio.
             raise _Unsupported(
@@ -1029,18 +1081,12 @@ class _Converter:
             )
         if int(attrs.get("antialias", 0)) and any(out < size for size, out in spatial):
             raise _Unsupported(f"Resize {node.name!r} with antialias when downscaling")
-        flags = resize_flags(
-            _text(attrs.get("coordinate_transformation_mode", "half_pixel")),
-            _text(attrs.get("nearest_mode", "round_prefer_floor")),
-            mode,
-            spatial,
-        )
+        flags = resize_flags(transform, rounding, mode, spatial)
         if flags is None:
             raise _Unsupported(
-                f"Resize {node.name!r} ({mode}, coordinate_transformation_mode="
-                f"{_text(attrs.get('coordinate_transformation_mode', 'half_pixel'))}, "
-                f"nearest_mode={_text(attrs.get('nearest_mode', 'round_prefer_floor'))}) "
-                "samples other pixels than TFLite's resize can"
+                f"{node.op_type} {node.name!r} ({mode}, coordinate_transformation_mode="
+                f"{transform}, nearest_mode={rounding}) samples other pixels than TFLite's "
+                "resize can"
             )
         align_corners, half_pixel = flags
         name = node.output[0]
@@ -1172,15 +1218,16 @@ class _Converter:
             axes = [int(a) for a in attrs.get("axes", range(len(starts)))]
             steps = [1] * len(starts)
         # TFLite's STRIDED_SLICE reads indices as Python does (negative from the end, clamped to
-        # the axis), as ONNX's Slice does, except that a negative step's "before the first
-        # element" must be the end mask: -1 means the last element there.
+        # the axis), as ONNX's Slice does for a positive step. For a fixed size the bounds are
+        # resolved here as ONNX clamps them; a negative step's "before the first element" must
+        # then be the end mask: -1 means the last element to STRIDED_SLICE.
         begin, end, stride = [0] * rank, [0] * rank, [1] * rank
         begin_mask = end_mask = (1 << rank) - 1  # axes not sliced are taken whole
         for axis, start, stop, step in zip(axes, starts, ends, steps, strict=True):
             axis %= rank
             size = value.shape[axis]
             if size >= 0:
-                start, stop, step = slice(start, stop, step).indices(size)
+                start, stop = _onnx_slice_bounds(start, stop, step, size)
             elif step < 0:
                 raise _Unsupported(
                     f"Slice {node.name!r} with a negative step along a dynamic dimension"
@@ -1218,7 +1265,7 @@ class _Converter:
         # 0 copies the input's dimension (allowzero=0); -1 is inferred.
         shape = [value.shape[i] if d == 0 else d for i, d in enumerate(requested)]
         inferred = self.info(node.output[0])[0]
-        if all(d >= 0 for d in inferred):
+        if sum(d < 0 for d in inferred) <= 1:  # [0, -1] of [N, C, H, W]: onnx knew C * H * W
             shape = list(inferred)
         if sum(d < 0 for d in shape) > 1:
             raise _Unsupported(
@@ -1462,11 +1509,28 @@ _ELEMENTWISE: Final = {
 _NONNEGATIVE: Final = frozenset({"ABS", "EXP", "LOGISTIC", "RELU", "RELU6", "SQRT", "SQUARE"})
 
 
+def _scalar(number: float, like: _Value) -> np.ndarray:
+    """A float32 constant that broadcasts against ``like`` without raising its rank (a [1]
+    operand would turn a rank-0 tensor into [1])."""
+    return np.full((1,) if like.shape else (), number, F32)
+
+
 def _i32(values: Any) -> np.ndarray:
     return np.asarray(values, dtype=np.int32)
 
 
 _I32_MAX: Final = 2**31 - 1
+
+
+def _onnx_slice_bounds(start: int, stop: int, step: int, size: int) -> tuple[int, int]:
+    """ONNX Slice's start and end on an axis of ``size``: negatives count from the end, then
+    clamped to [0, size] (to [0, size - 1] and [-1, size - 1] for a negative step; Python's
+    slices differ there: a start before the first element selects nothing)."""
+    start += size if start < 0 else 0
+    stop += size if stop < 0 else 0
+    if step > 0:
+        return min(max(start, 0), size), min(max(stop, 0), size)
+    return min(max(start, 0), size - 1), min(max(stop, -1), size - 1)
 
 
 def _clamp_i32(index: int) -> int:

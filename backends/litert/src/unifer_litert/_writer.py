@@ -75,7 +75,7 @@ class ModelWriter:
 
     def constant(self, name: str, value: np.ndarray) -> int:
         """Add a constant tensor holding ``value`` (stored little-endian, 16-byte aligned)."""
-        array = np.ascontiguousarray(value)
+        array = np.asarray(value, order="C")  # not ascontiguousarray: it makes scalars rank 1
         data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
         self._buffers.append(data)
         return self._add_tensor(name, array.shape, array.dtype, buffer=len(self._buffers) - 1)
