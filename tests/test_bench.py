@@ -1024,3 +1024,46 @@ def test_an_interrupted_run_leaves_no_worker_behind(tmp_path, monkeypatch):
             if proc.poll() is None:
                 proc.kill()
                 wait(proc)
+
+
+def test_an_output_named_like_a_savez_parameter_is_measured(onnx_backends, module_cache, tmp_path):
+    """np.savez takes names as keywords: an output called 'file' failed every configuration."""
+    if "onnxruntime" not in onnx_backends:
+        pytest.skip("needs onnxruntime")
+    from onnx import TensorProto, helper, save_model
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 4]) for n in ("y", "file")]
+    nodes = [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Neg", ["x"], ["file"])]
+    graph = helper.make_graph(nodes, "two", [x], outputs)
+    path = tmp_path / "two.onnx"
+    save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    result = bench.run(path, backends=["onnxruntime"], threads=[1], settings=TINY)
+    (record,) = result.records
+    assert record["status"] == "ok", record.get("error")
+    assert record["integrity"]["ok"] is True  # both outputs compared with the reference
+
+
+def test_an_interrupted_run_keeps_the_configurations_measured(
+    onnx_backends, module_cache, monkeypatch
+):
+    """Ctrl+C (or SIGTERM in the CLI) during the third configuration: the two measured stay."""
+    if "onnxruntime" not in onnx_backends:
+        pytest.skip("needs onnxruntime")
+    real = _run._spawn
+    calls = []
+
+    def spawn(job, *args, **kwargs):
+        if job.get("mode") == "measure":
+            calls.append(job)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+        return real(job, *args, **kwargs)
+
+    monkeypatch.setattr(_run, "_spawn", spawn)
+    result = bench.run(
+        "builtin:arcface-tiny", backends=["onnxruntime"], threads=[1, 2], batches=[1, 2],
+        settings=TINY,
+    )  # fmt: skip
+    assert [r["status"] for r in result.records] == ["ok", "ok"]
+    assert result.conditions["interrupted"] == "after 2 of 4 configurations"

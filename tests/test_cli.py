@@ -369,3 +369,30 @@ def test_unifer_warnings_are_one_plain_line(cli, fake_backend, fake_model):
     result = cli("info", str(fake_model), "--backend", "fake", "--option", "fake.speeed=1")
     assert "warning: backend option 'speeed' is not understood by fake" in result.stderr
     assert "UniferWarning" not in result.stderr and ".py:" not in result.stderr  # no source line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--threads", ","), ("--batch", ","), ("--precision", " , ")],
+    ids=["threads", "batch", "precision"],
+)
+def test_bench_refuses_an_empty_list_instead_of_measuring_nothing(cli, fake_backend, args):
+    assert "lists nothing" in cli("bench", "builtin:arcface-tiny", *args, code=2).output
+
+
+def test_bench_refuses_an_unwritable_out_before_running(cli, fake_backend, tmp_path, monkeypatch):
+    """An --out that cannot be written failed after the whole run, losing every result."""
+    from unifer import bench
+
+    monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("ran before checking --out"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    output = cli("bench", "--quick", "--out", str(blocker / "report"), code=2).output
+    assert "cannot create" in output and "--out" in output
+
+
+def test_predict_allow_nan(cli, fake_backend, fake_model, tmp_path):
+    x = tmp_path / "x.npy"
+    np.save(x, np.array([[1.0, np.nan, 3.0]], np.float32))
+    assert "--allow-nan" in cli("predict", str(fake_model), str(x), code=1).output
+    assert "backend: fake" in cli("predict", str(fake_model), str(x), "--allow-nan").output

@@ -254,9 +254,13 @@ def measure_candidates(
                             max_abs_diff=parity.max_abs_diff,
                             cosine=parity.min_cosine,
                             reason=(
-                                f"outputs differ from {reference_name}: max abs diff "
-                                f"{parity.max_abs_diff:.3g}, cosine {parity.min_cosine:.6f} "
-                                f"(needs <= {max_rel:g} relative, >= {min_cos})"
+                                f"outputs differ from {reference_name}: "
+                                + (
+                                    parity.problem  # NaN, other shapes: numbers would mislead
+                                    or f"max abs diff {parity.max_abs_diff:.3g}, cosine "
+                                    f"{parity.min_cosine:.6f} (needs <= {max_rel:g} relative, "
+                                    f">= {min_cos})"
+                                )
                             ),
                         )
                     )

@@ -11,12 +11,13 @@ import json
 import math
 import os
 import shutil
+import signal
 import uuid
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Final, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 import click
 import numpy as np
@@ -25,6 +26,7 @@ from . import _autocache, _convert, _hardware, _registry, models
 from ._cache import cache_dir, cache_root
 from ._engine import Engine, readers, resolve_model
 from ._errors import InputError, ModelFormatError, UniferError, UniferWarning
+from ._npz import write_npz
 from ._preprocess import Preprocess
 from ._select import Selection
 from .backend import PRECISIONS, SessionOptions, TensorSpec
@@ -442,6 +444,7 @@ def convert(
         click.echo(
             f"check against {check.reference}: {verdict}, max abs diff "
             f"{check.max_abs_diff:.3g}, cosine {check.min_cosine:.7f}"
+            + (f" ({check.note})" if check.note else "")  # why (NaN outputs, other shapes)
         )
 
 
@@ -464,6 +467,9 @@ def convert(
     type=click.Path(path_type=Path, dir_okay=False),
     help="Write outputs to .npy (one output), .npz or .json.",
 )
+@click.option(
+    "--allow-nan", is_flag=True, help="Let the input hold NaN (a model that reads it as missing)."
+)
 @device_option
 @backend_options_option
 @json_option
@@ -475,6 +481,7 @@ def predict(
     precision: str,
     preprocess_arg: str | None,
     out: Path | None,
+    allow_nan: bool,
     device: str | None,
     option_args: tuple[str, ...],
     as_json: bool,
@@ -500,6 +507,7 @@ def predict(
         preprocess=preprocess,
         backend_options=parse_backend_options(option_args),
         device=device,
+        allow_nan=allow_nan,
     ) as engine:
         feeds = _read_input(input_path, engine)
         if isinstance(feeds, np.ndarray):  # an image: preprocessed
@@ -662,20 +670,11 @@ def _write_outputs(out: Path, outputs: Mapping[str, np.ndarray]) -> None:
             if suffix == ".npy":
                 np.save(file, next(iter(outputs.values())))
             elif suffix == ".npz":
-                _write_npz(file, outputs)
+                write_npz(file, outputs)
             else:
                 file.write(to_json({name: a.tolist() for name, a in outputs.items()}).encode())
     except OSError as exc:
         raise click.BadParameter(f"cannot write {out}: {exc.strerror}", param_hint="--out") from exc
-
-
-def _write_npz(file: BinaryIO, outputs: Mapping[str, np.ndarray]) -> None:
-    """np.savez's format, by hand: savez takes the names as keyword arguments, so outputs called
-    'file' or 'allow_pickle' collide with its own parameters."""
-    with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for name, array in outputs.items():
-            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 @main.command("bench")
@@ -695,7 +694,14 @@ def _write_npz(file: BinaryIO, outputs: Mapping[str, np.ndarray]) -> None:
     help="Thread counts, e.g. 1,2,default ('default' = the runtime's own); "
     "default: 1..physical cores,default.",
 )
-@click.option("--batch", "batch_arg", metavar="LIST", default="1", show_default=True)
+@click.option(
+    "--batch",
+    "batch_arg",
+    metavar="LIST",
+    default="1",
+    show_default=True,
+    help="Batch sizes, comma-separated (above 1 needs a dynamic batch dimension).",
+)
 @click.option(
     "--dim",
     "dim_args",
@@ -704,7 +710,14 @@ def _write_npz(file: BinaryIO, outputs: Mapping[str, np.ndarray]) -> None:
     help="Size of a named dynamic input dimension besides the batch, e.g. sequence=128 or "
     "H=224 (repeatable); one not given is fed as 1.",
 )
-@click.option("--precision", "precision_arg", metavar="LIST", default="fp32", show_default=True)
+@click.option(
+    "--precision",
+    "precision_arg",
+    metavar="LIST",
+    default="fp32",
+    show_default=True,
+    help="Precisions, comma-separated: fp32, bf16, fp16, int8 (each backend runs those it can).",
+)
 @click.option(
     "--quick", is_flag=True, help="Smoke test: arcface-r18 (unless MODEL is given), short runs."
 )
@@ -764,8 +777,11 @@ def bench(
 
     from . import bench as benchmark
 
-    def listed(text: str) -> list[str]:
-        return [v.strip() for v in text.split(",") if v.strip()]
+    def listed(text: str, option: str | None = None) -> list[str]:
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        if option is not None and not values:  # nothing to measure is a mistake, not a pass
+            raise click.BadParameter(f"{text!r} lists nothing", param_hint=option)
+        return values
 
     base = benchmark.QUICK if quick else benchmark.DEFAULT
     settings = dataclasses.replace(
@@ -778,7 +794,7 @@ def bench(
         stable=base.stable if stable is None else stable,
     )
     try:
-        batches = [int(b) for b in listed(batch_arg)]
+        batches = [int(b) for b in listed(batch_arg, "--batch")]
     except ValueError:
         raise click.BadParameter(
             f"{batch_arg!r} is not a list of integers", param_hint="--batch"
@@ -795,36 +811,63 @@ def bench(
         if not sep or not name or not python:
             raise click.BadParameter(f"expected BACKEND=PYTHON, got {arg!r}", param_hint="--python")
         interpreters[name.strip()] = python.strip()
+    if out is not None:
+        _check_writable_directory(out, "--out")  # before the run, not after minutes of it
     argv0 = Path(sys.argv[0])
     command = (
         shlex.join(["unifer", *sys.argv[1:]])
         if argv0.name == "unifer" or argv0.parent.name == "unifer"
         else None
     )
-    result = benchmark.run(
-        model or (benchmark.QUICK_MODEL if quick else benchmark.DEFAULT_MODEL),
-        backends=[b for arg in backend_args for b in listed(arg)] or None,
-        threads=benchmark.parse_threads(listed(threads_arg)) if threads_arg else None,
-        batches=batches,
-        precisions=listed(precision_arg),
-        settings=settings,
-        reference=reference,
-        progress=benchmark.TerminalProgress(sys.stderr),
-        command=command,
-        interpreters=interpreters,
-        backend_options=parse_backend_options(option_args),
-        dims=dims,
-    )
-    written = benchmark.write_report(result, out, plots=not no_plots) if out else None
+    # SIGTERM (a CI job cancelled, `timeout`) stops the run as Ctrl+C does: the worker is
+    # stopped, its temporary directory removed, and the configurations measured are kept.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        result = benchmark.run(
+            model or (benchmark.QUICK_MODEL if quick else benchmark.DEFAULT_MODEL),
+            backends=[b for arg in backend_args for b in listed(arg)] or None,
+            threads=benchmark.parse_threads(listed(threads_arg, "--threads"))
+            if threads_arg
+            else None,
+            batches=batches,
+            precisions=listed(precision_arg, "--precision"),
+            settings=settings,
+            reference=reference,
+            progress=benchmark.TerminalProgress(sys.stderr),
+            command=command,
+            interpreters=interpreters,
+            backend_options=parse_backend_options(option_args),
+            dims=dims,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if as_json:
         emit_json(result.to_dict())
     else:
         click.echo(benchmark.format_table(result))
-        if written is not None:
+    if out is not None:
+        try:
+            written = benchmark.write_report(result, out, plots=not no_plots)
+        except OSError as exc:  # the results are printed above: nothing measured is lost
+            raise click.ClickException(f"could not write the report to {out}: {exc}") from exc
+        if not as_json:
             click.echo(f"report written to {out}/ ({', '.join(p.name for p in written['files'])})")
             if written["plots"] != "written":
                 click.echo(f"plots: {written['plots']}")
+    if result.conditions.get("interrupted"):
+        click.echo(f"interrupted {result.conditions['interrupted']}", err=True)
+        sys.exit(130)
     if result.records and not result.ok_records():
         # Nothing was measured: a script or CI job must see it (partial failures are listed).
         click.echo("error: every configuration failed (see FAILED above)", err=True)
         sys.exit(1)
+
+
+def _check_writable_directory(path: Path, option: str) -> None:
+    """Create ``path`` if needed; a usage error unless it is a directory this process can write."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot create {str(path)!r}: {exc}", param_hint=option) from exc
+    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"{str(path)!r} is not a writable directory", param_hint=option)

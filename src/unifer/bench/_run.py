@@ -244,6 +244,7 @@ def run(
     }
     load_before = _loadavg()
     records: list[dict[str, Any]] = []
+    interrupted: str | None = None
     reference_info: dict[str, Any] = {"backend": ref_name, "precision": "fp32", "threads": None}
     with tempfile.TemporaryDirectory(prefix="unifer-bench-") as tmp:
         root = Path(tmp)
@@ -318,30 +319,24 @@ def run(
             reference_info.setdefault("runs", []).append(
                 {"batch": batch, "status": ref["status"], "error": ref.get("error")}
             )
-        for index, config in enumerate(configs, start=1):
-            notify(Progress(index, total, config, "starting"))
-            conversion = conversions.get(_backend(config.backend))
-            if conversion is not None and "error" in conversion:
-                record = _record(config, {"status": "error", "error": conversion["error"]}, "")
-                record["conversion"] = conversion
-                records.append(record)
-                notify(Progress(index, total, config, "done", record=record))
-                continue
-
-            def on_phase(phase: str, detail: Mapping[str, object], i: int = index) -> None:
-                notify(Progress(i, total, configs[i - 1], phase, detail))
-
-            raw = _spawn(
-                {**base_job, **config.to_dict(), "mode": "measure"},
-                root / f"config-{index}",
-                on_phase,
-                settings.worker_timeout_s,
-                python=elsewhere.get(_backend(config.backend)),
+        try:
+            _measure_each(
+                configs,
+                records,
+                conversions,
+                ref_outputs,
+                base_job,
+                root,
+                settings,
+                elsewhere,
+                notify,
             )
-            record = _record(config, raw, ref_outputs.get(config.batch, "no reference run"))
-            record["conversion"] = conversion
-            records.append(record)
-            notify(Progress(index, total, config, "done", record=record))
+        except KeyboardInterrupt:
+            # Ctrl+C (or SIGTERM in the CLI) keeps what was measured: the worker is stopped by
+            # _spawn and the report says the run was cut short.
+            if not records:
+                raise
+            interrupted = f"after {len(records)} of {total} configurations"
     finished = time.time()
     machine = fingerprint()
     machine["digest"] = fingerprint_digest()
@@ -369,6 +364,7 @@ def run(
             "loadavg_before": load_before,
             "loadavg_after": _loadavg(),
             "wall_s": finished - started,
+            "interrupted": interrupted,
             "thread_env": {k: os.environ.get(k) for k in THREAD_ENV},
         },
         energy=_energy.Meter().describe(),
@@ -502,6 +498,46 @@ def _reference(names: Sequence[str], suffix: str, requested: str | None) -> str:
 # -- workers ---------------------------------------------------------------------------------------
 
 
+def _measure_each(
+    configs: Sequence[Config],
+    records: list[dict[str, Any]],
+    conversions: Mapping[str, dict[str, Any]],
+    ref_outputs: Mapping[int, dict[str, np.ndarray] | str],
+    base_job: Mapping[str, Any],
+    root: Path,
+    settings: Settings,
+    elsewhere: Mapping[str, Path],
+    notify: ProgressCallback,
+) -> None:
+    """Measure each configuration in a worker of its own, appending to ``records`` as each
+    finishes (so that an interrupted run keeps those done)."""
+    total = len(configs)
+    for index, config in enumerate(configs, start=1):
+        notify(Progress(index, total, config, "starting"))
+        conversion = conversions.get(_backend(config.backend))
+        if conversion is not None and "error" in conversion:
+            record = _record(config, {"status": "error", "error": conversion["error"]}, "")
+            record["conversion"] = conversion
+            records.append(record)
+            notify(Progress(index, total, config, "done", record=record))
+            continue
+
+        def on_phase(phase: str, detail: Mapping[str, object], i: int = index) -> None:
+            notify(Progress(i, total, configs[i - 1], phase, detail))
+
+        raw = _spawn(
+            {**base_job, **config.to_dict(), "mode": "measure"},
+            root / f"config-{index}",
+            on_phase,
+            settings.worker_timeout_s,
+            python=elsewhere.get(_backend(config.backend)),
+        )
+        record = _record(config, raw, ref_outputs.get(config.batch, "no reference run"))
+        record["conversion"] = conversion
+        records.append(record)
+        notify(Progress(index, total, config, "done", record=record))
+
+
 def _spawn(
     job: dict[str, Any],
     workdir: Path,
@@ -531,6 +567,7 @@ def _spawn(
         **job,
         "result_path": str(workdir / "result.json"),
         "outputs_path": str(workdir / "outputs.npz"),
+        "parent_pid": os.getpid(),
     }
     job_path = workdir / "job.json"
     job_path.write_text(json.dumps(job))

@@ -47,6 +47,7 @@ from .. import _convert, _registry
 from .._cache import cache_dir
 from .._engine import Engine
 from .._errors import PreprocessError, UniferError, UniferWarning, UnsupportedOptionError
+from .._npz import write_npz
 from .._parity import inner_names, is_batch, seeded_feeds
 from .._preprocess import Preprocess
 from .._timing import Stats, measure, time_once
@@ -388,7 +389,7 @@ def measure_job(job: Mapping[str, Any]) -> dict[str, Any]:
 
     progress("integrity")
     outputs = inputs.outputs(engine)
-    np.savez(job["outputs_path"], **outputs)  # type: ignore[arg-type]
+    write_npz(job["outputs_path"], outputs)  # np.savez fails on an output named 'file'
     if reference_only:
         engine.close()
         return result
@@ -461,12 +462,33 @@ def measure_job(job: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _die_with_parent(parent: object) -> None:
+    """On Linux, have the kernel kill this worker when the bench process (pid ``parent``) dies,
+    however it dies (SIGKILL, the OOM killer): an orphan would go on loading the machine."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if parent is not None and os.getppid() != parent:  # it died before the request
+        sys.exit(1)
+
+
+_PR_SET_PDEATHSIG: Final = 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         sys.stderr.write("usage: python -m unifer.bench._worker JOB.json\n")
         return 2
     job = json.loads(Path(args[0]).read_text())
+    _die_with_parent(job.get("parent_pid"))
     # unifer's warnings (an option a backend ignored, a process-wide setting) belong in the
     # record: the worker's stderr is not shown.
     with warnings.catch_warnings(record=True) as caught:
