@@ -396,3 +396,14 @@ def test_predict_allow_nan(cli, fake_backend, fake_model, tmp_path):
     np.save(x, np.array([[1.0, np.nan, 3.0]], np.float32))
     assert "--allow-nan" in cli("predict", str(fake_model), str(x), code=1).output
     assert "backend: fake" in cli("predict", str(fake_model), str(x), "--allow-nan").output
+
+
+def test_predict_refuses_an_unreadable_input_before_loading(cli, fake_model, tmp_path, monkeypatch):
+    from unifer import cli as cli_module
+
+    monkeypatch.setattr(cli_module.Engine, "load", lambda *a, **k: pytest.fail("loaded first"))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    assert (
+        "use .npy, .npz or an image" in cli("predict", str(fake_model), str(notes), code=2).output
+    )

@@ -496,6 +496,7 @@ def predict(
             f"unifer predict model.onnx {model}",
             param_hint="MODEL",
         )
+    _check_input(input_path)
     preprocess = _preprocess_from(preprocess_arg)
     if out is not None:
         _check_out(out)
@@ -594,17 +595,22 @@ def _read_input(path: Path, engine: Engine) -> np.ndarray | dict[str, np.ndarray
                 "array per input name: np.savez(path, **{name: array, ...})"
             )
         return {engine.inputs[0].name: array}
-    if suffix in IMAGE_SUFFIXES:
-        if engine.preprocess is None:
-            raise InputError(
-                f"{path.name} is an image, but no preprocessing is set for this model; pass "
-                "--preprocess arcface|imagenet|FILE.json (or add a <model>.preprocess.json)"
-            )
-        return _read_image(path)
-    raise click.BadParameter(
-        f"cannot read {path.name}: use .npy, .npz or an image ({', '.join(IMAGE_SUFFIXES)})",
-        param_hint="INPUT",
-    )
+    # An image (_check_input let nothing else through).
+    if engine.preprocess is None:
+        raise InputError(
+            f"{path.name} is an image, but no preprocessing is set for this model; pass "
+            "--preprocess arcface|imagenet|FILE.json (or add a <model>.preprocess.json)"
+        )
+    return _read_image(path)
+
+
+def _check_input(path: Path) -> None:
+    """Refuse an INPUT predict cannot read before the model is loaded (auto may measure)."""
+    if path.suffix.lower() not in (".npy", ".npz", *IMAGE_SUFFIXES):
+        raise click.BadParameter(
+            f"cannot read {path.name}: use .npy, .npz or an image ({', '.join(IMAGE_SUFFIXES)})",
+            param_hint="INPUT",
+        )
 
 
 @contextlib.contextmanager

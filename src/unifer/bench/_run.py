@@ -28,11 +28,10 @@ import numpy as np
 
 from .. import _registry, models
 from .._digest import model_digest, model_files
-from .._engine import readers
+from .._engine import readers, resolve_model
 from .._errors import (
     BackendUnavailableError,
     ModelFormatError,
-    ModelNotFoundError,
     UniferError,
     UnsupportedOptionError,
 )
@@ -450,9 +449,7 @@ def _resolve_model(
             )
         preprocess = preprocess or preset
     else:
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise ModelNotFoundError(f"model file {spec!r} does not exist; check the path")
+        path, _ = resolve_model(spec)  # Engine.load's errors: missing, a directory...
         info = {"spec": spec, "path": str(path.resolve()), "builtin": False}
         preprocess = preprocess or load_sidecar(path)
     # Every file of the model: an IR's .bin, an ONNX model's external weights.
