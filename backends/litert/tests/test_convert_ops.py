@@ -567,6 +567,99 @@ def test_resize_10_and_upsample_sample_asymmetrically(tmp_path: Path, op: str) -
     compare(source, {"x": RNG.standard_normal((2, 3, 4, 6)).astype(F32)})
 
 
+def test_normalizations_of_convnext_and_style_transfer(tmp_path: Path) -> None:
+    """LayerNorm over NHWC channels (a ConvNeXt block: depthwise 7x7, permute, LayerNorm, MLP,
+    permute back, residual), LayerNorm over C,H,W, and InstanceNorm."""
+    init = {
+        "dw": weights(8, 1, 7, 7), "ln_scale": weights(8) + 1, "ln_bias": weights(8),
+        "up": weights(8, 32), "down": weights(32, 8),
+        "chw_scale": weights(8, 6, 5) + 1,
+        "in_scale": weights(8) + 1, "in_bias": weights(8),
+    }  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "dw"], ["c"], group=8, pads=[3, 3, 3, 3]),
+        helper.make_node("Transpose", ["c"], ["nhwc"], perm=[0, 2, 3, 1]),
+        helper.make_node("LayerNormalization", ["nhwc", "ln_scale", "ln_bias"], ["ln"],
+                         epsilon=1e-6),
+        helper.make_node("MatMul", ["ln", "up"], ["hidden"]),
+        helper.make_node("Relu", ["hidden"], ["act"]),
+        helper.make_node("MatMul", ["act", "down"], ["mixed"]),
+        helper.make_node("Transpose", ["mixed"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Add", ["x", "nchw"], ["block"]),
+        helper.make_node("LayerNormalization", ["c", "chw_scale"], ["ln_chw"], axis=1),
+        helper.make_node("InstanceNormalization", ["c", "in_scale", "in_bias"], ["inorm"]),
+    ]  # fmt: skip
+    source = save(
+        tmp_path / "norms.onnx",
+        nodes,
+        [f32("x", ["N", 8, 6, 5])],
+        [f32(n, ["N", 8, 6, 5]) for n in ("block", "ln_chw", "inorm")],
+        init,
+    )
+    compare(source, {"x": (RNG.standard_normal((2, 8, 6, 5)) * 3 + 1).astype(F32)})
+
+
+def test_erf_gelu_as_pytorch_exports_it_is_one_gelu(tmp_path: Path) -> None:
+    """nn.GELU() before ONNX's Gelu: Div by sqrt(2), Erf, Add 1, Mul x, Mul 0.5 (constants from
+    Constant nodes, operands in either order); an Erf that is no GELU stays refused."""
+
+    def constant(name: str, value: float) -> onnx.NodeProto:
+        return helper.make_node(
+            "Constant", [], [name], value=numpy_helper.from_array(np.array(value, F32))
+        )
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        constant("sqrt2", 1.4142135381698608),
+        helper.make_node("Div", ["c", "sqrt2"], ["scaled"]),
+        helper.make_node("Erf", ["scaled"], ["erf"]),
+        constant("one", 1.0),
+        helper.make_node("Add", ["one", "erf"], ["plus"]),
+        helper.make_node("Mul", ["plus", "c"], ["times"]),
+        constant("half", 0.5),
+        helper.make_node("Mul", ["times", "half"], ["y"]),
+    ]
+    source = save(
+        tmp_path / "gelu.onnx",
+        nodes,
+        [f32("x", ["N", 3, 4, 5])],
+        [f32("y", ["N", 6, 4, 5])],
+        {"w": weights(6, 3, 1, 1)},
+    )
+    compare(source, {"x": (RNG.standard_normal((2, 3, 4, 5)) * 3).astype(F32)})
+    from ai_edge_litert.interpreter import Interpreter
+
+    with Engine.load(source, backend="litert") as engine:
+        tflite = str(engine.settings["conversion"]["path"])  # type: ignore[index]
+    ops = {op["op_name"] for op in Interpreter(model_path=tflite)._get_ops_details()}
+    assert "GELU" in ops and not ops & {"DIV", "MUL", "ADD"}, ops
+    bare = save(
+        tmp_path / "erf.onnx",
+        [helper.make_node("Erf", ["x"], ["y"])],
+        [f32("x", ["N", 3])],
+        [f32("y", ["N", 3])],
+    )
+    refused(bare, "operator Erf .* only within an exact GELU")
+
+
+def test_one_dimensional_convolutions(tmp_path: Path) -> None:
+    """Audio models: Conv over [N, C, L] with strides, dilations, pads, groups and a bias."""
+    init = {"w": weights(6, 4, 5), "b": weights(6), "g": weights(6, 3, 3)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["strided"], strides=[2], pads=[2, 1]),
+        helper.make_node("Conv", ["x", "w"], ["dilated"], dilations=[2], pads=[4, 4]),
+        helper.make_node("Conv", ["strided", "g"], ["grouped"], group=2, auto_pad="SAME_UPPER"),
+    ]
+    source = save(
+        tmp_path / "conv1d.onnx",
+        nodes,
+        [f32("x", ["N", 4, 16])],
+        [f32("strided", ["N", 6, 8]), f32("dilated", ["N", 6, 16]), f32("grouped", ["N", 6, 8])],
+        init,
+    )
+    compare(source, {"x": RNG.standard_normal((2, 4, 16)).astype(F32)})
+
+
 # -- refusals --------------------------------------------------------------------------------------
 
 

@@ -4,10 +4,11 @@ This is the plugin's half of unifer's conversion (the core decides when to conve
 result and checks it against the source model). It covers the operator subset of CNN classifiers,
 detectors and U-Nets like unifer's built-in ArcFace IResNets, ResNet(X)-50, MobileNets, SqueezeNet
 and YOLO-style heads — convolutions (dense, grouped, depthwise, transposed), BatchNormalization,
-activations, pooling, reductions, Concat/Split/Slice, Reshape, Softmax, Pad, Resize,
-DepthToSpace, elementwise arithmetic, Gemm/MatMul with constant weights — and refuses anything else
-by name, with the list of what it handles. General models (recurrent, attention, dynamic image
-sizes into Resize) need a full converter (onnx2tf, litert-torch).
+activations (GELU too, as exporters spell it with Erf), pooling, reductions, LayerNorm and
+InstanceNorm, Concat/Split/Slice, Reshape, Softmax, Pad, Resize, DepthToSpace, elementwise
+arithmetic, Gemm/MatMul with constant weights, 1-D convolutions as one-row 2-D ones — and refuses
+anything else by name, with the list of what it handles. General models (recurrent, attention,
+dynamic image sizes into Resize) need a full converter (onnx2tf, litert-torch).
 
 Subgraphs that only compute constants (weights made by ConstantOfShape, shapes passed through
 Reshape/Concat/Cast, ...) are evaluated once at conversion time by onnx's reference implementation,
@@ -72,6 +73,8 @@ SUPPORTED_OPS: Final = (
     "HardSigmoid",
     "HardSwish",
     "Identity",
+    "InstanceNormalization",
+    "LayerNormalization",
     "LeakyRelu",
     "Log",
     "MatMul",
@@ -224,6 +227,16 @@ class _Converter:
         for node in self.graph.node:
             if not node.name and node.output:
                 node.name = node.output[0]  # errors name the node; unnamed ones by their output
+        gelus = _erf_gelus(self.graph)
+        fused: set[str] = set()
+        for node in self.graph.node:
+            if node.name in fused:
+                continue
+            if node.name in gelus:  # x / sqrt(2) -> Erf -> + 1 -> * x -> * 0.5: one GELU
+                x, output, chain = gelus[node.name]
+                self.gelu(x, output, node.name)
+                fused |= chain
+                continue
             if node.domain not in ("", "ai.onnx"):
                 raise _Unsupported(f"operator {node.op_type} (node {node.name!r}) is not supported")
             if self.foldable(node):
@@ -431,6 +444,18 @@ class _Converter:
         approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
         self.unary(node, "GELU", "GeluOptions", approximate=approximate == "tanh")
 
+    def _op_Erf(self, node: Any, attrs: dict[str, Any]) -> None:
+        raise _Unsupported(
+            f"operator Erf (node {node.name!r}) is supported only within an exact GELU (x / "
+            "sqrt(2) -> Erf -> + 1 -> * x -> * 0.5, which becomes TFLite's GELU)"
+        )
+
+    def gelu(self, x: str, output: str, name: str) -> None:
+        """The exact (erf) GELU of ``x`` as ``output``: what the fused Erf chain computes."""
+        from onnx import helper
+
+        self._op_Gelu(helper.make_node("Gelu", [x], [output], name=name), {})
+
     def _op_HardSigmoid(self, node: Any, attrs: dict[str, Any]) -> None:
         # max(0, min(1, alpha * x + beta)): TFLite has no such operator, so MUL, ADD and a clamp.
         self.float_only(node)
@@ -630,11 +655,90 @@ class _Converter:
         out, _ = self.new(name, value.perm)
         self.writer.op("ADD", [scaled, add], [out], "AddOptions", fusedActivationFunction=0)
 
+    def _op_LayerNormalization(self, node: Any, attrs: dict[str, Any]) -> None:
+        if any(node.output[1:]):
+            raise _Unsupported(f"LayerNormalization {node.name!r} with Mean/InvStdDev outputs")
+        rank = len(self.values[node.input[0]].shape)
+        axis = int(attrs.get("axis", -1)) % rank
+        self.normalize(node, list(range(axis, rank)), float(attrs.get("epsilon", 1e-5)), None)
+
+    def _op_InstanceNormalization(self, node: Any, attrs: dict[str, Any]) -> None:
+        rank = len(self.values[node.input[0]].shape)
+        if rank < 3:
+            raise _Unsupported(f"InstanceNormalization {node.name!r} needs spatial axes")
+        # Scale and bias are per channel (axis 1): shaped to broadcast there.
+        channel = (-1,) + (1,) * (rank - 2)
+        self.normalize(node, list(range(2, rank)), float(attrs.get("epsilon", 1e-5)), channel)
+
+    def normalize(
+        self, node: Any, axes: list[int], epsilon: float, param_shape: tuple[int, ...] | None
+    ) -> None:
+        """``(x - mean) / sqrt(var + epsilon) * scale + bias`` over ``axes``, as LayerNorm and
+        InstanceNorm define it: two passes (mean, then the mean of squared deviations), reduced
+        where the axes are stored. ``param_shape`` reshapes scale and bias (else they align with
+        the trailing axes, ONNX broadcasting)."""
+        self.float_only(node)
+        value = self.values[node.input[0]]
+        name = node.output[0]
+        source = self.physical(node.input[0], value.perm)
+        reduced = tuple(1 if a in axes else d for a, d in enumerate(value.shape))
+        stored_axes = self.writer.constant(
+            f"{name}/axes", _i32(sorted(value.perm[a] for a in axes))
+        )
+
+        def step(
+            op: str, inputs: list[int], label: str, shape: tuple[int, ...], **fields: object
+        ) -> int:
+            out = self.scratch(f"{name}/{label}", value, shape)
+            options = {
+                "MEAN": "ReducerOptions",
+                "SUB": "SubOptions",
+                "MUL": "MulOptions",
+                "ADD": "AddOptions",
+            }.get(op)
+            self.writer.op(op, inputs, [out], options, **fields)
+            return out
+
+        mean = step("MEAN", [source, stored_axes], "mean", reduced, keepDims=True)
+        centered = step("SUB", [source, mean], "centered", value.shape, fusedActivationFunction=0)
+        squared = step("SQUARE", [centered], "squared", value.shape)
+        variance = step("MEAN", [squared, stored_axes], "variance", reduced, keepDims=True)
+        eps = self.writer.constant(f"{name}/epsilon", _scalar(epsilon, value))
+        shifted = step("ADD", [variance, eps], "shifted", reduced, fusedActivationFunction=0)
+        inverse = step("RSQRT", [shifted], "rsqrt", reduced)
+        normalized = step(
+            "MUL", [centered, inverse], "normalized", value.shape, fusedActivationFunction=0
+        )
+        inputs = [*node.input, "", ""]  # scale is required by both operators, bias by one
+
+        def parameter(input_name: str, label: str) -> int:
+            array = self.const(input_name, f"{node.op_type} {label}").astype(np.float32)
+            shaped = array.reshape(param_shape) if param_shape is not None else array
+            return self.broadcast_const(f"{name}/{label}", shaped, value)
+
+        if not inputs[2]:
+            out, _ = self.new(name, value.perm)
+            self.writer.op(
+                "MUL", [normalized, parameter(inputs[1], "scale")], [out], "MulOptions",
+                fusedActivationFunction=0,
+            )  # fmt: skip
+            return
+        scaled = step("MUL", [normalized, parameter(inputs[1], "scale")], "scaled", value.shape,
+                      fusedActivationFunction=0)  # fmt: skip
+        out, _ = self.new(name, value.perm)
+        self.writer.op(
+            "ADD", [scaled, parameter(inputs[2], "bias")], [out], "AddOptions",
+            fusedActivationFunction=0,
+        )  # fmt: skip
+
     def _op_Conv(self, node: Any, attrs: dict[str, Any]) -> None:
         value = self.values[node.input[0]]
         weight = self.const(node.input[1], "Conv weight").astype(np.float32)
+        if len(value.shape) == 3 and weight.ndim == 3:
+            self.conv1d(node, attrs, value, weight)
+            return
         if len(value.shape) != 4 or weight.ndim != 4:
-            raise _Unsupported(f"Conv {node.name!r} is not a 2-D convolution")
+            raise _Unsupported(f"Conv {node.name!r} is not a 1-D or 2-D convolution")
         cout, cin_per_group, kh, kw = weight.shape
         cin = value.shape[1]
         group = int(attrs.get("group", 1))
@@ -781,6 +885,45 @@ class _Converter:
             fusedActivationFunction=0,
         )
         return result
+
+    def conv1d(self, node: Any, attrs: dict[str, Any], value: _Value, weight: np.ndarray) -> None:
+        """A 1-D convolution as the 2-D one of a one-row image: [N, C, L] viewed as [N, C, 1, L],
+        the kernel as 1 x K, then viewed back."""
+        from onnx import helper
+
+        n, _, length = value.shape
+        if sum(d < 0 for d in value.shape) > 1:
+            raise _Unsupported(f"Conv {node.name!r} (1-D) with several dynamic dimensions")
+        out_shape = self.info(node.output[0])[0]
+        row, kernel, row_out = (
+            self.fresh(f"{node.output[0]}/{label}") for label in ("row", "kernel", "row_out")
+        )
+        self.infos[row] = ((n, value.shape[1], 1, length), value.dtype)
+        self.reshape_to(node.input[0], row, [n, value.shape[1], 1, length])
+        kernel_2d = weight[:, :, np.newaxis, :]
+        self.values[kernel] = _Value(kernel_2d.shape, kernel_2d.dtype, const=kernel_2d)
+        self.infos[row_out] = ((out_shape[0], out_shape[1], 1, out_shape[2]), value.dtype)
+        pads = [int(p) for p in attrs.get("pads", (0, 0))]
+        attrs_2d = {
+            **{k: v for k, v in attrs.items() if k in ("group", "auto_pad")},
+            "strides": [1, *attrs.get("strides", (1,))],
+            "dilations": [1, *attrs.get("dilations", (1,))],
+            "pads": [0, pads[0], 0, pads[1]],
+            "kernel_shape": [1, weight.shape[2]],
+        }
+        conv = helper.make_node(
+            "Conv", [row, kernel, *node.input[2:]], [row_out], name=node.name, **attrs_2d
+        )
+        self._op_Conv(conv, attrs_2d)
+        self.reshape_to(row_out, node.output[0], list(out_shape))
+
+    def reshape_to(self, source: str, target: str, shape: list[int]) -> None:
+        """``target = reshape(source, shape)`` for tensors the converter adds (one dim may be
+        unknown: -1)."""
+        from onnx import helper
+
+        node = helper.make_node("Reshape", [source, ""], [target], name=target)
+        self.reshape(node, self.values[source], shape)
 
     def conv_padding(
         self,
@@ -1449,6 +1592,70 @@ def _attributes(node: Any) -> dict[str, Any]:
             value = numpy_helper.to_array(value)
         attrs[attr.name] = value
     return attrs
+
+
+def _erf_gelus(graph: Any) -> dict[str, tuple[str, str, set[str]]]:
+    """The exact GELUs that exporters spell out with Erf (PyTorch's ``nn.GELU()`` before ONNX had
+    a Gelu operator): ``Div(x, sqrt 2) -> Erf -> Add 1 -> Mul x -> Mul 0.5``, each operand in
+    either order, each intermediate used only by the next node. TFLite has no Erf, but a GELU.
+
+    Returns, by the name of the chain's first node: ``x``, the chain's output, and the names of
+    the other nodes (fused into the GELU).
+    """
+    from onnx import numpy_helper
+
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    uses: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses.setdefault(name, []).append(node)
+    producer = {out: node for node in graph.node for out in node.output}
+    outputs = {o.name for o in graph.output}
+
+    def sole_use(name: str, op: str) -> Any:
+        found = uses.get(name, [])
+        if name in outputs or len(found) != 1 or found[0].op_type != op:
+            return None
+        return found[0]
+
+    def is_constant(name: str, value: float) -> bool:
+        constant = constants.get(name)
+        return (
+            constant is not None
+            and constant.size == 1
+            and abs(float(constant.reshape(-1)[0]) - value) <= 1e-6 * abs(value)
+        )
+
+    def other_operand(node: Any, value: float) -> str | None:
+        """The operand of the commutative ``node`` whose partner is the constant ``value``."""
+        a, b = node.input
+        return b if is_constant(a, value) else a if is_constant(b, value) else None
+
+    found: dict[str, tuple[str, str, set[str]]] = {}
+    for erf in (n for n in graph.node if n.op_type == "Erf"):
+        scale = producer.get(erf.input[0])
+        if scale is None or sole_use(scale.output[0], "Erf") is None:
+            continue
+        if scale.op_type == "Div":
+            x = scale.input[0] if is_constant(scale.input[1], math.sqrt(2)) else None
+        else:
+            x = other_operand(scale, math.sqrt(0.5)) if scale.op_type == "Mul" else None
+        add = sole_use(erf.output[0], "Add")
+        times_x = sole_use(add.output[0], "Mul") if add is not None else None
+        half = sole_use(times_x.output[0], "Mul") if times_x is not None else None
+        if x is None or add is None or times_x is None or half is None:
+            continue
+        if (
+            other_operand(add, 1.0) != erf.output[0]
+            or set(times_x.input) != {x, add.output[0]}
+            or other_operand(half, 0.5) != times_x.output[0]
+        ):
+            continue
+        found[scale.name] = (x, half.output[0], {erf.name, add.name, times_x.name, half.name})
+    return found
 
 
 def _text(value: Any) -> str:
