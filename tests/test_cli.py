@@ -407,3 +407,44 @@ def test_predict_refuses_an_unreadable_input_before_loading(cli, fake_model, tmp
     assert (
         "use .npy, .npz or an image" in cli("predict", str(fake_model), str(notes), code=2).output
     )
+
+
+@pytest.mark.parametrize(
+    ("python", "shell"),
+    [
+        (
+            "load it with backend_options={'litert': {'xnnpack': False}}, whose kernels",
+            "load it with --option litert.xnnpack=false, whose kernels",
+        ),
+        (
+            "e.g. backend_options={'ncnn': {'input_shapes': {'x': [3, 224, 224]}}} (see)",
+            """e.g. --option 'ncnn.input_shapes={"x": [3, 224, 224]}' (see)""",
+        ),
+        (
+            "set backend_options={'openvino': {'device': ...}} to",
+            "set --option openvino.device=... to",
+        ),
+        (
+            "device='cpu' and backend_options['ncnn']['device']='vulkan' disagree",
+            "--device cpu and --option ncnn.device=vulkan disagree",
+        ),
+        ("load it with allow_nan=True", "load it with --allow-nan"),
+        ("Use precision='fp32' with fake", "Use --precision fp32 with fake"),
+        (
+            "Pass backend_options={'tensorrt': {'profiles': {",
+            "Pass backend_options={'tensorrt': {'profiles': {",
+        ),
+    ],
+)
+def test_python_fixes_in_messages_are_spelled_as_flags(python, shell):
+    from unifer.cli import shell_hints
+
+    assert shell_hints(python) == shell
+
+
+def test_an_error_at_the_shell_names_the_flag(cli, fake_backend, fake_model, tmp_path):
+    x = tmp_path / "x.npy"
+    np.save(x, np.ones((1, 3), np.float32))
+    output = cli("predict", str(fake_model), str(x), "--backend", "fake", "--precision", "int8",
+                 code=1).output  # fmt: skip
+    assert "--precision fp32" in output and "precision='" not in output

@@ -116,8 +116,7 @@ def _check_one(
         raise InputError(
             f"input {spec.name!r} contains NaN at {int(np.isnan(array).sum())} positions; "
             "the model's outputs would be meaningless. Check how the input was produced, or, "
-            "for a model that reads NaN as a missing value, load it with allow_nan=True "
-            "(unifer predict --allow-nan)"
+            "for a model that reads NaN as a missing value, load it with allow_nan=True"
         )
 
 

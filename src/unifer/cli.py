@@ -6,10 +6,13 @@ message (what, why, how to fix) with exit status 1, not a traceback.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import math
 import os
+import re
+import shlex
 import shutil
 import signal
 import uuid
@@ -117,7 +120,65 @@ class UniferGroup(click.Group):
             try:
                 return super().invoke(ctx)
             except UniferError as exc:
-                raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+                message = shell_hints(str(exc))
+                raise click.ClickException(f"{type(exc).__name__}: {message}") from exc
+
+
+#: Fixes that errors give in Python, as the CLI spells them (the library's messages name the
+#: Python API; at a shell, the same advice must be a flag). ``backend_options=...`` literals are
+#: rewritten by :func:`_options_as_flags`.
+_PYTHON_HINTS: Final = (
+    # backend_options['ncnn']['device']='vulkan' -> --option ncnn.device=vulkan
+    (
+        re.compile(r"backend_options\['(\w+)'\]\['(\w+)'\]=('[^']*'|True|False|-?[\d.]+)"),
+        lambda m: f"--option {m[1]}.{m[2]}={_option_value(ast.literal_eval(m[3]))}",
+    ),
+    (re.compile(r"\ballow_nan=True\b"), lambda m: "--allow-nan"),
+    (re.compile(r"\bprecision='(\w+)'"), lambda m: f"--precision {m[1]}"),
+    (re.compile(r"\bdevice='([\w:]+)'"), lambda m: f"--device {m[1]}"),
+)
+
+
+def shell_hints(message: str) -> str:
+    """``message`` with the Python spellings of fixes as the CLI's flags."""
+    message = _options_as_flags(message)
+    for pattern, flag in _PYTHON_HINTS:
+        message = pattern.sub(flag, message)
+    return message
+
+
+def _options_as_flags(message: str) -> str:
+    """Each ``backend_options={'B': {'K': V, ...}}`` whose V are literals as ``--option B.K=V``."""
+    start = message.find("backend_options={")
+    while start >= 0:
+        literal = message[start + len("backend_options=") :]
+        # The shortest prefix that is a Python literal: where the dict closes.
+        for end in (i + 1 for i, c in enumerate(literal) if c == "}"):
+            try:
+                value = ast.literal_eval(literal[:end])
+            except (ValueError, SyntaxError):
+                continue
+            if isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()):
+                try:
+                    flags = " ".join(
+                        "--option " + shlex.quote(f"{backend}.{key}={_option_value(v)}")
+                        for backend, options in value.items()
+                        for key, v in options.items()
+                    )
+                except TypeError:  # a value JSON cannot write: left as Python
+                    break
+                message = message[:start] + flags + literal[end:]
+            break
+        start = message.find("backend_options={", start + 1)
+    return message
+
+
+def _option_value(value: object) -> str:
+    """``value`` as ``--option`` reads it: JSON, a plain string as itself (``...``, a value
+    left to the reader, too)."""
+    if value is Ellipsis:
+        return "..."
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _show_warning(default: Callable[..., None]) -> Callable[..., None]:
@@ -126,7 +187,7 @@ def _show_warning(default: Callable[..., None]) -> Callable[..., None]:
 
     def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
         if issubclass(category, UniferWarning):
-            click.echo(f"warning: {message}", err=True)
+            click.echo(f"warning: {shell_hints(str(message))}", err=True)
         else:
             default(message, category, *args, **kwargs)
 
@@ -778,7 +839,6 @@ def bench(
     the machine exposes it, and the machine fingerprint. Progress goes to stderr.
     """
     import dataclasses
-    import shlex
     import sys
 
     from . import bench as benchmark
