@@ -116,7 +116,7 @@ def test_measure_candidates_checks_parity_and_keeps_only_contenders():
         current.append(c.backend)
         return open_candidate(c)
 
-    trials, kept = measure_candidates(
+    trials, kept, _ = measure_candidates(
         pool, open_candidate=opener, objective="latency", budget_s=1.0, measure_fn=fake_measure
     )
     status = {t.candidate.backend: t.status for t in trials}
@@ -626,3 +626,42 @@ def test_a_missing_device_error_carries_the_backends_own_note(
     monkeypatch.setattr(fake_backend, "probe", lambda self: why)
     with pytest.raises(UnsupportedOptionError, match="fake: CPU only: no driver"):
         Engine.load(fake_model, backend="fake", device="cuda:0")
+
+
+CRASHING_LOAD = """
+import os, sys
+from unifer import Engine, register_backend
+from unifer.testing.fake import FakeBackend
+
+class Crashing(FakeBackend):
+    name = "crashing"
+
+    def open(self, model, options, /):
+        session = super().open(model, options)
+        session.run = lambda feeds: os.abort()  # a runtime's segfault, as far as Python knows
+        return session
+
+register_backend(FakeBackend)
+register_backend(Crashing)
+engine = Engine.load(sys.argv[1], threads=1, budget_s=0.1)
+print(engine.backend)
+print(engine.selection.explain())
+"""
+
+
+def test_a_candidate_that_crashes_the_process_is_passed_over_next_time(fake_model, tmp_path):
+    """Measuring runs in the process: a runtime that aborts it would abort every later load."""
+    import subprocess
+    import sys
+
+    def load() -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-c", CRASHING_LOAD, str(fake_model)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    first = load()
+    assert first.returncode != 0  # the abort
+    second = load()
+    assert second.returncode == 0, second.stderr
+    backend, explanation = second.stdout.split("\n", 1)
+    assert backend == "fake"
+    assert "crashing/fp32/threads=1" in explanation and "crashed the process" in explanation

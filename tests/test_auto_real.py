@@ -10,7 +10,7 @@ import importlib.metadata as metadata
 import numpy as np
 import pytest
 
-from unifer import Engine, _registry
+from unifer import Engine, UnsupportedOptionError, _registry
 
 pytest.importorskip("unifer_onnxruntime")
 pytest.importorskip("unifer_openvino")
@@ -116,3 +116,38 @@ def test_a_missing_weights_file_is_file_not_found_under_auto(tmp_path, budget_s)
     xml.with_suffix(".bin").unlink()
     with pytest.raises(FileNotFoundError, match="mlp.bin"):
         Engine.load(xml, threads=1, budget_s=budget_s)
+
+
+def valid_conv_model(path):
+    """[1, 3, H, W] through an unpadded 3x3 convolution: it cannot run at H = W = 1."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        "valid",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, "H2", "W2"])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_dynamic_sizes_are_measured_at_32_or_those_asked_for(monkeypatch, tmp_path):
+    """Fed at 1, a valid model failed on every faithful backend (and an unfaithful one that
+    returned zeros became the reference); measured at 32 it loads, and says so."""
+    monkeypatch.setenv("UNIFER_DISABLE_BACKENDS", "ncnn,litert,opencv,mxnet")
+    model = valid_conv_model(tmp_path / "valid.onnx")
+    engine = Engine.load(model, threads=1, budget_s=0.3)
+    assert engine.selection.source == "measured"
+    assert any("measured at H=32, W=32" in note for note in engine.selection.notes)
+    assert engine.run({"x": np.ones((1, 3, 64, 64), np.float32)})["y"].shape == (1, 4, 62, 62)
+    sized = Engine.load(model, threads=1, budget_s=0.3, dims={"H": 64, "W": 48})
+    assert sized.selection.source == "measured"  # another key: measured at those sizes
+    assert not sized.selection.notes
+    with pytest.raises(UnsupportedOptionError, match="dims= sizes what backend='auto' measures"):
+        Engine.load(model, backend="onnxruntime", dims={"H": 64})

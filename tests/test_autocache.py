@@ -35,3 +35,11 @@ def test_a_lock_file_that_cannot_be_opened_is_not_fatal_either(caplog):
     _autocache.store("key", {"ranking": ["fake/fp32"]})
     assert "could not be cached (IsADirectoryError" in caplog.text
     assert _autocache.entries() == {}
+
+
+def test_the_oldest_decisions_go_beyond_the_limit(monkeypatch):
+    monkeypatch.setattr(_autocache, "MAX_ENTRIES", 3)
+    for key in ("a", "b", "c", "d"):
+        _autocache.store(key, {"value": key})
+    _autocache.store("b", {"value": "b again"})  # replaced: now the newest
+    assert list(_autocache.entries()) == ["c", "d", "b"]

@@ -240,3 +240,38 @@ def test_a_gpu_listed_by_nvml_is_not_listed_again_from_its_drm_card(tmp_path: Pa
     (tmp_path / "sys/class/drm/card1/device").symlink_to(second)
     found = gpus(tmp_path / "proc", tmp_path / "sys", tmp_path / "dev", nvml=lambda: [])
     assert [g["pci"] for g in found] == ["0000:01:00.0", "0000:02:00.0"]
+
+
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0.5),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu.max": "garbage"}, None),
+        ({}, None),
+    ],
+)
+def test_the_cgroup_cpu_quota_is_read(tmp_path, files, quota):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert _hardware._cpu_quota(tmp_path) == quota
+
+
+def test_a_cpu_quota_bounds_the_usable_cores(monkeypatch):
+    monkeypatch.setattr(_hardware, "_cpu_quota", lambda: 0.5)
+    assert _hardware.physical_cores() == 1
+    assert _hardware.fingerprint(runtimes=False)["cpu"]["cpu_quota"] == 0.5
+
+
+def test_usable_cpus_follow_an_affinity_set_in_the_process():
+    """Auto keys its decisions on them: a process pinned to one CPU is another machine."""
+    allowed = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(allowed)})
+        assert _hardware.fingerprint(runtimes=False)["cpu"]["usable_cpus"] == 1
+        assert _hardware.physical_cores() == 1
+    finally:
+        os.sched_setaffinity(0, allowed)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from . import _autocache, _convert, _hardware, _registry
+from . import _autocache, _convert, _hardware, _measuring, _registry
 from ._devices import device_option, effective_device
 from ._digest import model_digest
 from ._errors import ModelError, UniferError, UnsupportedOptionError
@@ -97,6 +97,7 @@ def open_auto(
     backend_options: Mapping[str, Mapping[str, object]],
     allow_conversion: bool = False,
     device: str | None = None,
+    dims: Mapping[str, int] | None = None,
 ) -> tuple[Selection, Session]:
     """Choose and open a backend for ``path``; see the module docstring for the policy.
 
@@ -148,28 +149,32 @@ def open_auto(
         backend_options=backend_options,
         device=device,
         broken=broken,
+        dims=dims or {},
     )
     if mode == "static" or budget_s == 0:
-        return choose(key=None)
+        return choose(key=None, record=None)
     # Before any probe: probing imports every candidate runtime, which a cached decision must
     # not pay for. The key names runtimes by their installed distributions instead.
     versions = {name: _registry.installed_versions(name) for name in names}
+    # Only the candidates' options: another backend's cannot change this decision.
     options_digest = repr(
-        (device, sorted((k, sorted(v.items())) for k, v in backend_options.items()))
+        (device, sorted((k, sorted(v.items())) for k, v in backend_options.items() if k in names))
     )
     # The resolved counts: the physical cores this process may use can change while it runs.
-    key = _cache_key(path, objective, precisions, thread_options, versions, options_digest)
+    key = _cache_key(
+        path, objective, precisions, thread_options, versions, options_digest, dims or {}
+    )
     cached = _open_cached(key, objective, open_candidate)
     if cached is not None:
         return cached  # loads of a cached decision do not wait for one another
     # One measurement per key at a time, in this process and across processes: the other
     # callers wait, then take its decision from the cache (measuring at once, each would slow
     # the others down).
-    with _lock_for(key), _autocache.measuring(key):
+    with _lock_for(key), _measuring.measuring(key) as record:
         cached = _open_cached(key, objective, open_candidate)
         if cached is not None:
             return cached
-        return choose(key=key)
+        return choose(key=key, record=record)
 
 
 _key_locks: dict[str, threading.Lock] = {}
@@ -194,7 +199,9 @@ def _choose(
     backend_options: Mapping[str, Mapping[str, object]],
     device: str | None,
     broken: Mapping[str, str],
+    dims: Mapping[str, int],
     key: str | None,
+    record: _measuring.Record | None,
 ) -> tuple[Selection, Session]:
     """Probe, then measure the candidates and store the decision under ``key``; without a key,
     pick from the hardware without measuring."""
@@ -253,17 +260,35 @@ def _choose(
     if "fp32" not in precisions:
         reference_only = list(dict.fromkeys(dataclasses.replace(c, precision="fp32") for c in pool))
     pool = [*reference_only, *pool]
-    opener = _NotingFileErrors(open_candidate)
-    trials, kept = measure_candidates(
+    crashed = record.crashed if record is not None else {}
+    # A candidate that crashed an earlier measurement of this key would crash this one too.
+    unavailable += [
+        Trial(c, "failed", reason=f"crashed the process measuring it ({crashed[str(c)]}); "
+              f"backend={c.backend!r} tries it again, `unifer cache clear` forgets it")
+        for c in pool
+        if str(c) in crashed
+    ]  # fmt: skip
+    pool = [c for c in pool if str(c) not in crashed]
+    noting_files = _NotingFileErrors(open_candidate)
+
+    def opener(candidate: Candidate) -> Session:
+        if record is not None:
+            record.now(str(candidate))  # until the next: a crash measuring it is on record
+        return noting_files(candidate)
+
+    trials, kept, defaulted = measure_candidates(
         pool,
         open_candidate=opener,
         objective=objective,
         budget_s=budget_s,
         reference_only=reference_only,
+        dims=dims,
     )
+    if record is not None:
+        record.now(None)
     ranking = rank(trials)
     if not ranking:
-        opener.raise_if_every_open_failed(len(pool))
+        noting_files.raise_if_every_open_failed(len(pool))
         raise no_candidate_error([*unavailable, *trials], path.name)
     winner = ranking[0].candidate
     for candidate, session in kept.items():
@@ -280,7 +305,14 @@ def _choose(
             "trials": [t.to_dict() for t in all_trials],
         },
     )
-    selection = Selection(winner, "measured", objective, all_trials, key)
+    notes: tuple[str, ...] = ()
+    if defaulted:  # the speeds at another size may rank the backends otherwise
+        sizes = ", ".join(f"{name}={size}" for name, size in defaulted.items())
+        notes = (
+            f"dynamic dimensions measured at {sizes}; pass dims={{NAME: SIZE}} to measure at "
+            "the sizes you run",
+        )
+    selection = Selection(winner, "measured", objective, all_trials, key, notes)
     logger.info(selection.summary())
     return selection, kept[winner]
 
@@ -323,6 +355,7 @@ def _cache_key(
     threads: Sequence[int],
     versions: Mapping[str, Mapping[str, str]],
     options_digest: str,
+    dims: Mapping[str, int],
 ) -> str:
     from . import __version__
 
@@ -330,7 +363,8 @@ def _cache_key(
         "model": model_digest(path),  # every file of it: external weights, an IR's .bin
         "objective": objective,
         "precisions": list(precisions),
-        "threads": list(threads),
+        "threads": sorted(threads),  # the same candidates in any order
+        "dims": sorted(dims.items()),
         "runtimes": versions,
         "unifer": __version__,
         "machine": _hardware.fingerprint_digest(runtimes=False),

@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 FILE_NAME: Final = "autoselect-v1.json"
 SCHEMA: Final = 1
+#: Decisions kept; each load parses the file (1,000 entries: ~2 MiB, ~16 ms).
+MAX_ENTRIES: Final = 256
 
 
 def cache_file() -> Path:
@@ -61,31 +63,6 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-@contextlib.contextmanager
-def measuring(key: str) -> Iterator[None]:
-    """Held while one process measures for ``key``: processes started together (the workers of a
-    server) wait for the first one's decision instead of measuring at once, which slows each
-    measurement down and can leave them on different backends. Best effort: without a writable
-    cache directory (or ``fcntl``) nothing is held."""
-    try:
-        directory = cache_dir("locks")
-        lock = (directory / f"auto-{key}.lock").open("a")
-    except OSError:
-        yield
-        return
-    with lock:
-        try:
-            import fcntl
-        except ImportError:  # Windows: each process measures for itself
-            yield
-            return
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def entries() -> dict[str, Any]:
     """Every cached decision, by key."""
     return _read(cache_file())
@@ -107,9 +84,12 @@ def store(key: str, entry: dict[str, Any]) -> None:
         path = cache_dir() / FILE_NAME
         with _locked(path):
             current = _read(path)
-            current[key] = entry
-            payload = {"schema": SCHEMA, "entries": current}
-            atomic_write_bytes(path, json.dumps(payload, indent=1, sort_keys=True).encode())
+            current.pop(key, None)
+            current[key] = entry  # last: the file's order is the age order
+            # Every load reads the whole file: the oldest decisions go beyond MAX_ENTRIES.
+            kept = dict(list(current.items())[-MAX_ENTRIES:])
+            payload = {"schema": SCHEMA, "entries": kept}
+            atomic_write_bytes(path, json.dumps(payload, indent=1).encode())
     except OSError as exc:
         logger.warning(
             "the auto decision could not be cached (%s: %s); the model loads anyway, and the next "

@@ -101,6 +101,7 @@ class Engine:
         allow_conversion: bool = False,
         device: str | None = None,
         allow_nan: bool = False,
+        dims: Mapping[str, int] | None = None,
     ) -> Engine:
         """Open ``model`` with one backend.
 
@@ -137,6 +138,10 @@ class Engine:
                 each backend's default device (``"auto"`` also measures its accelerators).
             allow_nan: Let inputs hold NaN, for models that read it as a missing value
                 (scikit-learn imputers). By default a NaN input is refused with ``InputError``.
+            dims: Sizes ``"auto"`` measures the model's named dynamic dimensions at besides the
+                batch, e.g. ``{"sequence": 512}``: backends rank differently at other sizes.
+                Unnamed ones are measured at 32 (1 where the model cannot run at 32), which
+                ``engine.selection`` notes.
 
         Raises:
             ModelNotFoundError: ``model`` does not exist.
@@ -151,6 +156,7 @@ class Engine:
             PreprocessError: ``preprocess`` does not fit the model's input.
         """
         _check_arguments(backend, preprocess, budget_s, allow_conversion)
+        _check_dims(dims, backend)
         goal = _auto.check_objective(objective)  # whichever backend opens
         path, preset = resolve_model(model)
         thread_counts = resolve_thread_choices(threads)
@@ -197,6 +203,7 @@ class Engine:
                 backend_options=options,
                 allow_conversion=allow_conversion,
                 device=device,
+                dims=dims,
             )
             conversion = conversions.get(selection.chosen.backend)
             return cls._wrap(
@@ -416,6 +423,24 @@ def resolve_model(model: str | os.PathLike[str]) -> tuple[Path, Preprocess | Non
     if not is_file:
         raise ModelFormatError(f"{str(path)!r} is not a file; pass the model file itself")
     return path, None
+
+
+def _check_dims(dims: object, backend: str) -> None:
+    """``dims`` is a mapping of dimension names to sizes >= 1, and only for ``"auto"``."""
+    if dims is None:
+        return
+    if not isinstance(dims, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1
+        for k, v in dims.items()
+    ):
+        raise UnsupportedOptionError(
+            f"dims must map dimension names to sizes >= 1, e.g. {{'sequence': 512}}, got {dims!r}"
+        )
+    if backend != AUTO:
+        raise UnsupportedOptionError(
+            f"dims= sizes what backend='auto' measures, and backend={backend!r} measures "
+            "nothing; drop dims=, or use backend='auto'"
+        )
 
 
 def _check_arguments(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -72,7 +73,10 @@ def fingerprint(*, runtimes: bool = True) -> dict[str, Any]:
     Stable across calls and processes on an unchanged machine; probing the runtimes imports them,
     so pass ``runtimes=False`` where that cost matters and the versions are not needed.
     """
-    data: dict[str, Any] = {"version": FINGERPRINT_VERSION, **_machine()}
+    machine = _machine()
+    # What this process may use is read each time: sched_setaffinity can change it in-process.
+    cpu = {**machine["cpu"], **_usable()}
+    data: dict[str, Any] = {"version": FINGERPRINT_VERSION, **machine, "cpu": cpu}
     if runtimes:
         data["runtimes"] = runtime_versions()
     return data
@@ -100,20 +104,54 @@ def runtime_versions() -> dict[str, dict[str, Any]]:
 
 
 def physical_cores(*, usable: bool = True) -> int:
-    """Physical cores of this machine, or (``usable``) those with a CPU this process may run on.
+    """Physical cores of this machine, or (``usable``) those with a CPU this process may run on,
+    within its cgroup's CPU quota (a container limited to 1.5 CPUs has 2).
 
     Falls back to the logical CPU count where the topology cannot be read.
     """
     topology = _core_topology()
     allowed = _affinity()
+    count = os.cpu_count() or 1
     if topology:
         cpus = [c for c in topology if not usable or allowed is None or c in allowed]
         cores = {topology[c] for c in cpus}
         if cores:
-            return len(cores)
-    if usable and allowed is not None:
-        return len(allowed)
-    return os.cpu_count() or 1
+            count = len(cores)
+    elif usable and allowed is not None:
+        count = len(allowed)
+    quota = _cpu_quota() if usable else None
+    return min(count, max(1, math.ceil(quota))) if quota is not None else count
+
+
+def _usable() -> dict[str, Any]:
+    allowed = _affinity()
+    return {
+        "usable_cpus": len(allowed) if allowed is not None else os.cpu_count(),
+        "usable_physical_cores": physical_cores(usable=True),
+        "cpu_quota": _cpu_quota(),
+    }
+
+
+def _cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPUs this process's cgroup may use (its CFS quota over period), or None if unlimited
+    or unreadable: cgroup v2 ``cpu.max``, else v1 ``cpu.cfs_quota_us``/``cpu.cfs_period_us``."""
+    own = next(
+        (line[3:] for line in (_read("/proc/self/cgroup") or "").splitlines() if line[:3] == "0::"),
+        "/",
+    )
+    try:
+        for directory in dict.fromkeys([root / own.lstrip("/"), root]):
+            text = _read(directory / "cpu.max")
+            if text is not None:
+                quota, _, period = text.strip().partition(" ")
+                return None if quota == "max" or not period else int(quota) / int(period)
+        quota_us = _read(root / "cpu" / "cpu.cfs_quota_us")
+        period_us = _read(root / "cpu" / "cpu.cfs_period_us")
+        if quota_us is None or period_us is None or int(quota_us) <= 0:
+            return None
+        return int(quota_us) / int(period_us)
+    except (ValueError, ZeroDivisionError):  # a file of another format: no limit known
+        return None
 
 
 # -- the machine (cached: it does not change while a process runs) --------------------------------
@@ -138,7 +176,6 @@ def _cpu() -> dict[str, Any]:
     info = parse_cpuinfo(_read("/proc/cpuinfo") or "")
     flags = set(info.get("flags", "").split()) | set(info.get("features", "").split())
     model = info.get("model name") or info.get("cpu model") or _sysctl_brand() or None
-    allowed = _affinity()
     present = [f for f in ISA_FLAGS if f in flags]
     return {
         "arch": platform.machine(),
@@ -153,8 +190,6 @@ def _cpu() -> dict[str, Any]:
         "amx": any(f.startswith("amx") for f in flags),
         "physical_cores": physical_cores(usable=False),
         "logical_cores": os.cpu_count(),
-        "usable_cpus": len(allowed) if allowed is not None else os.cpu_count(),
-        "usable_physical_cores": physical_cores(usable=True),
     }
 
 
@@ -172,6 +207,7 @@ def parse_cpuinfo(text: str) -> dict[str, str]:
     return result
 
 
+@functools.cache
 def _core_topology(root: Path = Path("/sys/devices/system/cpu")) -> dict[int, tuple[str, str]]:
     """Logical CPU number -> (package id, core id), from sysfs; empty where unreadable."""
     topology: dict[int, tuple[str, str]] = {}

@@ -24,10 +24,18 @@ from typing import Any, Final, Literal
 import numpy as np
 
 from ._errors import NoBackendAvailableError, UniferError
-from ._parity import FP32_MAX_RELATIVE_DIFF, FP32_MIN_COSINE, Parity, compare, seeded_feeds
+from ._parity import (
+    FP32_MAX_RELATIVE_DIFF,
+    FP32_MIN_COSINE,
+    Parity,
+    compare,
+    inner_names,
+    is_batch,
+    seeded_feeds,
+)
 from ._registry import STATIC_ORDER
 from ._timing import Stats, measure
-from .backend import Precision, Session
+from .backend import Precision, Session, TensorSpec
 
 logger = logging.getLogger("unifer.auto")
 
@@ -42,6 +50,10 @@ MIN_BUDGET_S: Final = 0.5
 MAX_BUDGET_S: Final = 20.0
 #: Batch measured for objective="throughput" when the batch dimension is dynamic.
 THROUGHPUT_BATCH: Final = 8
+#: What a dynamic dimension besides the batch is measured at when ``dims`` does not size it:
+#: where a 3x3 convolution uses every tap (as the conversion check feeds it); 1 where the model
+#: cannot run at that size.
+DEFAULT_SIZE: Final = 32
 #: Accuracy each precision must keep against the fp32 reference: (max relative diff, min cosine).
 TOLERANCE: Final[Mapping[str, tuple[float, float]]] = {
     "fp32": (FP32_MAX_RELATIVE_DIFF, FP32_MIN_COSINE),
@@ -190,10 +202,12 @@ def measure_candidates(
     objective: Objective,
     budget_s: float | None,
     reference_only: Collection[Candidate] = (),
+    dims: Mapping[str, int] | None = None,
     measure_fn: MeasureFn = measure,
     clock: Callable[[], float] = time.perf_counter,
-) -> tuple[list[Trial], dict[Candidate, Session]]:
-    """Open, check and time every candidate; return the trials and the sessions still open.
+) -> tuple[list[Trial], dict[Candidate, Session], dict[str, int]]:
+    """Open, check and time every candidate; return the trials, the sessions still open, and the
+    sizes fed to the dynamic dimensions besides the batch that ``dims`` left unsized.
 
     Only sessions within the tie tolerance of the best so far stay open, so the winner needs no
     second load and memory holds few models at a time. ``reference_only`` candidates (fp32, put
@@ -208,6 +222,7 @@ def measure_candidates(
     reference_name = ""
     feeds: dict[str, np.ndarray] | None = None
     batch = 1
+    defaulted: dict[str, int] = {}
     per_candidate_s: float | None = None if budget_s is None else budget_s / max(len(pool), 1)
     for candidate in pool:
         if candidate in reference_only and reference is not None:
@@ -221,10 +236,13 @@ def measure_candidates(
         open_s = clock() - start
         try:
             if feeds is None:
-                feeds, batch = _feeds_for(session, objective)
-            first_start = clock()
-            outputs = session.run(feeds)
-            first_s = clock() - first_start
+                feeds, batch, defaulted, outputs, first_s = _first_run(
+                    session, objective, dims or {}, clock
+                )
+            else:
+                first_start = clock()
+                outputs = session.run(feeds)
+                first_s = clock() - first_start
             parity: Parity | None = None
             if reference is None:
                 if candidate.precision != "fp32":
@@ -257,9 +275,10 @@ def measure_candidates(
                                 f"outputs differ from {reference_name}: "
                                 + (
                                     parity.problem  # NaN, other shapes: numbers would mislead
-                                    or f"max abs diff {parity.max_abs_diff:.3g}, cosine "
-                                    f"{parity.min_cosine:.6f} (needs <= {max_rel:g} relative, "
-                                    f">= {min_cos})"
+                                    or f"max abs diff {parity.max_abs_diff:.3g} "
+                                    f"({parity.max_relative_diff:.3g} of the output's scale), "
+                                    f"cosine {parity.min_cosine:.6f} (needs <= {max_rel:g} of "
+                                    f"the scale, >= {min_cos})"
                                 )
                             ),
                         )
@@ -306,7 +325,7 @@ def measure_candidates(
         finally:
             if candidate not in kept:
                 session.close()  # idempotent: a session pruned above is already closed
-    return trials, kept
+    return trials, kept, defaulted
 
 
 def _reason(exc: Exception) -> str:
@@ -315,8 +334,13 @@ def _reason(exc: Exception) -> str:
     return f"raised {type(exc).__name__}: {exc} (a defect in the plugin: report it to its authors)"
 
 
-def _feeds_for(session: Session, objective: Objective) -> tuple[dict[str, np.ndarray], int]:
-    """Seeded inputs; for throughput, a larger batch when the batch dimension is dynamic."""
+def _first_run(
+    session: Session, objective: Objective, dims: Mapping[str, int], clock: Callable[[], float]
+) -> tuple[dict[str, np.ndarray], int, dict[str, int], dict[str, np.ndarray], float]:
+    """The feeds every candidate is measured on, found by running the first session: seeded
+    inputs, a larger batch for throughput when the batch is dynamic, ``dims`` for the dimensions
+    it names and :data:`DEFAULT_SIZE` (else 1) for the others. Returns the feeds, the batch, the
+    sizes defaulted, and the first run's outputs and seconds."""
     inputs = session.inputs
     batch = 1
     if (
@@ -326,7 +350,42 @@ def _feeds_for(session: Session, objective: Objective) -> tuple[dict[str, np.nda
         and not isinstance(inputs[0].shape[0], int)
     ):
         batch = THROUGHPUT_BATCH
-    return seeded_feeds(inputs, batch=batch), batch
+    unsized = _unsized(inputs, dims)
+    fills = [DEFAULT_SIZE, 1] if unsized else [1]
+    for fill in fills[:-1]:
+        try:
+            return _timed_run(session, batch, dims, fill, unsized, clock)
+        except UniferError:
+            continue  # a model that cannot run at DEFAULT_SIZE may at 1
+    return _timed_run(session, batch, dims, fills[-1], unsized, clock)
+
+
+def _timed_run(
+    session: Session,
+    batch: int,
+    dims: Mapping[str, int],
+    fill: int,
+    unsized: Sequence[str],
+    clock: Callable[[], float],
+) -> tuple[dict[str, np.ndarray], int, dict[str, int], dict[str, np.ndarray], float]:
+    feeds = seeded_feeds(session.inputs, batch=batch, sizes=dims, fill=fill)
+    start = clock()
+    outputs = session.run(feeds)
+    return feeds, batch, dict.fromkeys(unsized, fill), outputs, clock() - start
+
+
+def _unsized(inputs: Sequence[TensorSpec], dims: Mapping[str, int]) -> list[str]:
+    """The dynamic dimensions besides the batch that ``dims`` does not size ("?" if unnamed)."""
+    inner = inner_names(inputs)
+    found = [
+        d if isinstance(d, str) else "?"
+        for spec in inputs
+        for axis, d in enumerate(spec.shape)
+        if not isinstance(d, int)
+        and not (axis == 0 and is_batch(d, inner))
+        and not (isinstance(d, str) and d in dims)
+    ]
+    return list(dict.fromkeys(found))
 
 
 def no_candidate_error(trials: Sequence[Trial], what: str) -> NoBackendAvailableError:

@@ -1,0 +1,121 @@
+"""One auto measurement per decision key at a time across processes, and the candidates that
+crashed one.
+
+Processes started together (a server's workers) would each measure while the others do: every
+measurement slowed down, and the workers could end up on different backends. The first takes a
+lock file; the others wait for it, then find its decision in the cache.
+
+Measuring runs each candidate in this process: a runtime that crashes it (a segfault, an abort)
+would crash every later load too, each measuring again. So the candidate being measured is
+written down first; a process that finds that record under the lock knows its writer died while
+measuring that candidate, which is then passed over (and listed as such) until the key changes
+(another runtime or unifer version).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, Final
+
+from ._cache import atomic_write_bytes, cache_dir
+
+logger = logging.getLogger("unifer.auto")
+
+#: Seconds a process waits for another's measurement before measuring anyway (a hung runtime
+#: must not hang every later load).
+LOCK_WAIT_S: Final = 120.0
+
+
+class Record:
+    """What is being measured for one key, and what crashed earlier measurements of it."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        data = _read(path) if path is not None else {}
+        crashed = data.get("crashed", {})
+        self.crashed: dict[str, str] = dict(crashed) if isinstance(crashed, dict) else {}
+        """Candidate (as ``str(candidate)``) -> when it crashed a measurement."""
+        running = data.get("measuring")
+        if isinstance(running, dict) and isinstance(running.get("candidate"), str):
+            # Its writer held the lock we hold now, and never finished: it died measuring it.
+            self.crashed[running["candidate"]] = str(running.get("started", "?"))
+            self._write(None)
+
+    def now(self, candidate: str | None) -> None:
+        """Note that ``candidate`` is about to be opened and measured (None: done)."""
+        self._write(candidate)
+
+    def _write(self, candidate: str | None) -> None:
+        if self._path is None:
+            return
+        if candidate is None and not self.crashed:
+            self._path.unlink(missing_ok=True)
+            return
+        data: dict[str, Any] = {"crashed": self.crashed}
+        if candidate is not None:
+            started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            data["measuring"] = {"candidate": candidate, "pid": os.getpid(), "started": started}
+        with contextlib.suppress(OSError):  # a record that cannot be written only costs memory
+            atomic_write_bytes(self._path, json.dumps(data).encode())
+
+
+@contextlib.contextmanager
+def measuring(key: str) -> Iterator[Record]:
+    """Hold the lock for ``key`` while measuring, and the record of what is measured. Best
+    effort: without a writable cache directory (or ``fcntl``) nothing is held or recorded."""
+    try:
+        directory = cache_dir("locks")
+        lock = (directory / f"auto-{key}.lock").open("a")
+    except OSError:
+        yield Record(None)
+        return
+    with lock:
+        locked = _lock(lock, key)
+        # Unlocked, the record may be a live process's: neither read nor written.
+        record = Record(directory / f"auto-{key}.json" if locked else None)
+        try:
+            yield record
+        finally:
+            record.now(None)
+            if locked:
+                import fcntl
+
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _lock(file: IO[str], key: str) -> bool:
+    """Take the lock on ``file``, waiting at most :data:`LOCK_WAIT_S`; whether it was taken."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: each process measures for itself
+        return False
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                logger.warning(
+                    "another process has been measuring for %s for over %.0f s; measuring "
+                    "without waiting for it",
+                    key,
+                    LOCK_WAIT_S,
+                )
+                return False
+            time.sleep(0.05)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
