@@ -665,3 +665,18 @@ def test_a_candidate_that_crashes_the_process_is_passed_over_next_time(fake_mode
     backend, explanation = second.stdout.split("\n", 1)
     assert backend == "fake"
     assert "crashing/fp32/threads=1" in explanation and "crashed the process" in explanation
+
+
+def test_a_measurement_on_a_busy_machine_says_so_also_from_the_cache(
+    two_fakes, fake_model, monkeypatch, caplog
+):
+    from unifer import _background
+
+    busy = {"available": True, "other_cpu": 0.6, "steal": 0.0, "disturbed": True}
+    monkeypatch.setattr(_background, "between", lambda *args: busy)
+    measured = Engine.load(fake_model, threads=1, budget_s=0.1)
+    assert any("other processes used 60% of the CPUs" in n for n in measured.selection.notes)
+    assert "busy machine" in caplog.text
+    cached = Engine.load(fake_model, threads=1, budget_s=0.1)
+    assert cached.selection.source == "cache"
+    assert cached.selection.notes == measured.selection.notes

@@ -31,13 +31,14 @@ from unifer import (
     ModelFormatError,
     UniferError,
     UnsupportedOptionError,
+    _background,
     _registry,
     bench,
     models,
 )
 from unifer._parity import seeded_feeds
 from unifer.backend import Availability, TensorSpec
-from unifer.bench import _background, _deps, _energy, _run, _worker
+from unifer.bench import _deps, _energy, _run, _worker
 from unifer.bench._grid import (
     default_threads,
     needs_conversion,

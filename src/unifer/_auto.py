@@ -24,7 +24,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from . import _autocache, _convert, _hardware, _measuring, _registry
+from . import _autocache, _background, _convert, _hardware, _measuring, _registry
 from ._devices import device_option, effective_device
 from ._digest import model_digest
 from ._errors import ModelError, UniferError, UnsupportedOptionError
@@ -276,6 +276,7 @@ def _choose(
             record.now(str(candidate))  # until the next: a crash measuring it is on record
         return noting_files(candidate)
 
+    before = _background.sample()
     trials, kept, defaulted = measure_candidates(
         pool,
         open_candidate=opener,
@@ -284,6 +285,7 @@ def _choose(
         reference_only=reference_only,
         dims=dims,
     )
+    background = _background.between(before, _background.sample(), _background.cpus())
     if record is not None:
         record.now(None)
     ranking = rank(trials)
@@ -295,6 +297,21 @@ def _choose(
         if candidate != winner:
             session.close()
     all_trials = (*_ordered(trials, ranking), *unavailable)
+    notes: list[str] = []
+    if defaulted:  # the speeds at another size may rank the backends otherwise
+        sizes = ", ".join(f"{name}={size}" for name, size in defaulted.items())
+        notes.append(
+            f"dynamic dimensions measured at {sizes}; pass dims={{NAME: SIZE}} to measure at "
+            "the sizes you run"
+        )
+    if background.get("disturbed"):  # one candidate's figures may be inflated by another job
+        busy = f"{background['other_cpu'] + background['steal']:.0%}"
+        notes.append(
+            f"other processes used {busy} of the CPUs while this was measured; if the choice "
+            "looks wrong, measure again when the machine is quieter (unifer cache clear "
+            "--auto-only)"
+        )
+        logger.warning("auto measured %s on a busy machine: %s", path.name, notes[-1])
     _autocache.store(
         key,
         {
@@ -303,16 +320,11 @@ def _choose(
             "objective": objective,
             "ranking": [str(t.candidate) for t in ranking],
             "trials": [t.to_dict() for t in all_trials],
+            "notes": notes,
+            "background": background,
         },
     )
-    notes: tuple[str, ...] = ()
-    if defaulted:  # the speeds at another size may rank the backends otherwise
-        sizes = ", ".join(f"{name}={size}" for name, size in defaulted.items())
-        notes = (
-            f"dynamic dimensions measured at {sizes}; pass dims={{NAME: SIZE}} to measure at "
-            "the sizes you run",
-        )
-    selection = Selection(winner, "measured", objective, all_trials, key, notes)
+    selection = Selection(winner, "measured", objective, all_trials, key, tuple(notes))
     logger.info(selection.summary())
     return selection, kept[winner]
 
@@ -383,7 +395,8 @@ def _open_cached(
         trials = tuple(Trial.from_dict(t) for t in entry["trials"])
     except (KeyError, TypeError, ValueError):
         return None  # an entry written by another version: measure again
-    notes = []
+    stored = entry.get("notes")  # what the measurement said (sizes defaulted, a busy machine)
+    notes = [n for n in stored if isinstance(n, str)] if isinstance(stored, list) else []
     for trial in trials:
         if trial.status != "measured":
             continue

@@ -43,7 +43,7 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.random  # loaded before the library snapshot: the seeded inputs use it
 
-from .. import _convert, _registry
+from .. import _background, _convert, _registry
 from .._cache import cache_dir
 from .._engine import Engine
 from .._errors import PreprocessError, UniferError, UniferWarning, UnsupportedOptionError
@@ -52,7 +52,7 @@ from .._parity import inner_names, is_batch, seeded_feeds
 from .._preprocess import Preprocess
 from .._timing import Stats, measure, time_once
 from ..backend import SessionOptions, TensorSpec
-from . import _background, _deps, _energy
+from . import _deps, _energy
 from ._grid import split_target
 from ._integrity import seeded_images
 

@@ -1,12 +1,14 @@
-"""How busy the rest of the machine was while a configuration was being timed.
+"""How busy the rest of the machine was while something was being timed (a bench configuration,
+auto's measurement).
 
 On a shared machine another job can take a core for a minute and double one configuration's
-latency. The worker reads the system-wide CPU counters (``/proc/stat``) and its own CPU time
-before and after its timed rounds; the difference is the CPU time everyone else used. Reported as a
-fraction of the machine's capacity over that interval, with the hypervisor's steal time apart, so
-a report can say which figures were disturbed instead of leaving the reader to guess. The worker's
-own CPU time over the same interval, in cores kept busy, says what the configuration costs the CPU:
-about its thread count for a CPU backend, far less for one that computes on a GPU.
+latency. The bench worker (and auto) reads the system-wide CPU counters (``/proc/stat``) and its
+own CPU time before and after its timed rounds; the difference is the CPU time everyone else used.
+Reported as a fraction of the machine's capacity over that interval, with the hypervisor's steal
+time apart, so a report can say which figures were disturbed instead of leaving the reader to
+guess. The worker's own CPU time over the same interval, in cores kept busy, says what the
+configuration costs the CPU: about its thread count for a CPU backend, far less for one that
+computes on a GPU.
 """
 
 from __future__ import annotations
