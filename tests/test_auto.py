@@ -658,13 +658,13 @@ def test_a_candidate_that_crashes_the_process_is_passed_over_next_time(fake_mode
         command = [sys.executable, "-c", CRASHING_LOAD, str(fake_model)]
         return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
-    first = load()
-    assert first.returncode != 0  # the abort
-    second = load()
-    assert second.returncode == 0, second.stderr
-    backend, explanation = second.stdout.split("\n", 1)
+    # The aborts: one death could be a kill from outside, so it is measured once more.
+    assert load().returncode != 0 and load().returncode != 0
+    third = load()
+    assert third.returncode == 0, third.stderr
+    backend, explanation = third.stdout.split("\n", 1)
     assert backend == "fake"
-    assert "crashing/fp32/threads=1" in explanation and "crashed the process" in explanation
+    assert "crashing/fp32/threads=1" in explanation and "died 2 times" in explanation
 
 
 def test_a_measurement_on_a_busy_machine_says_so_also_from_the_cache(

@@ -389,6 +389,7 @@ def test_bench_refuses_an_unwritable_out_before_running(cli, fake_backend, tmp_p
     blocker.write_text("")
     output = cli("bench", "--quick", "--out", str(blocker / "report"), code=2).output
     assert "cannot create" in output and "--out" in output
+    assert "is a file" in cli("bench", "--quick", "--out", str(blocker), code=2).output
 
 
 def test_predict_allow_nan(cli, fake_backend, fake_model, tmp_path):
@@ -430,6 +431,9 @@ def test_predict_refuses_an_unreadable_input_before_loading(cli, fake_model, tmp
         ),
         ("load it with allow_nan=True", "load it with --allow-nan"),
         ("Use precision='fp32' with fake", "Use --precision fp32 with fake"),
+        ("e.g. backend='onnxruntime'", "e.g. --backend onnxruntime"),
+        ("Engine.load(m, device='cuda:0') works", "Engine.load(m, device='cuda:0') works"),
+        ("backend_options['x']['name']='a b' is", "--option 'x.name=a b' is"),
         (
             "Pass backend_options={'tensorrt': {'profiles': {",
             "Pass backend_options={'tensorrt': {'profiles': {",

@@ -21,6 +21,7 @@ from unifer import (
     InferenceError,
     ModelFormatError,
     ModelLoadError,
+    PluginError,
     UniferWarning,
     UnsupportedOptionError,
     _convert,
@@ -645,3 +646,49 @@ def test_parity_numbers_are_python_floats():
     assert all(type(n) is float for n in [*numbers, parity.reference_max_abs])
     assert parity.samples == 3 and parity.min_cosine == 0.0 and parity.max_abs_diff == 1.0
     json.dumps(dataclasses.asdict(parity))
+
+
+def test_a_cache_that_refuses_the_work_directory_is_a_cache_error(
+    converter, fake_model, monkeypatch
+):
+    def full(root):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_convert, "_work_dir", full)
+    with pytest.raises(CacheError, match="No space left"):
+        Engine.load(fake_model, backend="fake2")
+
+
+def test_a_converter_defect_is_a_plugin_error_and_auto_passes_over_it(fake_backend, fake_model):
+    class Defective(FakeConverter):
+        def convert(self, source, out_dir, options, /):
+            raise KeyError("a bug in the converter")
+
+    register_backend(Defective)
+    try:
+        with pytest.raises(PluginError, match="raised KeyError converting") as info:
+            Engine.load(fake_model, backend="fake2")
+        assert isinstance(info.value.__cause__, KeyError)
+        engine = Engine.load(fake_model, threads=1, budget_s=0.1, allow_conversion=True)
+    finally:
+        unregister_backend("fake2")
+    assert engine.backend == "fake"
+    reasons = {t.candidate.backend: t.reason or "" for t in engine.selection.trials}
+    assert "defect in the plugin" in reasons["fake2"]
+
+
+def test_models_of_one_name_in_two_directories_keep_their_own_entries(
+    converter, make_fake_model, tmp_path, monkeypatch
+):
+    """Entries are pruned by source path: 'model.fake' names a file per directory."""
+    entries = []
+    for name, width in (("a", 3), ("b", 4)):
+        (tmp_path / name).mkdir()
+        spec = [{"name": "x", "shape": ["N", width], "dtype": "float32"}]
+        make_fake_model(
+            tmp_path / name / "model.fake", inputs=spec, outputs=[{**spec[0], "name": "y"}]
+        )
+        monkeypatch.chdir(tmp_path / name)
+        entries.append(_convert.convert(converter(), Path("model.fake"), SessionOptions()))
+    assert all(entry.path.is_file() for entry in entries)
+    assert entries[0].source == str(tmp_path / "a" / "model.fake")

@@ -3,25 +3,43 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import time
 
 from unifer import _measuring
 from unifer._cache import cache_dir
 
 
-def test_a_process_that_died_measuring_leaves_its_candidate_on_record():
+def died_measuring(key: str, candidate: str) -> None:
+    """As a process leaves the record when it dies while measuring ``candidate``."""
+    with _measuring.measuring(key) as record:
+        record.now(candidate)
+        left = (cache_dir("locks") / f"auto-{key}.json").read_text()
+    (cache_dir("locks") / f"auto-{key}.json").write_text(left)
+
+
+def test_a_candidate_that_took_two_measurements_down_is_passed_over():
+    died_measuring("k", "crashy/fp32/threads=1")
+    with _measuring.measuring("k") as record:
+        assert record.crashed == {}  # once may be a kill from outside
+        record.now("crashy/fp32/threads=1")
+        left = (cache_dir("locks") / "auto-k.json").read_text()
+    (cache_dir("locks") / "auto-k.json").write_text(left)
+    with _measuring.measuring("k") as record:
+        assert list(record.crashed) == ["crashy/fp32/threads=1"]
+    with _measuring.measuring("k") as record:  # kept until the key changes...
+        assert list(record.crashed) == ["crashy/fp32/threads=1"]
+    assert _measuring.clear() == 1  # ...or unifer cache clear --auto-only
     with _measuring.measuring("k") as record:
         assert record.crashed == {}
-        record.now("crashy/fp32/threads=1")
-        path = cache_dir("locks") / "auto-k.json"
-        # As a process that dies here leaves it: the record names what it was measuring.
-        left = json.loads(path.read_text())
-    path.write_text(json.dumps(left))
+
+
+def test_a_measurement_that_gets_past_a_candidate_forgets_its_death():
+    died_measuring("k", "flaky/fp32/threads=1")
     with _measuring.measuring("k") as record:
-        assert list(record.crashed) == ["crashy/fp32/threads=1"]
-    with _measuring.measuring("k") as record:  # kept until the key changes
-        assert list(record.crashed) == ["crashy/fp32/threads=1"]
+        record.survived(["flaky/fp32/threads=1"])
+    died_measuring("k", "flaky/fp32/threads=1")
+    with _measuring.measuring("k") as record:
+        assert record.crashed == {}  # one death since it last got through
 
 
 def test_a_measurement_that_never_ends_does_not_hang_the_others(monkeypatch, caplog):

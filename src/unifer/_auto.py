@@ -121,12 +121,6 @@ def open_auto(
         and (allow_conversion or _conversion_cached(n, path, backend_options.get(n, {})))
     ]
     names = [n for n in _registry.auto_order([*readers(suffix), *converting]) if n not in disabled]
-    # A broken plugin reads nothing, so it is no candidate; said once, and listed in the
-    # explanation, since it may hide a backend the user expects (one that registers the
-    # reference's name disables onnxruntime).
-    broken = {n: m for n, m in _registry.broken_plugins().items() if n not in disabled}
-    for name, message in broken.items():
-        warn_user(f"backend='auto' passes over backend {name!r}: {message}")
     if not names:
         if not suffix:
             raise no_suffix_error(path, ".onnx, .xml, .tflite, .param...")
@@ -148,7 +142,7 @@ def open_auto(
         open_candidate=open_candidate,
         backend_options=backend_options,
         device=device,
-        broken=broken,
+        disabled=disabled,
         dims=dims or {},
     )
     if mode == "static" or budget_s == 0:
@@ -198,7 +192,7 @@ def _choose(
     open_candidate: Callable[[Candidate], Session],
     backend_options: Mapping[str, Mapping[str, object]],
     device: str | None,
-    broken: Mapping[str, str],
+    disabled: Collection[str],
     dims: Mapping[str, int],
     key: str | None,
     record: _measuring.Record | None,
@@ -216,6 +210,12 @@ def _choose(
             for t in threads_listed
         ]
 
+    # A broken plugin reads nothing, so it is no candidate; said when choosing (not on loads
+    # from the cache), and listed in the explanation, since it may hide a backend the user
+    # expects (one that registers the reference's name disables onnxruntime).
+    broken = {n: m for n, m in _registry.broken_plugins().items() if n not in disabled}
+    for name, message in broken.items():
+        warn_user(f"backend='auto' passes over backend {name!r}: {message}")
     unavailable = [t for name, message in broken.items() for t in failed(name, message)]
     available: list[str] = []
     availabilities: dict[str, Availability] = {}
@@ -263,8 +263,9 @@ def _choose(
     crashed = record.crashed if record is not None else {}
     # A candidate that crashed an earlier measurement of this key would crash this one too.
     unavailable += [
-        Trial(c, "failed", reason=f"crashed the process measuring it ({crashed[str(c)]}); "
-              f"backend={c.backend!r} tries it again, `unifer cache clear` forgets it")
+        Trial(c, "failed", reason=f"the process measuring it died {_measuring.DEATHS} times "
+              f"(last {crashed[str(c)]}); backend={c.backend!r} tries it again, `unifer cache "
+              "clear --auto-only` forgets it")
         for c in pool
         if str(c) in crashed
     ]  # fmt: skip
@@ -287,7 +288,7 @@ def _choose(
     )
     background = _background.between(before, _background.sample(), _background.cpus())
     if record is not None:
-        record.now(None)
+        record.survived(str(c) for c in pool)
     ranking = rank(trials)
     if not ranking:
         noting_files.raise_if_every_open_failed(len(pool))

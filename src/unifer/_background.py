@@ -33,7 +33,7 @@ class Sample:
     """CPU time of every process on every CPU (user, nice, system, irq, softirq), in seconds."""
     steal_s: float
     self_s: float
-    """This process's own user + system CPU time."""
+    """This process's own user + system CPU time, and its exited children's."""
 
 
 def sample(stat: Path = _STAT) -> Sample | None:
@@ -49,12 +49,13 @@ def sample(stat: Path = _STAT) -> Sample | None:
         return None
     user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in first[1:8])
     steal = int(first[8]) if len(first) > 8 else 0
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+    # This process's and its children's (a converter run as a subprocess, once it has exited).
+    own = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     return Sample(
         wall_s=time.monotonic(),
         busy_s=(user + nice + system + irq + softirq) / tick,
         steal_s=steal / tick,
-        self_s=usage.ru_utime + usage.ru_stime,
+        self_s=sum(usage.ru_utime + usage.ru_stime for usage in own),
     )
 
 

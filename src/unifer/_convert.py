@@ -7,8 +7,9 @@ its own. The core owns everything around the conversion, so every plugin gets th
 - The result goes to unifer's cache directory, keyed by the content of every file the source
   consists of (an ONNX model's external-data weights too), the target backend and the converter's
   version; it is built in a temporary directory and moved into place with one rename, so concurrent
-  processes never see half a conversion, and a published conversion is never deleted by another
-  process. Nothing is written next to the user's model.
+  processes never see half a conversion. A published conversion is deleted only as stale: when
+  the same source path (absolute) is converted again with other content by the same converter,
+  or when the runtime cannot load it any more. Nothing is written next to the user's model.
 - The converted model is checked against the source on seeded inputs (output shapes, max abs
   diff, cosine), with another backend that reads the source as the reference, at batch 1 and, for
   a source with a dynamic batch dimension, at a batch of several samples too. The converted model
@@ -30,7 +31,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -117,6 +118,8 @@ def convert(
     """
     if not isinstance(backend, Converter):  # callers check can_convert() first
         raise TypeError(f"{backend.name} cannot convert models")
+    # Absolute: entries are pruned by their source, and 'model.onnx' names a file per directory.
+    source = source.absolute()
     for _ in range(_SOURCE_ATTEMPTS):
         root, final, digest, version = _location(backend, source, options)
         conversion = _find(final)
@@ -188,7 +191,9 @@ def _location(
     The entry is keyed by every file of the source (:func:`model_digest`): a conversion bakes in
     the weights, which may sit in files of their own that change while the source file does not.
     """
-    version = backend.converter_version(options)
+    version = _registry.plugin_call(
+        backend, "giving its converter version", backend.converter_version, options
+    )
     root = cache_dir("converted", backend.name)
     key = _key(model_digest(source), backend.name, version)
     return root, root / f"{source.stem}-{key}", content_digest(source), version
@@ -219,8 +224,7 @@ def _adopt(twin: Conversion, source: Path, root: Path, final: Path) -> Conversio
     conversion: its files hard-linked (copied where links fail) and renamed from the other
     file's stem to this one's, so nothing carries the other name, and a manifest of its own."""
     old, new = Path(twin.source).stem, source.stem
-    work = _work_dir(root)
-    try:
+    with _writing_into(root) as work:
         for file in twin.path.parent.iterdir():
             if file.name == MANIFEST:
                 continue
@@ -242,8 +246,6 @@ def _adopt(twin: Conversion, source: Path, root: Path, final: Path) -> Conversio
             return theirs
         _prune(root, final, str(source), twin.converter)
         return adopted
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _restem(name: str, old: str, new: str) -> str:
@@ -290,9 +292,11 @@ def _convert_into(
     digest: str,
     version: str,
 ) -> Conversion:
-    work = _work_dir(root)
-    try:
-        primary = backend.convert(source, work, options)
+    with _writing_into(root) as work:
+        # An OSError is the cache directory's (full, read-only): _writing_into says so.
+        primary = _registry.plugin_call(
+            backend, "converting", backend.convert, source, work, options, passes=(OSError,)
+        )
         if primary.parent != work or not primary.is_file():
             raise ModelLoadError(
                 f"the {backend.name} converter returned {primary}, which is not a file it wrote "
@@ -324,12 +328,23 @@ def _convert_into(
         return Conversion(
             str(source), digest, backend.name, version, final / primary.name, check, created
         )
+
+
+@contextlib.contextmanager
+def _writing_into(root: Path) -> Iterator[Path]:
+    """A new work directory under ``root`` for building one entry, removed afterwards; failing to
+    write there (read-only, full) is a CacheError, not the OS's error."""
+    work = None
+    try:
+        work = _work_dir(root)
+        yield work
     except UniferError:
         raise
-    except OSError as exc:  # writing the conversion into the cache directory failed
+    except OSError as exc:
         raise cache_error(root, exc) from exc
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 class _SourceChanged(Exception):
@@ -350,17 +365,24 @@ def _work_dir(root: Path) -> Path:
     return work
 
 
+def _files(directory: Path) -> list[Path]:
+    """The entry's files (a converter may write subdirectories), its manifest excepted."""
+    return [f for f in directory.rglob("*") if f.is_file() and f.name != MANIFEST]
+
+
 def _sizes(directory: Path) -> dict[str, int]:
-    return {f.name: f.stat().st_size for f in directory.iterdir() if f.name != MANIFEST}
+    return {str(f.relative_to(directory)): f.stat().st_size for f in _files(directory)}
 
 
 def _write_manifest(directory: Path, manifest: Mapping[str, object]) -> None:
     # Flushed to disk with the files it describes, before the rename publishes them: after a
     # power loss an entry is whole or absent.
-    for file in directory.iterdir():
-        if file.name != MANIFEST:
-            with file.open("rb+") as f:
-                os.fsync(f.fileno())
+    for file in _files(directory):
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     atomic_write_bytes(directory / MANIFEST, json.dumps(manifest, indent=2).encode())
 
 

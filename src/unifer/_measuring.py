@@ -8,8 +8,11 @@ lock file; the others wait for it, then find its decision in the cache.
 Measuring runs each candidate in this process: a runtime that crashes it (a segfault, an abort)
 would crash every later load too, each measuring again. So the candidate being measured is
 written down first; a process that finds that record under the lock knows its writer died while
-measuring that candidate, which is then passed over (and listed as such) until the key changes
-(another runtime or unifer version).
+measuring that candidate. A process can also die from outside (SIGKILL, a worker timeout), so one
+death is only counted: a candidate that took :data:`DEATHS` measurements down with it is passed
+over (and listed as such) until the key changes (another runtime or unifer version), or the
+record is cleared (``unifer cache clear``). A measurement that gets past a candidate forgets its
+deaths.
 """
 
 from __future__ import annotations
@@ -20,17 +23,19 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, Final
 
-from ._cache import atomic_write_bytes, cache_dir
+from ._cache import atomic_write_bytes, cache_dir, cache_root
 
 logger = logging.getLogger("unifer.auto")
 
 #: Seconds a process waits for another's measurement before measuring anyway (a hung runtime
 #: must not hang every later load).
 LOCK_WAIT_S: Final = 120.0
+#: Measurements a candidate must have died in to be passed over.
+DEATHS: Final = 2
 
 
 class Record:
@@ -39,26 +44,42 @@ class Record:
     def __init__(self, path: Path | None) -> None:
         self._path = path
         data = _read(path) if path is not None else {}
-        crashed = data.get("crashed", {})
-        self.crashed: dict[str, str] = dict(crashed) if isinstance(crashed, dict) else {}
-        """Candidate (as ``str(candidate)``) -> when it crashed a measurement."""
+        deaths = data.get("deaths", {})
+        self._deaths: dict[str, list[str]] = {
+            str(k): [str(t) for t in v]
+            for k, v in (deaths.items() if isinstance(deaths, dict) else ())
+            if isinstance(v, list)
+        }
         running = data.get("measuring")
         if isinstance(running, dict) and isinstance(running.get("candidate"), str):
             # Its writer held the lock we hold now, and never finished: it died measuring it.
-            self.crashed[running["candidate"]] = str(running.get("started", "?"))
+            self._deaths.setdefault(running["candidate"], []).append(
+                str(running.get("started", "?"))
+            )
             self._write(None)
+
+    @property
+    def crashed(self) -> dict[str, str]:
+        """Candidates (as ``str(candidate)``) to pass over -> when they last took one down."""
+        return {c: times[-1] for c, times in self._deaths.items() if len(times) >= DEATHS}
 
     def now(self, candidate: str | None) -> None:
         """Note that ``candidate`` is about to be opened and measured (None: done)."""
         self._write(candidate)
 
+    def survived(self, candidates: Iterable[str]) -> None:
+        """Forget the deaths of ``candidates``: this measurement got past them."""
+        for candidate in candidates:
+            self._deaths.pop(candidate, None)
+        self._write(None)
+
     def _write(self, candidate: str | None) -> None:
         if self._path is None:
             return
-        if candidate is None and not self.crashed:
+        if candidate is None and not self._deaths:
             self._path.unlink(missing_ok=True)
             return
-        data: dict[str, Any] = {"crashed": self.crashed}
+        data: dict[str, Any] = {"deaths": self._deaths}
         if candidate is not None:
             started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             data["measuring"] = {"candidate": candidate, "pid": os.getpid(), "started": started}
@@ -111,6 +132,17 @@ def _lock(file: IO[str], key: str) -> bool:
                 )
                 return False
             time.sleep(0.05)
+
+
+def clear() -> int:
+    """Forget every record of candidates that died measuring; returns how many keys had one."""
+    try:
+        records = list(cache_root().joinpath("locks").glob("auto-*.json"))
+    except OSError:
+        return 0
+    for record in records:
+        record.unlink(missing_ok=True)
+    return len(records)
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -13,10 +13,10 @@ import functools
 import importlib.metadata as metadata
 import importlib.util
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from ._errors import BackendNotFoundError, BackendUnavailableError, PluginError, UniferError
 from .backend import BACKEND_API_VERSION, Availability, Backend, Session, SessionOptions
@@ -107,13 +107,23 @@ def _entry_points() -> dict[str, tuple[metadata.EntryPoint, ...]]:
 
 @functools.cache
 def plugin_packages() -> frozenset[str]:
-    """The top-level packages of the installed plugins' entry points (``warn_user`` looks past
-    their frames to the user's line, whatever the packages are called)."""
-    return frozenset(
-        ep.value.partition(":")[0].partition(".")[0]
-        for eps in _entry_points().values()
-        for ep in eps
-    )
+    """The packages of the installed plugins (``warn_user`` looks past their frames to the
+    user's line, whatever they are called): an entry point's module when it is a package, else
+    the package holding it (``acme.unifer_rt`` for ``acme.unifer_rt.backend:Backend``, never all
+    of ``acme``)."""
+    modules = (ep.value.partition(":")[0] for eps in _entry_points().values() for ep in eps)
+    return frozenset(_package_of(m) for m in modules)
+
+
+def _package_of(module: str) -> str:
+    parent = module.rpartition(".")[0]
+    if not parent:
+        return module
+    try:
+        spec = importlib.util.find_spec(module)  # imports the parents, loaded with the plugin
+    except (ImportError, ValueError):
+        return module
+    return module if spec is not None and spec.submodule_search_locations else parent
 
 
 def register_backend(cls: type[Backend]) -> None:
@@ -160,17 +170,32 @@ def get_backend(name: str) -> Backend:
 
 
 def open_session(plugin: Backend, path: Path, options: SessionOptions) -> Session:
-    """``plugin.open(path, options)``; an exception from outside unifer's hierarchy is a defect
-    of the plugin (the contract has ``open`` raise UniferErrors): a PluginError that names it, so
-    that ``backend="auto"`` passes over that candidate as over any that failed to open."""
+    """``plugin.open(path, options)``, with :func:`plugin_call`'s treatment of defects (so that
+    ``backend="auto"`` passes over that candidate as over any that failed to open)."""
+    return plugin_call(plugin, f"opening {path.name}", plugin.open, path, options)
+
+
+_T = TypeVar("_T")
+
+
+def plugin_call(
+    plugin: Backend,
+    doing: str,
+    method: Callable[..., _T],
+    *args: object,
+    passes: tuple[type[Exception], ...] = (),
+) -> _T:
+    """``method(*args)`` of ``plugin``; an exception from outside unifer's hierarchy (and
+    ``passes``) is a defect of the plugin (the contract has it raise UniferErrors): a
+    PluginError that names it."""
     try:
-        return plugin.open(path, options)
-    except (UniferError, MemoryError):
-        raise
+        return method(*args)
     except Exception as exc:
+        if isinstance(exc, (UniferError, MemoryError, *passes)):
+            raise
         raise PluginError(
             f"backend {plugin.name!r} ({_origin(plugin.name)}) raised {type(exc).__name__} "
-            f"opening {path.name}: {exc}. {_DEFECT}"
+            f"{doing}: {exc}. {_DEFECT}"
         ) from exc
 
 

@@ -337,8 +337,10 @@ def _in_unifer(frame: Any) -> bool:
     package is called)."""
     from ._registry import plugin_packages  # the registry imports this module
 
-    package = str(frame.f_globals.get("__name__", "")).partition(".")[0]
-    return package.startswith("unifer") or package in plugin_packages()
+    module = str(frame.f_globals.get("__name__", ""))
+    return module.partition(".")[0].startswith("unifer") or any(
+        module == package or module.startswith(f"{package}.") for package in plugin_packages()
+    )
 
 
 _INT32: Final = np.iinfo(np.int32)

@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import signal
+import threading
 import uuid
 import warnings
 import zipfile
@@ -25,7 +26,7 @@ from typing import Any, Final, TypeVar, cast
 import click
 import numpy as np
 
-from . import _autocache, _convert, _hardware, _registry, models
+from . import _autocache, _convert, _hardware, _measuring, _registry, models
 from ._cache import cache_dir, cache_root
 from ._engine import Engine, readers, resolve_model
 from ._errors import InputError, ModelFormatError, UniferError, UniferWarning
@@ -127,15 +128,21 @@ class UniferGroup(click.Group):
 #: Fixes that errors give in Python, as the CLI spells them (the library's messages name the
 #: Python API; at a shell, the same advice must be a flag). ``backend_options=...`` literals are
 #: rewritten by :func:`_options_as_flags`.
+#: A keyword argument written as a fix, not inside a call shown as code (``Engine.load(m,
+#: device='cuda:0')`` stays as it is).
+_NOT_IN_A_CALL: Final = r"(?<![(\w])(?<!, )"
 _PYTHON_HINTS: Final = (
     # backend_options['ncnn']['device']='vulkan' -> --option ncnn.device=vulkan
     (
         re.compile(r"backend_options\['(\w+)'\]\['(\w+)'\]=('[^']*'|True|False|-?[\d.]+)"),
-        lambda m: f"--option {m[1]}.{m[2]}={_option_value(ast.literal_eval(m[3]))}",
+        lambda m: (
+            "--option " + shlex.quote(f"{m[1]}.{m[2]}={_option_value(ast.literal_eval(m[3]))}")
+        ),
     ),
-    (re.compile(r"\ballow_nan=True\b"), lambda m: "--allow-nan"),
-    (re.compile(r"\bprecision='(\w+)'"), lambda m: f"--precision {m[1]}"),
-    (re.compile(r"\bdevice='([\w:]+)'"), lambda m: f"--device {m[1]}"),
+    (re.compile(_NOT_IN_A_CALL + r"\ballow_nan=True\b"), lambda m: "--allow-nan"),
+    (re.compile(_NOT_IN_A_CALL + r"\bprecision='(\w+)'"), lambda m: f"--precision {m[1]}"),
+    (re.compile(_NOT_IN_A_CALL + r"\bdevice='([\w:]+)'"), lambda m: f"--device {m[1]}"),
+    (re.compile(_NOT_IN_A_CALL + r"\bbackend='([\w]+)'"), lambda m: f"--backend {m[1]}"),
 )
 
 
@@ -405,6 +412,7 @@ def _decision_line(entry: object) -> str:
 def cache_clear(auto_only: bool, as_json: bool) -> None:
     """Delete cached auto decisions and (unless --auto-only) compiled and converted models."""
     removed = _autocache.clear()
+    _measuring.clear()  # candidates passed over for dying in a measurement are tried again
     freed = 0
     if not auto_only:
         root = cache_root()
@@ -887,7 +895,15 @@ def bench(
     )
     # SIGTERM (a CI job cancelled, `timeout`) stops the run as Ctrl+C does: the worker is
     # stopped, its temporary directory removed, and the configurations measured are kept.
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    terminated: list[int] = []
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    # (Only the main thread may set handlers: click's test runner may run commands elsewhere.)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
     try:
         result = benchmark.run(
             model or (benchmark.QUICK_MODEL if quick else benchmark.DEFAULT_MODEL),
@@ -906,7 +922,8 @@ def bench(
             dims=dims,
         )
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     if as_json:
         emit_json(result.to_dict())
     else:
@@ -922,7 +939,7 @@ def bench(
                 click.echo(f"plots: {written['plots']}")
     if result.conditions.get("interrupted"):
         click.echo(f"interrupted {result.conditions['interrupted']}", err=True)
-        sys.exit(130)
+        sys.exit(128 + (terminated[0] if terminated else signal.SIGINT))  # 143, or 130 for Ctrl+C
     if result.records and not result.ok_records():
         # Nothing was measured: a script or CI job must see it (partial failures are listed).
         click.echo("error: every configuration failed (see FAILED above)", err=True)
@@ -930,10 +947,14 @@ def bench(
 
 
 def _check_writable_directory(path: Path, option: str) -> None:
-    """Create ``path`` if needed; a usage error unless it is a directory this process can write."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise click.BadParameter(f"cannot create {str(path)!r}: {exc}", param_hint=option) from exc
-    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
-        raise click.BadParameter(f"{str(path)!r} is not a writable directory", param_hint=option)
+    """A usage error unless ``path`` is a directory this process can write, or can create (it is
+    not created here: a run that fails leaves nothing behind)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise click.BadParameter(
+            f"cannot create {str(path)!r}: {str(existing)!r} is not a directory", param_hint=option
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"cannot write into {str(existing)!r}", param_hint=option)

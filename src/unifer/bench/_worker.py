@@ -463,8 +463,9 @@ def measure_job(job: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _die_with_parent(parent: object) -> None:
-    """On Linux, have the kernel kill this worker when the bench process (pid ``parent``) dies,
-    however it dies (SIGKILL, the OOM killer): an orphan would go on loading the machine."""
+    """On Linux, have the kernel kill this worker when its parent dies (the bench process, pid
+    ``parent``, or a wrapper that runs the worker's interpreter), however it dies (SIGKILL, the
+    OOM killer): an orphan would go on loading the machine."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -475,8 +476,18 @@ def _die_with_parent(parent: object) -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         return
-    if parent is not None and os.getppid() != parent:  # it died before the request
+    if isinstance(parent, int) and not _alive(parent):  # it died before the request
         sys.exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 _PR_SET_PDEATHSIG: Final = 1

@@ -343,6 +343,8 @@ class Graph:
 
 
 def attributes(node: Any) -> dict[str, Any]:
+    """``node``'s attributes by name: tensors as numpy arrays, strings as ``str`` (onnx gives
+    bytes)."""
     from onnx import helper, numpy_helper
 
     attrs: dict[str, Any] = {}
@@ -350,13 +352,12 @@ def attributes(node: Any) -> dict[str, Any]:
         value = helper.get_attribute_value(attr)
         if attr.type == attr.TENSOR:
             value = numpy_helper.to_array(value)
+        elif attr.type == attr.STRING:
+            value = value.decode()
+        elif attr.type == attr.STRINGS:
+            value = [v.decode() for v in value]
         attrs[attr.name] = value
     return attrs
-
-
-def text(value: Any) -> str:
-    """A string attribute's value (onnx returns bytes)."""
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def type_info(info: Any) -> tuple[tuple[int, ...], np.dtype[Any]] | str:

@@ -46,9 +46,8 @@ class ArithmeticOps(Graph):
         self.unary(node, "ELU")
 
     def _op_Gelu(self, node: Any, attrs: dict[str, Any]) -> None:
-        approximate = attrs.get("approximate", b"none")
-        approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
-        self.unary(node, "GELU", "GeluOptions", approximate=approximate == "tanh")
+        approximate = attrs.get("approximate", "none") == "tanh"
+        self.unary(node, "GELU", "GeluOptions", approximate=approximate)
 
     def _op_Erf(self, node: Any, attrs: dict[str, Any]) -> None:
         raise Unsupported(

@@ -20,7 +20,6 @@ from ._graph import (
     i32,
     identity,
     scalar,
-    text,
 )
 
 
@@ -182,7 +181,7 @@ class ConvolutionOps(Graph):
             raise Unsupported(
                 f"ConvTranspose {node.name!r} with groups or dilations is not supported"
             )
-        if text(attrs.get("auto_pad", "NOTSET")) != "NOTSET" or "output_shape" in attrs:
+        if attrs.get("auto_pad", "NOTSET") != "NOTSET" or "output_shape" in attrs:
             raise Unsupported(
                 f"ConvTranspose {node.name!r} with auto_pad or output_shape is not supported"
             )
@@ -314,8 +313,7 @@ class ConvolutionOps(Graph):
         dilations: Sequence[int],
     ) -> tuple[int, list[int] | None]:
         """TFLite padding (SAME=0, VALID=1) and, when neither matches ONNX's, explicit pads."""
-        auto = attrs.get("auto_pad", b"NOTSET")
-        auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+        auto = attrs.get("auto_pad", "NOTSET")
         if auto == "VALID":
             return 1, None
         if auto == "SAME_UPPER":
@@ -385,8 +383,7 @@ class ConvolutionOps(Graph):
                 source = self.pad(node, source, value, pads, fill=fill)
         elif int(attrs.get("count_include_pad", 0)):
             # The pads count in the divisor: zero-pad explicitly, then average VALID windows.
-            auto = attrs.get("auto_pad", b"NOTSET")
-            if (auto.decode() if isinstance(auto, bytes) else str(auto)) not in ("NOTSET", "VALID"):
+            if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
                 raise Unsupported(
                     f"AveragePool {node.name!r} with auto_pad and count_include_pad=1 is not "
                     "supported"
@@ -427,8 +424,7 @@ class ConvolutionOps(Graph):
         """ceil_mode is exact only where it gives the floor-mode size (TFLite rounds down)."""
         if not int(attrs.get("ceil_mode", 0)):
             return
-        auto = attrs.get("auto_pad", b"NOTSET")
-        if (auto.decode() if isinstance(auto, bytes) else str(auto)) != "NOTSET":
+        if attrs.get("auto_pad", "NOTSET") != "NOTSET":
             return  # auto_pad fixes the size without ceil_mode's rounding
         pads = [int(p) for p in attrs.get("pads", (0, 0, 0, 0))]
         for axis in range(2):

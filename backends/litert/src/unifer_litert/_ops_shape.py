@@ -18,7 +18,6 @@ from ._graph import (
     i32,
     identity,
     product,
-    text,
 )
 from ._resample import resize_flags
 
@@ -103,8 +102,8 @@ class ShapeOps(Graph):
             node,
             attrs,
             inputs[2],
-            text(attrs.get("coordinate_transformation_mode", "half_pixel")),
-            text(attrs.get("nearest_mode", "round_prefer_floor")),
+            attrs.get("coordinate_transformation_mode", "half_pixel"),
+            attrs.get("nearest_mode", "round_prefer_floor"),
         )
 
     def _op_Upsample(self, node: Any, attrs: dict[str, Any]) -> None:
@@ -124,7 +123,7 @@ class ShapeOps(Graph):
         self.float_only(node, count=1)
         value = self.values[node.input[0]]
         shape = self.info(node.output[0])[0]
-        mode = text(attrs.get("mode", "nearest"))
+        mode = attrs.get("mode", "nearest")
         axes = sorted(int(a) % 4 for a in attrs.get("axes", (2, 3)))
         if len(value.shape) != 4 or shape[:2] != value.shape[:2] or axes != [2, 3]:
             raise Unsupported(f"Resize {node.name!r} of other axes than the last two of NCHW")
@@ -180,7 +179,7 @@ class ShapeOps(Graph):
         name = node.output[0]
         source = self.physical(node.input[0], NHWC)
         out, _ = self.new(name, NHWC, nonneg=value.nonneg)
-        if text(attrs.get("mode", "DCR")) == "DCR":  # TensorFlow's channel order
+        if attrs.get("mode", "DCR") == "DCR":  # TensorFlow's channel order
             self.writer.op(
                 "DEPTH_TO_SPACE", [source], [out], "DepthToSpaceOptions", blockSize=block
             )
@@ -355,8 +354,7 @@ class ShapeOps(Graph):
         )
 
     def _op_Pad(self, node: Any, attrs: dict[str, Any]) -> None:
-        mode = attrs.get("mode", b"constant")
-        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        mode = attrs.get("mode", "constant")
         if mode != "constant":
             raise Unsupported(f"Pad {node.name!r} in mode {mode!r} is not supported")
         value = self.values[node.input[0]]

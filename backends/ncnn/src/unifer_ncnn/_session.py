@@ -376,9 +376,8 @@ class NcnnSession:
 def _batch_dim(source_inputs: Mapping[str, list[int | str | None]]) -> Dim:
     """The batch dimension the converted model's source declares for all its inputs (``N``
     where there is no source, or its inputs disagree)."""
-    batches = {
-        dims[0] if dims and dims[0] is not None else BATCH for dims in source_inputs.values()
-    }
+    # A size of 0 is some exporters' "unknown", like None.
+    batches = {dims[0] if dims and dims[0] else BATCH for dims in source_inputs.values()}
     return batches.pop() if len(batches) == 1 else BATCH
 
 
