@@ -452,3 +452,20 @@ def test_an_error_at_the_shell_names_the_flag(cli, fake_backend, fake_model, tmp
     output = cli("predict", str(fake_model), str(x), "--backend", "fake", "--precision", "int8",
                  code=1).output  # fmt: skip
     assert "--precision fp32" in output and "precision='" not in output
+
+
+def test_info_auto_explains_the_decision_an_application_with_these_options_gets(
+    cli, fake_backend, fake_model
+):
+    from unifer import Engine
+
+    data = json.loads(cli("info", str(fake_model), "--auto", "--threads", "1,2", "--json").output)
+    tried = {
+        (t["candidate"]["backend"], t["candidate"]["threads"]) for t in data["selection"]["trials"]
+    }
+    assert {("fake", 1), ("fake", 2)} <= tried
+    # The same decision an application loading with those options gets: from the cache.
+    assert Engine.load(fake_model, threads=(1, 2)).selection.source == "cache"
+    assert "--auto explains" in cli("info", str(fake_model), "--auto", "--backend", "fake",
+                                    code=2).output  # fmt: skip
+    assert "size of at least 1" in cli("info", str(fake_model), "--dim", "S=0", code=2).output

@@ -56,6 +56,38 @@ def device_option(func: F) -> F:
     )(func)
 
 
+def dim_option(func: F) -> F:
+    return click.option(
+        "--dim",
+        "dim_args",
+        metavar="NAME=SIZE",
+        multiple=True,
+        help="Size of a named dynamic input dimension besides the batch, e.g. sequence=128 or "
+        "H=224 (repeatable).",
+    )(func)
+
+
+def parse_dims(args: Sequence[str]) -> dict[str, int]:
+    """``("sequence=128",)`` -> ``{"sequence": 128}``; sizes are at least 1."""
+    dims = {}
+    for arg in args:
+        name, sep, size = arg.partition("=")
+        if not sep or not name.strip() or not size.strip().isdigit() or int(size) < 1:
+            raise click.BadParameter(
+                f"expected NAME=SIZE with a size of at least 1, got {arg!r}", param_hint="--dim"
+            )
+        dims[name.strip()] = int(size)
+    return dims
+
+
+def _listed(text: str, option: str) -> list[str]:
+    """A comma-separated option's values; a usage error when it lists nothing."""
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:  # nothing to measure is a mistake, not a pass
+        raise click.BadParameter(f"{text!r} lists nothing", param_hint=option)
+    return values
+
+
 def backend_options_option(func: F) -> F:
     return click.option(
         "--option",
@@ -299,6 +331,30 @@ def list_models(as_json: bool) -> None:
     is_flag=True,
     help="Let backend='auto' measure the candidates and explain its choice.",
 )
+@click.option(
+    "--threads", "threads_arg", metavar="LIST", help="Thread counts (auto: the ones it tries)."
+)
+@click.option(
+    "--precision",
+    "precision_arg",
+    metavar="LIST",
+    default="fp32",
+    show_default=True,
+    help="Precisions auto may choose among: fp32, bf16, fp16, int8, or 'fastest'.",
+)
+@click.option(
+    "--objective",
+    type=click.Choice(["latency", "throughput"]),
+    default="latency",
+    show_default=True,
+    help="What auto optimises.",
+)
+@click.option(
+    "--allow-conversion",
+    is_flag=True,
+    help="Let auto also try backends that must convert the model first.",
+)
+@dim_option
 @device_option
 @backend_options_option
 @json_option
@@ -306,6 +362,11 @@ def info(
     model: str,
     backend: str,
     measure: bool,
+    threads_arg: str | None,
+    precision_arg: str,
+    objective: str,
+    allow_conversion: bool,
+    dim_args: tuple[str, ...],
     device: str | None,
     option_args: tuple[str, ...],
     as_json: bool,
@@ -313,14 +374,33 @@ def info(
     """Show a model's inputs and outputs and which backends can read it.
 
     MODEL is a model file or a built-in model such as builtin:arcface-r18. Without --auto, "auto"
-    opens the model with the static choice (no measuring).
+    opens the model with the static choice (no measuring); the other options are Engine.load's,
+    so that --auto explains the decision an application loading with them gets.
     """
+    if measure and backend != "auto":
+        raise click.BadParameter(
+            f"--auto explains what backend='auto' chooses; with --backend {backend} nothing is "
+            "chosen",
+            param_hint="--auto",
+        )
+    try:
+        threads = [int(t) for t in _listed(threads_arg, "--threads")] if threads_arg else None
+    except ValueError:
+        raise click.BadParameter(
+            f"{threads_arg!r} is not a list of integers", param_hint="--threads"
+        ) from None
+    precisions = _listed(precision_arg, "--precision")
     with Engine.load(
         model,
         backend=backend,
+        threads=threads[0] if threads and len(threads) == 1 else threads,
+        precision=precisions[0] if len(precisions) == 1 else precisions,
+        objective=objective,
         budget_s=None if measure else 0,
+        allow_conversion=allow_conversion,
         backend_options=parse_backend_options(option_args),
         device=device,
+        dims=parse_dims(dim_args) or None,
     ) as engine:
         path = engine.model
         assert path is not None  # noqa: S101 - Engine.load always records the file it opened
@@ -777,14 +857,7 @@ def _write_outputs(out: Path, outputs: Mapping[str, np.ndarray]) -> None:
     show_default=True,
     help="Batch sizes, comma-separated (above 1 needs a dynamic batch dimension).",
 )
-@click.option(
-    "--dim",
-    "dim_args",
-    metavar="NAME=SIZE",
-    multiple=True,
-    help="Size of a named dynamic input dimension besides the batch, e.g. sequence=128 or "
-    "H=224 (repeatable); one not given is fed as 1.",
-)
+@dim_option
 @click.option(
     "--precision",
     "precision_arg",
@@ -851,12 +924,6 @@ def bench(
 
     from . import bench as benchmark
 
-    def listed(text: str, option: str | None = None) -> list[str]:
-        values = [v.strip() for v in text.split(",") if v.strip()]
-        if option is not None and not values:  # nothing to measure is a mistake, not a pass
-            raise click.BadParameter(f"{text!r} lists nothing", param_hint=option)
-        return values
-
     base = benchmark.QUICK if quick else benchmark.DEFAULT
     settings = dataclasses.replace(
         base,
@@ -868,17 +935,12 @@ def bench(
         stable=base.stable if stable is None else stable,
     )
     try:
-        batches = [int(b) for b in listed(batch_arg, "--batch")]
+        batches = [int(b) for b in _listed(batch_arg, "--batch")]
     except ValueError:
         raise click.BadParameter(
             f"{batch_arg!r} is not a list of integers", param_hint="--batch"
         ) from None
-    dims = {}
-    for arg in dim_args:
-        name, sep, size = arg.partition("=")
-        if not sep or not name.strip() or not size.strip().isdigit():
-            raise click.BadParameter(f"expected NAME=SIZE, got {arg!r}", param_hint="--dim")
-        dims[name.strip()] = int(size)
+    dims = parse_dims(dim_args)
     interpreters = {}
     for arg in python_args:
         name, sep, python = arg.partition("=")
@@ -907,12 +969,13 @@ def bench(
     try:
         result = benchmark.run(
             model or (benchmark.QUICK_MODEL if quick else benchmark.DEFAULT_MODEL),
-            backends=[b for arg in backend_args for b in listed(arg)] or None,
-            threads=benchmark.parse_threads(listed(threads_arg, "--threads"))
+            backends=[b.strip() for arg in backend_args for b in arg.split(",") if b.strip()]
+            or None,
+            threads=benchmark.parse_threads(_listed(threads_arg, "--threads"))
             if threads_arg
             else None,
             batches=batches,
-            precisions=listed(precision_arg, "--precision"),
+            precisions=_listed(precision_arg, "--precision"),
             settings=settings,
             reference=reference,
             progress=benchmark.TerminalProgress(sys.stderr),
