@@ -680,3 +680,12 @@ def test_a_measurement_on_a_busy_machine_says_so_also_from_the_cache(
     cached = Engine.load(fake_model, threads=1, budget_s=0.1)
     assert cached.selection.source == "cache"
     assert cached.selection.notes == measured.selection.notes
+
+
+def test_runtime_environment_variables_are_part_of_the_key(two_fakes, fake_model, monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 or OMP_NUM_THREADS=1 makes other speeds: measured again."""
+    Engine.load(fake_model, threads=1, budget_s=0.1)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert Engine.load(fake_model, threads=1, budget_s=0.1).selection.source == "measured"
+    monkeypatch.setenv("UNRELATED_SETTING", "1")
+    assert Engine.load(fake_model, threads=1, budget_s=0.1).selection.source == "cache"

@@ -382,8 +382,19 @@ def _cache_key(
         "unifer": __version__,
         "machine": _hardware.fingerprint_digest(runtimes=False),
         "options": options_digest,
+        "environment": _runtime_environment(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+#: Environment variables the runtimes read that change how fast (or in which kernels) they
+#: compute: thread pools and instruction-set caps of oneDNN (OpenVINO, onnxruntime), OpenVINO...
+_RUNTIME_ENV: Final = ("OMP_", "KMP_", "MKL_", "OPENBLAS_", "ONEDNN_", "DNNL_", "OV_", "ORT_")
+
+
+def _runtime_environment() -> list[tuple[str, str]]:
+    """The variables of :data:`_RUNTIME_ENV` set now: part of the decision's key."""
+    return sorted((k, v) for k, v in os.environ.items() if k.startswith(_RUNTIME_ENV))
 
 
 def _open_cached(
