@@ -373,11 +373,18 @@ def test_unifer_warnings_are_one_plain_line(cli, fake_backend, fake_model):
 
 @pytest.mark.parametrize(
     "args",
-    [("--threads", ","), ("--batch", ","), ("--precision", " , ")],
-    ids=["threads", "batch", "precision"],
+    [
+        (("--threads", ","), "lists nothing"),
+        (("--batch", ","), "lists nothing"),
+        (("--precision", " , "), "lists nothing"),
+        (("--threads", "abc"), "neither a positive integer"),
+        (("--precision", "fp64"), "the precisions are"),
+    ],
+    ids=["threads", "batch", "precision", "threads-abc", "precision-fp64"],
 )
-def test_bench_refuses_an_empty_list_instead_of_measuring_nothing(cli, fake_backend, args):
-    assert "lists nothing" in cli("bench", "builtin:arcface-tiny", *args, code=2).output
+def test_bench_refuses_option_values_before_measuring(cli, fake_backend, args):
+    option_args, message = args
+    assert message in cli("bench", "builtin:arcface-tiny", *option_args, code=2).output
 
 
 def test_bench_refuses_an_unwritable_out_before_running(cli, fake_backend, tmp_path, monkeypatch):
@@ -432,6 +439,8 @@ def test_predict_refuses_an_unreadable_input_before_loading(cli, fake_model, tmp
         ("load it with allow_nan=True", "load it with --allow-nan"),
         ("Use precision='fp32' with fake", "Use --precision fp32 with fake"),
         ("e.g. backend='onnxruntime'", "e.g. --backend onnxruntime"),
+        ("so pass preprocess=False and feed", "so pass --preprocess none and feed"),
+        ("backend option device='vulkan:7' is not", "backend option device='vulkan:7' is not"),
         ("Engine.load(m, device='cuda:0') works", "Engine.load(m, device='cuda:0') works"),
         ("backend_options['x']['name']='a b' is", "--option 'x.name=a b' is"),
         (

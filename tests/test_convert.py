@@ -176,11 +176,11 @@ def test_an_unusable_cache_directory_fails_only_what_must_write_there(
     with pytest.warns(UniferWarning, match="cache directory cannot be used"):
         engine = Engine.load(fake_model, backend="fake")  # caches nothing: opens anyway
     assert engine.run({"x": np.ones((1, 3), np.float32)})["y"].shape == (1, 3)
-    with pytest.warns(UniferWarning), pytest.raises(CacheError, match="UNIFER_CACHE_DIR") as info:
+    with pytest.raises(CacheError, match="UNIFER_CACHE_DIR") as info:
         Engine.load(fake_model, backend="fake2")  # a conversion must be written somewhere
     assert isinstance(info.value, OSError) and isinstance(info.value.__cause__, OSError)
-    with pytest.warns(UniferWarning, match="cache directory cannot be used"):
-        assert Engine.load(fake_model, budget_s=0.1).backend == "fake"  # measured, not stored
+    # Said once per process (every backend has a directory there), and measured, not stored.
+    assert Engine.load(fake_model, budget_s=0.1).backend == "fake"
 
 
 def test_a_conversion_that_cannot_be_written_is_a_cache_error(converter, fake_model):

@@ -280,6 +280,8 @@ class TestPreprocess:
         assert Engine.load(image_model, backend="fake").preprocess == spec
         explicit = Preprocess(size=(4, 4))
         assert Engine.load(image_model, backend="fake", preprocess=explicit).preprocess == explicit
+        # False: none at all, the sidecar's neither (None would read it again).
+        assert Engine.load(image_model, backend="fake", preprocess=False).preprocess is None
 
     def test_a_sidecar_that_does_not_fit_is_named_in_the_error(
         self, fake_backend, make_fake_model, tmp_path
@@ -290,9 +292,10 @@ class TestPreprocess:
         )
         (tmp_path / "vec.preprocess.json").write_text("{}")
         with pytest.raises(
-            PreprocessError, match=r"sidecar '.*vec\.preprocess\.json' does not fit"
+            PreprocessError, match=r"sidecar '.*vec\.preprocess\.json' does not fit.*=False"
         ):
             Engine.load(path, backend="fake")
+        assert Engine.load(path, backend="fake", preprocess=False).preprocess is None
         (tmp_path / "vec.preprocess.json").unlink()
         (tmp_path / "vec.preprocess.json").mkdir()  # not even a file
         with pytest.raises(PreprocessError, match="cannot be read"):

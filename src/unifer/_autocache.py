@@ -36,7 +36,7 @@ def cache_file() -> Path:
 def _read(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # none yet, or no cache directory at all
         return {}
     except (OSError, ValueError) as exc:
         logger.warning("auto cache %s is unreadable (%s); rebuilding it", path, exc)

@@ -54,10 +54,15 @@ def usable_cache_dir(*parts: str) -> Path | None:
         if os.access(path, os.W_OK | os.X_OK):
             return path
         problem = cache_error(path, PermissionError("not writable")).message
-    from .backend import warn_user  # the backend module imports this one
+    if cache_root() not in _warned:  # once per process: every backend has a directory there
+        _warned.add(cache_root())
+        from .backend import warn_user  # the backend module imports this one
 
-    warn_user(f"{problem}; going on without caching there")
+        warn_user(f"{problem}; going on without caching there")
     return None
+
+
+_warned: set[Path] = set()
 
 
 def cache_error(path: Path, exc: OSError) -> CacheError:

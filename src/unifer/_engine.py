@@ -13,7 +13,7 @@ import os
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Final, NoReturn
+from typing import TYPE_CHECKING, Final, Literal, NoReturn
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -94,7 +94,7 @@ class Engine:
         backend: str = AUTO,
         threads: int | Sequence[int] | None = None,
         precision: str | Sequence[str] = "fp32",
-        preprocess: Preprocess | None = None,
+        preprocess: Preprocess | Literal[False] | None = None,
         backend_options: Mapping[str, Mapping[str, object]] | None = None,
         objective: str = "latency",
         budget_s: float | None = None,
@@ -121,7 +121,8 @@ class Engine:
                 a backend that cannot honour it raises. With ``backend="auto"`` also a tuple of
                 allowed precisions, or ``"fastest"``: any precision within its tolerance.
             preprocess: Applied by :meth:`predict`. Defaults to a built-in model's own, else to
-                the model's ``<stem>.preprocess.json`` sidecar when one exists.
+                the model's ``<stem>.preprocess.json`` sidecar when one exists; ``False``: none
+                (``predict`` feeds its argument as the tensor it is).
             backend_options: Per-backend runtime options keyed by backend name, e.g.
                 ``{"onnxruntime": {"providers": ["CPUExecutionProvider"]}}``.
             objective: What ``"auto"`` optimises: ``"latency"`` or ``"throughput"``.
@@ -163,7 +164,9 @@ class Engine:
         precisions = _auto.allowed_precisions(precision)  # checks it whichever backend opens
         options = split_backend_options(backend_options, _registry.backend_names())
         sidecar = None
-        if preprocess is None:
+        if preprocess is False:
+            preprocess = None
+        elif preprocess is None:
             preprocess = preset or load_sidecar(path)
             if preprocess is not None and preset is None:
                 sidecar = sidecar_path(path)
@@ -286,8 +289,8 @@ class Engine:
                 raise
             raise PreprocessError(
                 f"the preprocessing sidecar {str(sidecar)!r} does not fit this model, and "
-                f"preprocess=None reads it again: {exc.message}. Fix or delete that file, or pass "
-                "your own preprocess=Preprocess(...)"
+                f"preprocess=None reads it again: {exc.message}. Fix or delete that file, pass "
+                "your own preprocess=Preprocess(...), or preprocess=False for none"
             ) from exc
         except BaseException:
             session.close()
@@ -452,10 +455,11 @@ def _check_arguments(
             f"backend must be a backend name (unifer backends lists them) or 'auto', got "
             f"{backend!r}"
         )
-    if preprocess is not None and not isinstance(preprocess, Preprocess):
+    if preprocess not in (None, False) and not isinstance(preprocess, Preprocess):
         raise PreprocessError(
             f"preprocess must be a Preprocess (e.g. Preprocess(size=(112, 112)) or "
-            f"Preprocess.from_dict({{...}})) or None, got {type(preprocess).__name__}"
+            f"Preprocess.from_dict({{...}})), None (the model's own, if any) or False (none), "
+            f"got {type(preprocess).__name__}"
         )
     if budget_s is not None and (
         isinstance(budget_s, bool) or not isinstance(budget_s, (int, float)) or budget_s < 0

@@ -86,7 +86,11 @@ def _check_one(
         fix = f"x.astype({numpy_type})" if given_an_array else f"np.asarray(x, dtype={numpy_type})"
         raise InputError(
             f"input {spec.name!r} expects {_expected(spec, array)}; convert it with {fix}"
-            + (" or pass preprocess= to Engine.load for images" if array.dtype == np.uint8 else "")
+            + (
+                " or pass preprocess=Preprocess(...) to Engine.load for images"
+                if array.dtype == np.uint8
+                else ""
+            )
         )
     if array.ndim != len(spec.shape):
         hint = ""

@@ -196,7 +196,7 @@ class Preprocess:
         if len(shape) != 4:
             raise PreprocessError(
                 f"{where} (rank {len(shape)}), but Preprocess produces a rank-4 image batch "
-                "(NCHW or NHWC); this model does not take images, so pass preprocess=None and "
+                "(NCHW or NHWC); this model does not take images, so pass preprocess=False and "
                 "feed prepared arrays with Engine.run()"
             )
         channels_first, channels_last = shape[1], shape[3]
@@ -208,7 +208,7 @@ class Preprocess:
                 )
             raise PreprocessError(
                 f"{where}: {channels_first} channels in NCHW, but Preprocess produces 3; "
-                "this model needs its own preprocessing, so pass preprocess=None"
+                "this model needs its own preprocessing, so pass preprocess=False"
             )
         if self.layout == "nhwc" and not _fits(channels_last, 3):
             if _fits(channels_first, 3):
@@ -218,7 +218,7 @@ class Preprocess:
                 )
             raise PreprocessError(
                 f"{where}: {channels_last} channels in NHWC, but Preprocess produces 3; "
-                "this model needs its own preprocessing, so pass preprocess=None"
+                "this model needs its own preprocessing, so pass preprocess=False"
             )
         height, width = (shape[2], shape[3]) if self.layout == "nchw" else (shape[1], shape[2])
         if (
@@ -240,7 +240,7 @@ class Preprocess:
                 )
             raise PreprocessError(
                 f"model input '{spec.name}' is {model_dtype.name}, but Preprocess only produces "
-                f"{', '.join(_DTYPES)}; pass preprocess=None and feed the array with Engine.run()"
+                f"{', '.join(_DTYPES)}; pass preprocess=False and feed the array with Engine.run()"
             )
 
     # -- serialisation ----------------------------------------------------------------------------

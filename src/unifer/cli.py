@@ -15,13 +15,14 @@ import re
 import shlex
 import shutil
 import signal
+import tempfile
 import threading
 import uuid
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, Literal, TypeVar, cast
 
 import click
 import numpy as np
@@ -172,8 +173,16 @@ _PYTHON_HINTS: Final = (
         ),
     ),
     (re.compile(_NOT_IN_A_CALL + r"\ballow_nan=True\b"), lambda m: "--allow-nan"),
+    (re.compile(_NOT_IN_A_CALL + r"\bpreprocess=False\b"), lambda m: "--preprocess none"),
+    (
+        re.compile(r"\bpass preprocess=Preprocess\(\.\.\.\) to Engine\.load\b"),
+        lambda m: "pass --preprocess arcface|imagenet|FILE.json",
+    ),
     (re.compile(_NOT_IN_A_CALL + r"\bprecision='(\w+)'"), lambda m: f"--precision {m[1]}"),
-    (re.compile(_NOT_IN_A_CALL + r"\bdevice='([\w:]+)'"), lambda m: f"--device {m[1]}"),
+    (
+        re.compile(_NOT_IN_A_CALL + r"(?<!option )\bdevice='([\w:]+)'"),
+        lambda m: f"--device {m[1]}",
+    ),
     (re.compile(_NOT_IN_A_CALL + r"\bbackend='([\w]+)'"), lambda m: f"--backend {m[1]}"),
 )
 
@@ -379,7 +388,7 @@ def info(
     """
     if measure and backend != "auto":
         raise click.BadParameter(
-            f"--auto explains what backend='auto' chooses; with --backend {backend} nothing is "
+            f"--auto explains what --backend auto chooses; with --backend {backend} nothing is "
             "chosen",
             param_hint="--auto",
         )
@@ -608,8 +617,8 @@ def convert(
 @click.option(
     "--preprocess",
     "preprocess_arg",
-    metavar="arcface|imagenet|FILE.json",
-    help="Preprocessing for image inputs (a preset or a spec file).",
+    metavar="arcface|imagenet|FILE.json|none",
+    help="Preprocessing for image inputs (a preset or a spec file; none: not even a sidecar's).",
 )
 @click.option(
     "--out",
@@ -710,9 +719,11 @@ def _copy_into(files: list[Path], out: Path) -> list[Path]:
     return copied
 
 
-def _preprocess_from(arg: str | None) -> Preprocess | None:
+def _preprocess_from(arg: str | None) -> Preprocess | Literal[False] | None:
     if arg is None:
         return None
+    if arg == "none":  # not even the model's sidecar
+        return False
     if arg in PRESETS:
         return PRESETS[arg]()
     path = Path(arg)
@@ -941,6 +952,18 @@ def bench(
             f"{batch_arg!r} is not a list of integers", param_hint="--batch"
         ) from None
     dims = parse_dims(dim_args)
+    try:  # usage errors, before any work
+        thread_counts = (
+            benchmark.parse_threads(_listed(threads_arg, "--threads")) if threads_arg else None
+        )
+    except UniferError as exc:
+        raise click.BadParameter(exc.message, param_hint="--threads") from exc
+    precisions = _listed(precision_arg, "--precision")
+    if unknown := [p for p in precisions if p not in PRECISIONS]:
+        raise click.BadParameter(
+            f"{', '.join(map(repr, unknown))}: the precisions are {', '.join(PRECISIONS)}",
+            param_hint="--precision",
+        )
     interpreters = {}
     for arg in python_args:
         name, sep, python = arg.partition("=")
@@ -971,11 +994,9 @@ def bench(
             model or (benchmark.QUICK_MODEL if quick else benchmark.DEFAULT_MODEL),
             backends=[b.strip() for arg in backend_args for b in arg.split(",") if b.strip()]
             or None,
-            threads=benchmark.parse_threads(_listed(threads_arg, "--threads"))
-            if threads_arg
-            else None,
+            threads=thread_counts,
             batches=batches,
-            precisions=_listed(precision_arg, "--precision"),
+            precisions=precisions,
             settings=settings,
             reference=reference,
             progress=benchmark.TerminalProgress(sys.stderr),
@@ -1019,5 +1040,10 @@ def _check_writable_directory(path: Path, option: str) -> None:
         raise click.BadParameter(
             f"cannot create {str(path)!r}: {str(existing)!r} is not a directory", param_hint=option
         )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise click.BadParameter(f"cannot write into {str(existing)!r}", param_hint=option)
+    try:  # a real write: os.access says yes to root everywhere, /proc included
+        probe = tempfile.mkdtemp(prefix=".unifer-probe-", dir=existing)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot write into {str(existing)!r}: {exc.strerror}", param_hint=option
+        ) from exc
+    os.rmdir(probe)
