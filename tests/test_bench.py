@@ -1068,3 +1068,25 @@ def test_an_interrupted_run_keeps_the_configurations_measured(
     )  # fmt: skip
     assert [r["status"] for r in result.records] == ["ok", "ok"]
     assert result.conditions["interrupted"] == "after 2 of 4 configurations"
+
+
+def test_preprocess_false_measures_a_model_whose_sidecar_does_not_fit(
+    onnx_backends, module_cache, tmp_path
+):
+    """A sidecar that cannot apply (two inputs) failed every configuration, with no way around."""
+    if "onnxruntime" not in onnx_backends:
+        pytest.skip("needs onnxruntime")
+    from onnx import TensorProto, helper, save_model
+
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 4]) for n in "ab"]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "two", inputs, [y])
+    path = tmp_path / "two.onnx"
+    save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    (tmp_path / "two.preprocess.json").write_text("{}")
+    (failed,) = bench.run(path, backends=["onnxruntime"], threads=[1], settings=TINY).records
+    assert failed["status"] == "error"
+    assert "sidecar" in failed["error"] and "preprocess=False" in failed["error"]  # the way out
+    result = bench.run(path, backends=["onnxruntime"], threads=[1], settings=TINY, preprocess=False)
+    (record,) = result.records
+    assert record["status"] == "ok", record.get("error")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -478,3 +479,17 @@ def test_info_auto_explains_the_decision_an_application_with_these_options_gets(
     assert "--auto explains" in cli("info", str(fake_model), "--auto", "--backend", "fake",
                                     code=2).output  # fmt: skip
     assert "size of at least 1" in cli("info", str(fake_model), "--dim", "S=0", code=2).output
+
+
+def test_bench_preprocess_none_passes_a_sidecar_by(cli, fake_backend, fake_model, monkeypatch):
+    from unifer import bench
+
+    seen = {}
+
+    def run(*args, **kwargs):
+        seen.update(kwargs)
+        raise click.ClickException("stopped before measuring")
+
+    monkeypatch.setattr(bench, "run", run)
+    cli("bench", str(fake_model), "--preprocess", "none", code=1)
+    assert seen["preprocess"] is False

@@ -57,6 +57,16 @@ def device_option(func: F) -> F:
     )(func)
 
 
+def preprocess_option(func: F) -> F:
+    return click.option(
+        "--preprocess",
+        "preprocess_arg",
+        metavar="arcface|imagenet|FILE.json|none",
+        help="Preprocessing for image inputs: a preset or a spec file (default: a built-in "
+        "model's own, or the model's sidecar); none: no preprocessing, not even those.",
+    )(func)
+
+
 def dim_option(func: F) -> F:
     return click.option(
         "--dim",
@@ -614,12 +624,7 @@ def convert(
 @click.option("--backend", default="auto", show_default=True, help="Backend name or 'auto'.")
 @click.option("--threads", type=int, default=None, help="Threads per inference.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
-@click.option(
-    "--preprocess",
-    "preprocess_arg",
-    metavar="arcface|imagenet|FILE.json|none",
-    help="Preprocessing for image inputs (a preset or a spec file; none: not even a sidecar's).",
-)
+@preprocess_option
 @click.option(
     "--out",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -869,6 +874,7 @@ def _write_outputs(out: Path, outputs: Mapping[str, np.ndarray]) -> None:
     help="Batch sizes, comma-separated (above 1 needs a dynamic batch dimension).",
 )
 @dim_option
+@preprocess_option
 @click.option(
     "--precision",
     "precision_arg",
@@ -909,6 +915,7 @@ def bench(
     threads_arg: str | None,
     batch_arg: str,
     dim_args: tuple[str, ...],
+    preprocess_arg: str | None,
     precision_arg: str,
     quick: bool,
     out: Path | None,
@@ -997,6 +1004,7 @@ def bench(
             threads=thread_counts,
             batches=batches,
             precisions=precisions,
+            preprocess=_preprocess_from(preprocess_arg),
             settings=settings,
             reference=reference,
             progress=benchmark.TerminalProgress(sys.stderr),
@@ -1011,7 +1019,7 @@ def bench(
     if as_json:
         emit_json(result.to_dict())
     else:
-        click.echo(benchmark.format_table(result))
+        click.echo(shell_hints(benchmark.format_table(result)))  # FAILED lines give fixes
     if out is not None:
         try:
             written = benchmark.write_report(result, out, plots=not no_plots)

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import numpy as np
 
@@ -161,7 +161,7 @@ def run(
     precisions: Sequence[str] = ("fp32",),
     settings: Settings = DEFAULT,
     reference: str | None = None,
-    preprocess: Preprocess | None = None,
+    preprocess: Preprocess | Literal[False] | None = None,
     backend_options: Mapping[str, Mapping[str, object]] | None = None,
     progress: ProgressCallback | None = None,
     command: str | None = None,
@@ -187,7 +187,8 @@ def run(
         reference: The backend whose fp32 outputs the integrity check compares with; default
             onnxruntime when available, else the first backend measured.
         preprocess: Preprocessing for ``predict`` (default: the built-in model's own, or the
-            model's sidecar). Without one, only the model-only latency is measured.
+            model's sidecar; ``False``: none, not even those). Without one, only the model-only
+            latency is measured.
         backend_options: Passed to ``Engine.load`` in every worker.
         progress: Called with a :class:`Progress` for every step; runs for minutes otherwise silent.
         command: The command line to record in the results, if any.
@@ -235,6 +236,7 @@ def run(
     base_job = {
         "model": str(path),
         "preprocess": preprocess.to_dict() if preprocess is not None else None,
+        "preprocess_from": model_info.get("preprocess_from"),
         "seed": settings.seed,
         "integrity_samples": settings.integrity_samples,
         "dims": sizes,
@@ -419,7 +421,9 @@ def _plan(
 
 
 def _resolve_model(
-    model: str | os.PathLike[str], preprocess: Preprocess | None, batches: Sequence[int]
+    model: str | os.PathLike[str],
+    preprocess: Preprocess | Literal[False] | None,
+    batches: Sequence[int],
 ) -> tuple[Path, Preprocess | None, dict[str, Any]]:
     """The file to measure, its preprocessing, and what the report says about it."""
     spec = os.fspath(model)
@@ -447,11 +451,13 @@ def _resolve_model(
                 output=str(_variant(described.output, dynamic=dynamic)),
                 sha256=cached.sha256 if cached else None,
             )
-        preprocess = preprocess or preset
+        preprocess = preset if preprocess is None else preprocess or None
     else:
         path, _ = resolve_model(spec)  # Engine.load's errors: missing, a directory...
         info = {"spec": spec, "path": str(path.resolve()), "builtin": False}
-        preprocess = preprocess or load_sidecar(path)
+        if preprocess is None and (preprocess := load_sidecar(path)) is not None:
+            info["preprocess_from"] = "sidecar"  # the workers read it as Engine.load does
+        preprocess = preprocess or None
     # Every file of the model: an IR's .bin, an ONNX model's external weights.
     files = model_files(path)
     info["files"] = [f.name for f in files]

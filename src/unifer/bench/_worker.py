@@ -372,7 +372,9 @@ def measure_job(job: Mapping[str, Any]) -> dict[str, Any]:
             backend=backend,
             threads=job["threads"],
             precision=job["precision"],
-            preprocess=preprocess,
+            # What the bench decided; a sidecar's read as Engine.load reads it, so that an error
+            # names the file.
+            preprocess=None if job.get("preprocess_from") == "sidecar" else preprocess or False,
             backend_options=job.get("backend_options") or None,
             device=device,
         )
