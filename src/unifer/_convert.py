@@ -44,11 +44,19 @@ from ._digest import content_digest, model_digest
 from ._errors import (
     ConversionMismatchError,
     InferenceError,
+    InputError,
     ModelError,
     ModelLoadError,
     UniferError,
 )
-from ._parity import FP32_MAX_RELATIVE_DIFF, Parity, compare, seeded_feeds, worst
+from ._parity import (
+    FP32_MAX_RELATIVE_DIFF,
+    Parity,
+    compare,
+    incomparable,
+    seeded_feeds,
+    worst,
+)
 from .backend import Backend, Converter, Session, SessionOptions, warn_user
 
 MANIFEST: Final = "conversion.json"
@@ -495,10 +503,7 @@ def _check(backend: Converter, source: Path, converted: Path, options: SessionOp
     fp32 = SessionOptions(threads=options.threads, cache_dir=options.cache_dir, extra=options.extra)
     session = _registry.open_session(backend, converted, fp32)
     try:
-        parities = [
-            (batch, compare(want, session.run(feeds), declared=session.outputs))
-            for batch, feeds, want in runs
-        ]
+        parities = [(batch, _compare_run(session, feeds, want)) for batch, feeds, want in runs]
     finally:
         session.close()
     parity = worst(p for _, p in parities)
@@ -552,6 +557,19 @@ def _unrunnable(
         f"the conversion of {source.name} to {target} cannot be checked: the reference could not "
         f"run the source on seeded inputs ({inputs}{tried}): {exc.message}"
     )
+
+
+def _compare_run(
+    session: Session, feeds: dict[str, np.ndarray], want: dict[str, np.ndarray]
+) -> Parity:
+    """The converted model's outputs on ``feeds`` against the reference's; a converted model that
+    cannot run what the source runs (a batch its inputs disagree on) fails the check, saying why,
+    rather than the load."""
+    try:
+        got = session.run(feeds)
+    except (InferenceError, InputError) as exc:
+        return incomparable(f"the converted model cannot run it: {exc.message}")
+    return compare(want, got, declared=session.outputs)
 
 
 def _failure(parities: list[tuple[int, Parity]]) -> str | None:

@@ -120,14 +120,14 @@ def compare(
     reference can lose a dimension just as the session did).
     """
     if (problem := _undeclared_shape(declared, got)) is not None:
-        return _incomparable(problem)
+        return incomparable(problem)
     if set(want) == set(got):
         pairs = [(name, want[name], got[name]) for name in want]
     else:
         pairs = [(name, a, b) for (name, a), b in zip(want.items(), got.values(), strict=False)]
     if len(want) != len(got):
         missing = [name for name in want if name not in got]
-        return _incomparable(
+        return incomparable(
             f"{len(got)} outputs, the reference has {len(want)}"
             + (f"; missing {', '.join(map(repr, missing))}" if missing else "")
         )
@@ -136,14 +136,14 @@ def compare(
     samples = 0
     for name, a, b in pairs:
         if a.shape != b.shape:
-            return _incomparable(f"output {name!r} has shape {b.shape}, the reference {a.shape}")
+            return incomparable(f"output {name!r} has shape {b.shape}, the reference {a.shape}")
         if not a.size:
             continue
         rows = a.shape[0] if a.ndim > 1 else 1  # one vector per sample of the batch
         ref = a.astype(np.float64).reshape(rows, -1)
         other = b.astype(np.float64).reshape(rows, -1)
         if not (np.isfinite(ref).all() and np.isfinite(other).all()):
-            return _incomparable(f"output {name!r} has NaN or infinite values")
+            return incomparable(f"output {name!r} has NaN or infinite values")
         diff = float(np.abs(ref - other).max())
         scale = float(np.abs(ref).max())
         max_abs = max(max_abs, diff)
@@ -180,7 +180,8 @@ def _undeclared_shape(declared: Sequence[TensorSpec], got: Mapping[str, np.ndarr
     return None
 
 
-def _incomparable(problem: str) -> Parity:
+def incomparable(problem: str) -> Parity:
+    """A parity that fails, for outputs that cannot be compared (``problem`` says why)."""
     return Parity(math.inf, math.inf, -1.0, problem=problem)
 
 

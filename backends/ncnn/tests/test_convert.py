@@ -518,3 +518,39 @@ def test_the_source_batch_dimension_is_kept(tmp_path: Path, batch: int | str, fe
                 engine.run({"x": x})
         else:
             np.testing.assert_array_equal(engine.run({"x": x})["y"], np.maximum(x, 0))
+
+
+@pytest.mark.parametrize("group", [8, 32])
+def test_bf16_refuses_grouped_convolutions_it_computes_wrongly(tmp_path: Path, group: int) -> None:
+    """ncnn's bf16 grouped convolution returned NaN or 2.9e38 (run to run); depthwise is right."""
+    from unifer import Engine, UnsupportedOptionError
+
+    weight = RNG.standard_normal((32, 32 // group, 3, 3)).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], group=group, pads=[1, 1, 1, 1])
+    source = save(tmp_path, [node], [("x", ["N", 32, 6, 6])], ["y"], {"w": weight})
+    options = {"ncnn": WRITER.extra}
+    if group == 32:  # depthwise: bf16 runs it, within bf16's accuracy
+        with Engine.load(source, backend="ncnn", precision="bf16", backend_options=options) as e:
+            x = f32(1, 32, 6, 6)
+            with Engine.load(source, backend="onnxruntime") as reference:
+                want = reference.run({"x": x})["y"]
+            np.testing.assert_allclose(e.run({"x": x})["y"], want, atol=0.1 * np.abs(want).max())
+        return
+    with pytest.raises(UnsupportedOptionError, match="grouped convolution .* bf16"):
+        Engine.load(source, backend="ncnn", precision="bf16", backend_options=options)
+    Engine.load(source, backend="ncnn", precision="fp32", backend_options=options).close()
+
+
+def test_a_conversion_that_cannot_run_the_check_fails_the_check_not_the_load(
+    tmp_path: Path,
+) -> None:
+    """x[N, 4] + z[1, 4]: ncnn names both batches N, so the check's batch 3 cannot be fed; that
+    is the conversion's failure (cached, said), not an InferenceError from the load."""
+    from unifer import ConversionMismatchError, Engine
+
+    node = helper.make_node("Add", ["x", "z"], ["y"])
+    source = save(tmp_path, [node], [("x", ["N", 4]), ("z", [1, 4])], ["y"])
+    options = {"ncnn": WRITER.extra}
+    for _ in range(2):  # the failed check is cached: the second load does not convert again
+        with pytest.raises(ConversionMismatchError, match="at batch 3.*cannot run it"):
+            Engine.load(source, backend="ncnn", backend_options=options)

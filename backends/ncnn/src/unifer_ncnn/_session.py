@@ -152,6 +152,26 @@ def _int8_layer(graph: _param.Graph) -> str | None:
     return None
 
 
+def _refuse_grouped_bf16(graph: _param.Graph, model: Path) -> None:
+    """ncnn 1.0.20261020's bf16 kernels for grouped (not purely depthwise) convolutions return
+    NaN or 2.9e38, differently from run to run, or crash the process (a grouped deconvolution):
+    refused by name instead of running them."""
+    for layer in graph.layers:
+        if layer.type not in ("ConvolutionDepthWise", "DeconvolutionDepthWise"):
+            continue
+        outputs, group = int(layer.params.get(0, "0")), int(layer.params.get(7, "1"))
+        kernel_w = int(layer.params.get(1, "0"))
+        kernel_h = int(layer.params.get(11, str(kernel_w)))
+        weights = int(layer.params.get(6, "0"))
+        if group == outputs and weights == outputs * kernel_w * kernel_h:
+            continue  # one input channel per output: depthwise, which bf16 runs right
+        raise UnsupportedOptionError(
+            f"{model.name} has a grouped convolution (layer {layer.name!r}, group {group}), "
+            "which ncnn's bf16 kernels compute wrongly (NaN, 2.9e38) or crash on; open it with "
+            "precision='fp32' or 'fp16'"
+        )
+
+
 def _check_precision(precision: Precision, int8_layer: str | None) -> None:
     if int8_layer is not None:
         reject_precision(
@@ -229,6 +249,8 @@ class NcnnSession:
             graph = _param.read(model)
         int8_layer = _int8_layer(graph)
         _check_precision(options.precision, int8_layer)
+        if options.precision == "bf16" and vulkan is None:
+            _refuse_grouped_bf16(graph, model)
         if int8_layer is not None and vulkan is not None:
             # ncnn's int8 Vulkan shaders fail to compile on some drivers and the process then
             # dies (SIGSEGV on lavapipe); its int8 layers are CPU kernels anyway.
