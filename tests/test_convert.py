@@ -568,7 +568,8 @@ def test_a_fixed_batch_or_one_the_source_cannot_vary_is_checked_at_batch_1(
         inputs=[{"name": "x", "shape": [1, 3], "dtype": "float32"}],
         outputs=[{"name": "y", "shape": [1, 3], "dtype": "float32"}],
     )
-    assert _convert.convert(SampleMixing(), fixed, SessionOptions()).check.passed is True
+    fixed_check = _convert.convert(SampleMixing(), fixed, SessionOptions()).check
+    assert fixed_check.passed is True and fixed_check.note is None
 
     real_run = FakeSession.run
 
@@ -579,7 +580,9 @@ def test_a_fixed_batch_or_one_the_source_cannot_vary_is_checked_at_batch_1(
 
     monkeypatch.setattr(FakeSession, "run", batch_1_only)
     declared = make_fake_model(tmp_path / "declared.fake")  # ["N", 3], but runs at 1 only
-    assert _convert.convert(SampleMixing(), declared, SessionOptions()).check.passed is True
+    check = _convert.convert(SampleMixing(), declared, SessionOptions()).check
+    assert check.passed is True
+    assert check.note == "compared at batch 1 only: the source itself cannot run a batch of 3"
 
 
 def test_dynamic_sizes_are_checked_at_32_or_else_1(make_fake_model, tmp_path):

@@ -12,9 +12,11 @@ its own. The core owns everything around the conversion, so every plugin gets th
   or when the runtime cannot load it any more. Nothing is written next to the user's model.
 - The converted model is checked against the source on seeded inputs (output shapes, max abs
   diff, cosine), with another backend that reads the source as the reference, at batch 1 and, for
-  a source with a dynamic batch dimension, at a batch of several samples too. The converted model
-  is opened with the caller's options for its backend, at fp32. An output whose shape differs from
-  the reference's, or from the converted model's own declaration, fails the check. A conversion
+  a source with a dynamic batch dimension, at a batch of several samples too (where the source can
+  run one: else the check's note says it compared batch 1 only). The converted model is opened
+  with the caller's options for its backend, at fp32. An output whose shape differs from the
+  reference's or from the converted model's own declaration, or a converted model that cannot run
+  the feeds the source runs, fails the check. A conversion
   that changes the outputs beyond the fp32 tolerance is refused unless the user accepts it
   explicitly; a source that the reference cannot load is reported as unreadable, and nothing is
   cached.
@@ -496,6 +498,7 @@ def _check(backend: Converter, source: Path, converted: Path, options: SessionOp
     ref_session = _open_source(reference, source, backend.name, options)
     try:
         runs = _reference_runs(ref_session, source, backend.name)
+        dynamic_batch = any(s.shape and not isinstance(s.shape[0], int) for s in ref_session.inputs)
     finally:
         ref_session.close()
     # The caller's backend_options open the converted model (it may need them to load at all, as
@@ -513,7 +516,12 @@ def _check(backend: Converter, source: Path, converted: Path, options: SessionOp
         max_relative_diff=parity.max_relative_diff,
         min_cosine=parity.min_cosine,
         passed=parity.within(),
-        note=_failure(parities),
+        note=_failure(parities)
+        or (
+            f"compared at batch 1 only: the source itself cannot run a batch of {CHECK_BATCH}"
+            if dynamic_batch and len(runs) == 1
+            else None
+        ),
     )
 
 
