@@ -21,6 +21,7 @@ from unifer import (
     InferenceError,
     ModelFormatError,
     ModelLoadError,
+    NoBackendAvailableError,
     PluginError,
     UniferWarning,
     UnsupportedOptionError,
@@ -279,6 +280,20 @@ def test_auto_considers_conversions_only_when_cached_or_allowed(converter, fake_
         assert allowed.settings["conversion"]["check"]["passed"] is True
     # The conversion is cached now, so it competes without being allowed again.
     assert candidates(Engine.load(fake_model, threads=1, budget_s=0.05)) == {"fake", "fake2"}
+
+
+def test_when_nothing_opens_auto_names_the_converters_it_left_out(
+    converter, fake_backend, fake_model, monkeypatch
+):
+    """The reader cannot run (here: unavailable) and only a converting backend could: the error
+    says how to let it in."""
+    monkeypatch.setattr(fake_backend, "available", False)
+    with pytest.raises(NoBackendAvailableError, match="fake2 could convert the model") as info:
+        Engine.load(fake_model, budget_s=0.05)
+    assert "allow_conversion=True" in str(info.value)
+    with pytest.warns(UniferWarning, match="without checking"):  # its reference cannot run
+        engine = Engine.load(fake_model, budget_s=0.05, allow_conversion=True)
+    assert engine.backend == "fake2"
 
 
 # --- the key covers every file of the model (ONNX external data, IR/ncnn .bin, MXNet .params) ---

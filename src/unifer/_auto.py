@@ -27,7 +27,7 @@ from typing import Any, Final
 from . import _autocache, _background, _convert, _hardware, _measuring, _registry
 from ._devices import device_option, effective_device
 from ._digest import model_digest
-from ._errors import ModelError, UniferError, UnsupportedOptionError
+from ._errors import ModelError, NoBackendAvailableError, UniferError, UnsupportedOptionError
 from ._select import (
     Candidate,
     Objective,
@@ -130,8 +130,12 @@ def open_auto(
     mode = os.environ.get(MODE_ENV) or "measure"
     if mode not in {"measure", "static"}:
         raise UnsupportedOptionError(f"${MODE_ENV} must be 'measure' or 'static', got {mode!r}")
+    # Converting backends left out (allow_conversion unset, nothing cached): named if nothing
+    # else opens the model, since one of them may be the only way to run it (ncnn on Vulkan).
+    left_out = [n for n in _convert.converters(suffix) if n not in disabled and n not in converting]
     choose = functools.partial(
-        _choose,
+        _choosing_or_saying_what_would_convert,
+        left_out,
         path,
         names,
         threads=threads,
@@ -169,6 +173,23 @@ def open_auto(
         if cached is not None:
             return cached
         return choose(key=key, record=record)
+
+
+def _choosing_or_saying_what_would_convert(
+    left_out: Sequence[str], *args: Any, **kwargs: Any
+) -> tuple[Selection, Session]:
+    """:func:`_choose`; when no candidate opens, the error names the converting backends that
+    were left out, and how to let them in."""
+    try:
+        return _choose(*args, **kwargs)
+    except NoBackendAvailableError as exc:
+        if not left_out:
+            raise
+        raise NoBackendAvailableError(
+            f"{exc.message}\n{', '.join(left_out)} could convert the model into its own format "
+            "and run it: allow that with allow_conversion=True",
+            reasons=exc.reasons,
+        ) from exc
 
 
 _key_locks: dict[str, threading.Lock] = {}

@@ -183,6 +183,7 @@ _PYTHON_HINTS: Final = (
         ),
     ),
     (re.compile(_NOT_IN_A_CALL + r"\ballow_nan=True\b"), lambda m: "--allow-nan"),
+    (re.compile(_NOT_IN_A_CALL + r"\ballow_conversion=True\b"), lambda m: "--allow-conversion"),
     (re.compile(_NOT_IN_A_CALL + r"\bpreprocess=False\b"), lambda m: "--preprocess none"),
     (
         re.compile(r"\bpass preprocess=Preprocess\(\.\.\.\) to Engine\.load\b"),
@@ -633,6 +634,11 @@ def convert(
 @click.option(
     "--allow-nan", is_flag=True, help="Let the input hold NaN (a model that reads it as missing)."
 )
+@click.option(
+    "--allow-conversion",
+    is_flag=True,
+    help="Let auto also try backends that must convert the model first.",
+)
 @device_option
 @backend_options_option
 @json_option
@@ -645,6 +651,7 @@ def predict(
     preprocess_arg: str | None,
     out: Path | None,
     allow_nan: bool,
+    allow_conversion: bool,
     device: str | None,
     option_args: tuple[str, ...],
     as_json: bool,
@@ -672,6 +679,7 @@ def predict(
         backend_options=parse_backend_options(option_args),
         device=device,
         allow_nan=allow_nan,
+        allow_conversion=allow_conversion,
     ) as engine:
         feeds = _read_input(input_path, engine)
         if isinstance(feeds, np.ndarray):  # an image: preprocessed
