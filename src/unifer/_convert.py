@@ -126,6 +126,13 @@ def convert(
         ConversionMismatchError: the converted model's outputs differ from the source's beyond
             tolerance and ``accept_mismatch`` is false.
     """
+    return _convert(backend, source, options, accept_mismatch=accept_mismatch)[0]
+
+
+def _convert(
+    backend: Backend, source: Path, options: SessionOptions, *, accept_mismatch: bool
+) -> tuple[Conversion, bool]:
+    """:func:`convert`, and whether the conversion came from the cache."""
     if not isinstance(backend, Converter):  # callers check can_convert() first
         raise TypeError(f"{backend.name} cannot convert models")
     # Absolute: entries are pruned by their source, and 'model.onnx' names a file per directory.
@@ -135,6 +142,7 @@ def convert(
         conversion = _find(final)
         if conversion is not None and conversion.path.parent != final:
             conversion = _adopt(conversion, source, root, final)  # converted under another name
+        from_cache = conversion is not None
         if conversion is None:
             try:
                 conversion = _convert_into(backend, source, options, root, final, digest, version)
@@ -161,7 +169,7 @@ def convert(
             f"it explicitly: unifer convert {source} --to {backend.name} --accept-mismatch, then "
             "load the converted file"
         )
-    return conversion
+    return conversion, from_cache
 
 
 def open_converted(
@@ -173,12 +181,11 @@ def open_converted(
     ``unifer cache clear``) is dropped and converted again, once: a cache must not keep failing
     the load it was made for.
     """
-    was_cached = cached(backend, source, options) is not None
-    conversion = convert(backend, source, options)
+    conversion, from_cache = _convert(backend, source, options, accept_mismatch=False)
     try:
         return conversion, _registry.open_session(backend, conversion.path, options)
     except ModelError:
-        if not was_cached:
+        if not from_cache:
             raise
         _drop(conversion.path.parent)
     conversion = convert(backend, source, options)

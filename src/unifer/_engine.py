@@ -344,7 +344,8 @@ class Engine:
             InferenceError: the runtime failed.
         """
         self._single_io("predict()")
-        if x is None or isinstance(x, Mapping):
+        # An array (the usual call) skips the slower ABC check.
+        if not isinstance(x, np.ndarray) and (x is None or isinstance(x, Mapping)):
             raise InputError(
                 f"predict() takes one array (the model's input {self._inputs[0]}, or an image "
                 f"with a preprocess spec), got {type(x).__name__}; for a dict of named inputs use "
