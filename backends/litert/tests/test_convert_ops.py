@@ -660,6 +660,176 @@ def test_one_dimensional_convolutions(tmp_path: Path) -> None:
     compare(source, {"x": RNG.standard_normal((2, 4, 16)).astype(F32)})
 
 
+def i64(name: str, shape: Sequence[int | str]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.INT64, list(shape))
+
+
+def test_attention_with_a_padding_mask(tmp_path: Path) -> None:
+    """A transformer block's attention: Q @ K^T of two activations (K^T read as stored, through
+    adj_y), a mask built with Equal/Unsqueeze/Where, Softmax, then weights @ V, heads merged."""
+    heads, dim = 2, 4
+    init = {
+        "wq": weights(8, 8), "wk": weights(8, 8), "wv": weights(8, 8),
+        "split": np.array([1, 6, heads, dim], I64), "merge": np.array([1, 6, 8], I64),
+        "scale": np.array(dim**-0.5, F32), "zero": np.array(0, I64), "axes": np.array([1], I64),
+        "masked": np.array(-1e9, F32),
+    }  # fmt: skip
+    nodes = [
+        *(helper.make_node("MatMul", ["x", f"w{t}"], [f"{t}_flat"]) for t in "qkv"),
+        *(helper.make_node("Reshape", [f"{t}_flat", "split"], [f"{t}_heads"]) for t in "qkv"),
+        helper.make_node("Transpose", ["q_heads"], ["q"], perm=[0, 2, 1, 3]),
+        helper.make_node("Transpose", ["k_heads"], ["k_t"], perm=[0, 2, 3, 1]),
+        helper.make_node("Transpose", ["v_heads"], ["v"], perm=[0, 2, 1, 3]),
+        helper.make_node("MatMul", ["q", "k_t"], ["scores_raw"]),
+        helper.make_node("Mul", ["scores_raw", "scale"], ["scores"]),
+        helper.make_node("Equal", ["mask", "zero"], ["padding"]),
+        helper.make_node("Unsqueeze", ["padding", "axes"], ["padding_3d"]),
+        helper.make_node("Unsqueeze", ["padding_3d", "axes"], ["padding_4d"]),
+        helper.make_node("Where", ["padding_4d", "masked", "scores"], ["scores_masked"]),
+        helper.make_node("Softmax", ["scores_masked"], ["attention"], axis=-1),
+        helper.make_node("MatMul", ["attention", "v"], ["context"]),
+        helper.make_node("Transpose", ["context"], ["context_t"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["context_t", "merge"], ["y"]),
+    ]
+    source = save(
+        tmp_path / "attention.onnx",
+        nodes,
+        [f32("x", [1, 6, 8]), i64("mask", [1, 6])],
+        [f32("y", [1, 6, 8]), f32("attention", [1, heads, 6, 6])],
+        init,
+    )
+    mask = np.array([[1, 1, 1, 1, 0, 0]], I64)
+    compare(source, {"x": RNG.standard_normal((1, 6, 8)).astype(F32), "mask": mask})
+
+
+def test_batched_products_of_activations_and_constants(tmp_path: Path) -> None:
+    init = {"lhs": weights(3, 2, 4), "stack": weights(3, 5, 2)}
+    nodes = [
+        helper.make_node("MatMul", ["a", "b"], ["broadcast"]),  # [2,3,4,5] @ [1,3,5,6]
+        helper.make_node("MatMul", ["lhs", "c"], ["constant_left"]),  # [3,2,4] @ [3,4,5]
+        helper.make_node("MatMul", ["c", "stack"], ["stacked_right"]),  # [3,4,5] @ [3,5,2]
+    ]
+    source = save(
+        tmp_path / "batched.onnx",
+        nodes,
+        [f32("a", [2, 3, 4, 5]), f32("b", [1, 3, 5, 6]), f32("c", [3, 4, 5])],
+        [f32("broadcast", [2, 3, 4, 6]), f32("constant_left", [3, 2, 5]),
+         f32("stacked_right", [3, 4, 2])],
+        init,
+    )  # fmt: skip
+    compare(
+        source,
+        {
+            "a": RNG.standard_normal((2, 3, 4, 5)).astype(F32),
+            "b": RNG.standard_normal((1, 3, 5, 6)).astype(F32),
+            "c": RNG.standard_normal((3, 4, 5)).astype(F32),
+        },
+    )
+
+
+def test_gathers_of_embeddings_and_tokens(tmp_path: Path) -> None:
+    """Run-time token ids (negative ones count from the end, as in ONNX) into a constant table;
+    constant indices (a scalar: the class token; negative; repeated) into activations."""
+    init = {
+        "table": weights(10, 4), "first": np.array(0, I64), "last": np.array(-1, I64),
+        "picks": np.array([[2, -3], [0, 2]], I64),
+    }  # fmt: skip
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["embedded"]),
+        helper.make_node("Gather", ["embedded", "first"], ["cls"], axis=1),
+        helper.make_node("Gather", ["embedded", "last"], ["final"], axis=-2),
+        helper.make_node("Gather", ["x", "picks"], ["picked"], axis=1),
+    ]
+    source = save(
+        tmp_path / "gather.onnx",
+        nodes,
+        [i64("ids", [2, 5]), f32("x", [2, 4, 3])],
+        [f32("embedded", [2, 5, 4]), f32("cls", [2, 4]), f32("final", [2, 4]),
+         f32("picked", [2, 2, 2, 3])],
+        init,
+    )  # fmt: skip
+    ids = np.array([[0, 3, 9, -1, -10], [5, 5, 1, 2, -4]], I64)
+    compare(source, {"ids": ids, "x": RNG.standard_normal((2, 4, 3)).astype(F32)})
+
+
+def test_argmax_topk_and_cumsum_along_stored_axes(tmp_path: Path) -> None:
+    """Segmentation and detection heads on a conv output (stored NHWC): the first of equal
+    values wins, as ONNX's select_last_index=0 and TopK define."""
+    init = {"w": weights(5, 3, 1, 1), "k": np.array([3], I64), "axis": np.array(1, I64)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("Floor", ["c"], ["ties"]),  # many equal values
+        helper.make_node("ArgMax", ["ties"], ["classes"], axis=1, keepdims=0),
+        helper.make_node("ArgMax", ["ties"], ["classes_kept"], axis=1),
+        helper.make_node("ArgMin", ["ties"], ["lowest"], axis=-1),
+        helper.make_node("TopK", ["ties", "k"], ["top", "top_index"], axis=1),
+        helper.make_node("TopK", ["ties", "k"], ["bottom", "bottom_index"], axis=3, largest=0),
+        helper.make_node("CumSum", ["c", "axis"], ["running"]),
+        helper.make_node("CumSum", ["c", "axis"], ["before"], exclusive=1, reverse=1),
+    ]
+    source = save(
+        tmp_path / "heads.onnx",
+        nodes,
+        [f32("x", ["N", 3, 4, 6])],
+        [i64("classes", ["N", 4, 6]), i64("classes_kept", ["N", 1, 4, 6]),
+         i64("lowest", ["N", 5, 4, 1]), f32("top", ["N", 3, 4, 6]),
+         i64("top_index", ["N", 3, 4, 6]), f32("bottom", ["N", 5, 4, 3]),
+         i64("bottom_index", ["N", 5, 4, 3]), f32("running", ["N", 5, 4, 6]),
+         f32("before", ["N", 5, 4, 6])],
+        init,
+    )  # fmt: skip
+    compare(source, {"x": (RNG.standard_normal((2, 3, 4, 6)) * 2).astype(F32)})
+
+
+def test_comparisons_logic_casts_and_repeats(tmp_path: Path) -> None:
+    """Masks and clamps (Greater/Less/..., And/Or/Xor/Not, Where, Cast), expand_as as PyTorch
+    exports it (Shape -> Expand, whose shape onnx cannot infer), Tile, Unsqueeze/Squeeze,
+    Reciprocal, and Softplus far beyond where exp overflows."""
+    init = {
+        "half": np.array(0.5, F32), "limit": np.array([[[1.0]], [[-1.0]]], F32),
+        "axes": np.array([0, 2], I64), "reps": np.array([1, 2, 3], I64),
+    }  # fmt: skip
+    nodes = [
+        helper.make_node("Greater", ["x", "half"], ["big"]),
+        helper.make_node("LessOrEqual", ["x", "limit"], ["small"]),
+        helper.make_node("Less", ["x", "y"], ["below"]),
+        helper.make_node("GreaterOrEqual", ["x", "y"], ["above"]),
+        helper.make_node("Equal", ["big", "small"], ["same"]),
+        helper.make_node("And", ["big", "below"], ["both"]),
+        helper.make_node("Or", ["small", "above"], ["either"]),
+        helper.make_node("Xor", ["both", "either"], ["one"]),
+        helper.make_node("Not", ["one"], ["neither"]),
+        helper.make_node("Where", ["neither", "x", "y"], ["chosen"]),
+        helper.make_node("Cast", ["neither"], ["as_float"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["x"], ["as_int"], to=TensorProto.INT64),
+        helper.make_node("Shape", ["y"], ["y_shape"]),
+        helper.make_node("ReduceMax", ["x"], ["row_max"], axes=[1], keepdims=1),
+        helper.make_node("Expand", ["row_max", "y_shape"], ["spread"]),
+        helper.make_node("Tile", ["x", "reps"], ["tiled"]),
+        helper.make_node("Unsqueeze", ["x", "axes"], ["wide"]),
+        helper.make_node("Squeeze", ["wide", "axes"], ["narrow"]),
+        helper.make_node("Reciprocal", ["x"], ["inverse"]),
+        helper.make_node("Softplus", ["x"], ["soft"]),
+    ]
+    outputs = {
+        "same": TensorProto.BOOL, "chosen": TensorProto.FLOAT, "as_float": TensorProto.FLOAT,
+        "as_int": TensorProto.INT64, "spread": TensorProto.FLOAT, "narrow": TensorProto.FLOAT,
+        "inverse": TensorProto.FLOAT, "soft": TensorProto.FLOAT,
+    }  # fmt: skip
+    source = save(
+        tmp_path / "logic.onnx",
+        nodes,
+        [f32("x", [2, 3, 4]), f32("y", [2, 3, 4])],
+        [helper.make_tensor_value_info(n, t, [2, 3, 4]) for n, t in outputs.items()]
+        + [f32("tiled", [2, 6, 12]), f32("wide", [1, 2, 1, 3, 4])],
+        init,
+        opset=13,
+    )
+    x = (RNG.standard_normal((2, 3, 4)) * 3).astype(F32)
+    x[0, 0, :2] = [120.0, -120.0]  # Softplus: exp(120) overflows float32
+    compare(source, {"x": x, "y": RNG.standard_normal((2, 3, 4)).astype(F32)})
+
+
 # -- refusals --------------------------------------------------------------------------------------
 
 

@@ -6,9 +6,11 @@ detectors and U-Nets like unifer's built-in ArcFace IResNets, ResNet(X)-50, Mobi
 and YOLO-style heads — convolutions (dense, grouped, depthwise, transposed), BatchNormalization,
 activations (GELU too, as exporters spell it with Erf), pooling, reductions, LayerNorm and
 InstanceNorm, Concat/Split/Slice, Reshape, Softmax, Pad, Resize, DepthToSpace, elementwise
-arithmetic, Gemm/MatMul with constant weights, 1-D convolutions as one-row 2-D ones — and refuses
-anything else by name, with the list of what it handles. General models (recurrent, attention,
-dynamic image sizes into Resize) need a full converter (onnx2tf, litert-torch).
+arithmetic, Gemm/MatMul, 1-D convolutions as one-row 2-D ones — and what fixed-length transformer
+encoders, embeddings and masks add (attention's MatMul of two activations, Gather, ArgMax/TopK,
+comparisons and Where, Expand/Tile; ``_ops_index``). It refuses anything else by name, with the list
+of what it handles. General models (recurrent, dynamic sequence lengths or image sizes into
+Shape/Resize) need a full converter (onnx2tf, litert-torch).
 
 Subgraphs that only compute constants (weights made by ConstantOfShape, shapes passed through
 Reshape/Concat/Cast, ...) are evaluated once at conversion time by onnx's reference implementation,
@@ -27,7 +29,7 @@ axes, Reshape order); where it cannot, the converter refuses the node instead of
 
 Layout: ``_graph`` (values, layouts and tensor helpers), ``_ops_arith`` (activations, arithmetic),
 ``_ops_conv`` (convolutions, normalizations, pooling, fully connected), ``_ops_shape``
-(reductions, resampling, shapes), ``_resample`` (Resize's sampling check), ``_writer`` (the
+(reductions, resampling, shapes), ``_ops_index`` (indexing, selection, comparisons), ``_resample`` (Resize's sampling check), ``_writer`` (the
 FlatBuffer); this module drives them.
 """
 
@@ -41,18 +43,23 @@ from unifer import MissingDependencyError, ModelLoadError
 from ._graph import Unsupported, Value, attributes, identity
 from ._ops_arith import ELEMENTWISE, ArithmeticOps, erf_gelus
 from ._ops_conv import ConvolutionOps
+from ._ops_index import COMPARISONS, IndexOps
 from ._ops_shape import ShapeOps
 
 #: Bump whenever the bytes written for the same ONNX file change: it is part of the cache key.
-WRITER_VERSION: Final = "6"
+WRITER_VERSION: Final = "7"
 
 CONVERTER: Final = f"unifer-litert onnx->tflite {WRITER_VERSION}"
 
 SUPPORTED_OPS: Final = (
     "Abs",
     "Add",
+    "And",
+    "ArgMax",
+    "ArgMin",
     "AveragePool",
     "BatchNormalization",
+    "Cast",
     "Ceil",
     "Clip",
     "Concat",
@@ -60,23 +67,31 @@ SUPPORTED_OPS: Final = (
     "Conv",
     "ConvTranspose",
     "Cos",
+    "CumSum",
     "DepthToSpace",
     "Div",
     "Dropout",
     "Elu",
+    "Equal",
     "Exp",
+    "Expand",
     "Flatten",
     "Floor",
+    "Gather",
     "Gelu",
     "Gemm",
     "GlobalAveragePool",
     "GlobalMaxPool",
+    "Greater",
+    "GreaterOrEqual",
     "HardSigmoid",
     "HardSwish",
     "Identity",
     "InstanceNormalization",
     "LayerNormalization",
     "LeakyRelu",
+    "Less",
+    "LessOrEqual",
     "Log",
     "MatMul",
     "Max",
@@ -84,9 +99,12 @@ SUPPORTED_OPS: Final = (
     "Min",
     "Mul",
     "Neg",
+    "Not",
+    "Or",
     "PRelu",
     "Pad",
     "Pow",
+    "Reciprocal",
     "ReduceL1",
     "ReduceL2",
     "ReduceMax",
@@ -103,13 +121,20 @@ SUPPORTED_OPS: Final = (
     "Sin",
     "Slice",
     "Softmax",
+    "Softplus",
     "Split",
     "Sqrt",
+    "Squeeze",
     "Sub",
     "Sum",
     "Tanh",
+    "Tile",
+    "TopK",
     "Transpose",
+    "Unsqueeze",
     "Upsample",
+    "Where",
+    "Xor",
 )
 
 
@@ -142,7 +167,7 @@ def convert_onnx(source: Path, destination: Path) -> Path:
     return destination
 
 
-class _Converter(ArithmeticOps, ConvolutionOps, ShapeOps):
+class _Converter(ArithmeticOps, ConvolutionOps, IndexOps, ShapeOps):
     """Writes the TFLite model of one ONNX graph, node by node (each operator module's
     ``_op_<OnnxType>`` handles that type)."""
 
@@ -179,6 +204,8 @@ class _Converter(ArithmeticOps, ConvolutionOps, ShapeOps):
             handler = getattr(self, f"_op_{node.op_type}", None)
             if handler is None and node.op_type in ELEMENTWISE:
                 handler = self.elementwise
+            if handler is None and node.op_type in COMPARISONS:
+                handler = self.compare
             if handler is None:
                 raise Unsupported(f"operator {node.op_type} (node {node.name!r}) is not supported")
             try:

@@ -250,23 +250,30 @@ class Graph:
     def binary(
         self, names: Sequence[str], output: str, op: str, options: str, *, fused: bool = True
     ) -> None:
-        """``output = a op b`` with ONNX broadcasting; ``fused``: the options take an activation."""
-        a, b = (self.values[n] for n in names)
+        """``output = a op b`` with ONNX broadcasting; ``fused``: the options take an activation.
+
+        Any number of operands broadcast alike (SELECT_V2 takes three); a boolean operand (a
+        condition) keeps its type, the others share the first tensor's.
+        """
+        operands = [self.values[n] for n in names]
         rank = len(self.info(output)[0])
-        variables = [v for v in (a, b) if v.const is None and len(v.shape) == rank]
-        if len(variables) == 2 - sum(v.const is not None for v in (a, b)):
+        variables = [v for v in operands if v.const is None and len(v.shape) == rank]
+        if len(variables) == sum(v.const is None for v in operands):
             # Every operand is a constant or a tensor of the output's rank: compute in the layout
             # a tensor already has (a conv's NHWC output, say) instead of transposing it back.
             perm = next((v.perm for v in variables if v.perm != identity(rank)), identity(rank))
         else:
             perm = identity(rank)  # mixed ranks: broadcast in ONNX order, as ONNX defines it
-        like = Value((0,) * rank, a.dtype if a.const is None else b.dtype, perm=perm)
+        typed = [v for v in operands if v.dtype != np.bool_] or operands
+        dtype = next((v.dtype for v in typed if v.const is None), typed[0].dtype)
         # The result has the rank of the widest operand, in TFLite as in ONNX: where no tensor has
         # the output's rank, the constant's leading 1s are what give the result that rank.
         keep = 1 if variables else rank
         inputs = []
-        for name, value in zip(names, (a, b), strict=True):
+        for name, value in zip(names, operands, strict=True):
             if value.const is not None:
+                kind = value.dtype if value.dtype == np.bool_ else dtype
+                like = Value((0,) * rank, kind, perm=perm)
                 inputs.append(
                     self.broadcast_const(f"{output}/{name}", value.const, like, keep=keep)
                 )
@@ -277,6 +284,15 @@ class Graph:
         out, _ = self.new(output, perm)
         fields = {"fusedActivationFunction": 0} if fused else {}
         self.writer.op(op, inputs, [out], options, **fields)
+
+    def stored_last(self, value: Value, axis: int) -> tuple[int, ...]:
+        """``value``'s layout, or one with logical ``axis`` stored last (for kernels that work on
+        the last axis only: Softmax, TopK)."""
+        perm = value.perm
+        if perm[axis] == len(perm) - 1:
+            return perm
+        stored = [a for a in np.argsort(perm).tolist() if a != axis] + [axis]
+        return tuple(int(p) for p in np.argsort(stored))
 
     def reshape(self, node: Any, value: Value, shape: list[int]) -> None:
         # Reshape and Flatten are defined on the ONNX (logical) order, so the data must be in it

@@ -101,6 +101,33 @@ class ArithmeticOps(Graph):
             raise Unsupported(f"Pow {node.name!r} on non-float32 tensors is not supported")
         self.binary(names, node.output[0], "POW", "PowOptions", fused=False)
 
+    def _op_Reciprocal(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.float_only(node)
+        one = self.fresh(f"{node.output[0]}/one")
+        self.values[one] = Value((), np.dtype(np.float32), const=np.ones((), np.float32))
+        self.binary([one, node.input[0]], node.output[0], "DIV", "DivOptions")
+
+    def _op_Softplus(self, node: Any, attrs: dict[str, Any]) -> None:
+        # log(1 + exp(x)) overflows from x = 89 on: computed as relu(x) + log(1 + exp(-|x|)).
+        self.float_only(node)
+        value = self.values[node.input[0]]
+        name = node.output[0]
+
+        def step(label: str, op: str, *inputs: int) -> int:
+            out = self.scratch(f"{name}/{label}", value)
+            fields: dict[str, object] = {"fusedActivationFunction": 0} if op == "ADD" else {}
+            self.writer.op(op, inputs, [out], "AddOptions" if fields else None, **fields)
+            return out
+
+        x = self.physical(node.input[0], value.perm)
+        tail = step("exp", "EXP", step("neg", "NEG", step("abs", "ABS", x)))
+        one = self.writer.constant(f"{name}/one", scalar(1.0, value))
+        log = step("log", "LOG", step("plus1", "ADD", tail, one))
+        out, _ = self.new(name, value.perm, nonneg=True)
+        self.writer.op(
+            "ADD", [step("relu", "RELU", x), log], [out], "AddOptions", fusedActivationFunction=0
+        )
+
     def _op_Max(self, node: Any, attrs: dict[str, Any]) -> None:
         self.variadic(node, "MAXIMUM", "MaximumMinimumOptions")
 

@@ -469,11 +469,33 @@ class ConvolutionOps(Graph):
         self.fully_connected(node, value, weight, bias, keep_dims=False)
 
     def _op_MatMul(self, node: Any, attrs: dict[str, Any]) -> None:
-        value = self.values[node.input[0]]
-        weight = self.const(node.input[1], "MatMul right-hand side")
-        if weight.ndim != 2 or len(value.shape) < 2:
-            raise Unsupported(f"MatMul {node.name!r} is not (batch of) rows times a matrix")
-        self.fully_connected(node, value, weight.astype(np.float32).T, None, keep_dims=True)
+        self.float_only(node)
+        value, right = (self.values[n] for n in node.input)
+        if len(value.shape) < 2 or len(right.shape) < 2:
+            raise Unsupported(f"MatMul {node.name!r} of a vector (rank 1) is not supported")
+        if value.const is None and right.const is not None and right.const.ndim == 2:
+            # Rows times a weight matrix: the fully connected kernel (and XNNPACK's) is fastest.
+            weight = right.const.astype(np.float32).T
+            self.fully_connected(node, value, weight, None, keep_dims=True)
+            return
+        # Attention (Q @ K^T, weights @ V) and batched products: ONNX broadcasts the leading
+        # axes as BATCH_MATMUL does. An operand stored with its last two axes swapped (a
+        # Transpose of K) is read as it is, with adj_x / adj_y, instead of being transposed.
+        inputs, adjoint = [], []
+        for name, operand in zip(node.input, (value, right), strict=True):
+            rank = len(operand.shape)
+            swapped = (*range(rank - 2), rank - 1, rank - 2)
+            adjoint.append(operand.const is None and operand.perm == swapped)
+            inputs.append(self.physical(name, swapped if adjoint[-1] else identity(rank)))
+        out, _ = self.new(node.output[0], identity(len(self.info(node.output[0])[0])))
+        self.writer.op(
+            "BATCH_MATMUL",
+            inputs,
+            [out],
+            "BatchMatMulOptions",
+            adjX=adjoint[0],
+            adjY=adjoint[1],
+        )
 
     def fully_connected(
         self,

@@ -336,6 +336,21 @@ class ShapeOps(Graph):
             )
         self.reshape(node, value, shape)
 
+    def _op_Unsqueeze(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.reshape_like_inferred(node)
+
+    def _op_Squeeze(self, node: Any, attrs: dict[str, Any]) -> None:
+        self.reshape_like_inferred(node)
+
+    def reshape_like_inferred(self, node: Any) -> None:
+        """Unsqueeze and Squeeze (axes in any form): a Reshape to the shape onnx inferred."""
+        shape = list(self.info(node.output[0])[0])
+        if sum(d < 0 for d in shape) > 1:
+            raise Unsupported(
+                f"{node.op_type} {node.name!r} of a tensor with several dynamic dimensions"
+            )
+        self.reshape(node, self.values[node.input[0]], shape)
+
     def _op_Shape(self, node: Any, attrs: dict[str, Any]) -> None:
         value = self.values[node.input[0]]
         if any(d < 0 for d in value.shape):
@@ -407,11 +422,7 @@ class ShapeOps(Graph):
                 f"Softmax {node.name!r} over several axes {wide} (opset {self.opset} flattens "
                 "them) is not supported"
             )
-        target = wide[0] if wide else axis
-        perm = value.perm
-        if perm[target] != rank - 1:
-            stored = [a for a in np.argsort(perm).tolist() if a != target] + [target]
-            perm = tuple(int(p) for p in np.argsort(stored))
+        perm = self.stored_last(value, wide[0] if wide else axis)
         source = self.physical(node.input[0], perm)
         out, _ = self.new(node.output[0], perm)
         self.writer.op("SOFTMAX", [source], [out], "SoftmaxOptions", beta=1.0)

@@ -34,6 +34,12 @@ TENSOR_TYPES: Final[Mapping[np.dtype[Any], str]] = {
 }
 
 
+#: Builtins that the runtime registers from a version above 1 on: it refuses version 1 of them.
+_FIRST_VERSIONS: Final[Mapping[str, int]] = {
+    "BROADCAST_TO": 2,  # version 1 was TensorFlow's own kernel (Flex), never TFLite's
+}
+
+
 def schema() -> Any:
     """The generated TFLite schema module, or a MissingDependencyError naming the install line."""
     try:
@@ -58,7 +64,7 @@ class ModelWriter:
         self._description = description
         self._tensors: list[Any] = []
         self._operators: list[Any] = []
-        self._opcodes: dict[tuple[int, str | None], int] = {}
+        self._opcodes: dict[tuple[int, str | None, int], int] = {}
         # Buffer 0 is the empty sentinel that every non-constant tensor points at.
         self._buffers: list[bytes | None] = [None]
         self._metadata: list[tuple[str, bytes]] = []
@@ -97,6 +103,10 @@ class ModelWriter:
         self._tensors.append(tensor)
         return len(self._tensors) - 1
 
+    def type_code(self, dtype: np.dtype[Any] | type) -> int:
+        """The schema's TensorType number of ``dtype`` (options such as CAST's name types)."""
+        return int(getattr(self._s.TensorType, TENSOR_TYPES[np.dtype(dtype)]))
+
     # -- operators ---------------------------------------------------------------------------------
 
     def op(
@@ -109,12 +119,14 @@ class ModelWriter:
     ) -> None:
         """Add a builtin operator, e.g. ``op("CONV_2D", [x, w, b], [y], "Conv2DOptions", ...)``.
 
-        ``fields`` set the options table's fields by their generated (camelCase) names; enum values
-        may be given by name (``padding="SAME"``). An input of ``-1`` is an omitted optional input.
+        ``fields`` set the options table's fields by their generated (camelCase) names, enums by
+        their numbers (:meth:`type_code` for a TensorType). An input of ``-1`` is an omitted
+        optional input.
         """
         s = self._s
         operator = s.OperatorT()
-        operator.opcodeIndex = self._opcode(getattr(s.BuiltinOperator, builtin), None)
+        version = _FIRST_VERSIONS.get(builtin, 1)
+        operator.opcodeIndex = self._opcode(getattr(s.BuiltinOperator, builtin), None, version)
         operator.inputs = list(inputs)
         operator.outputs = list(outputs)
         if options is not None:
@@ -132,14 +144,14 @@ class ModelWriter:
     ) -> None:
         """Add a custom operator ``code`` whose options are the raw ``options`` bytes."""
         operator = self._s.OperatorT()
-        operator.opcodeIndex = self._opcode(self._s.BuiltinOperator.CUSTOM, code)
+        operator.opcodeIndex = self._opcode(self._s.BuiltinOperator.CUSTOM, code, 1)
         operator.inputs = list(inputs)
         operator.outputs = list(outputs)
         operator.customOptions = list(options)
         self._operators.append(operator)
 
-    def _opcode(self, builtin: int, custom: str | None) -> int:
-        key = (builtin, custom)
+    def _opcode(self, builtin: int, custom: str | None, version: int) -> int:
+        key = (builtin, custom, version)
         if key not in self._opcodes:
             self._opcodes[key] = len(self._opcodes)
         return self._opcodes[key]
@@ -167,7 +179,7 @@ class ModelWriter:
         model = s.ModelT()
         model.version = 3  # the schema version every current runtime reads
         model.description = self._description
-        model.operatorCodes = [self._opcode_table(b, c) for b, c in self._opcodes]
+        model.operatorCodes = [self._opcode_table(*key) for key in self._opcodes]
         graph = s.SubGraphT()
         graph.name = "main"
         graph.tensors = self._tensors
@@ -196,7 +208,7 @@ class ModelWriter:
         builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
         return bytes(builder.Output())
 
-    def _opcode_table(self, builtin: int, custom: str | None) -> Any:
+    def _opcode_table(self, builtin: int, custom: str | None, version: int) -> Any:
         s = self._s
         code = s.OperatorCodeT()
         code.builtinCode = builtin
@@ -204,7 +216,7 @@ class ModelWriter:
         code.deprecatedBuiltinCode = min(
             builtin, s.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES
         )
-        code.version = 1
+        code.version = version
         if custom is not None:
             code.customCode = custom
         return code
