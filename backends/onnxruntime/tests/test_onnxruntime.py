@@ -328,7 +328,8 @@ def test_default_settings(mlp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         "execution_mode": "sequential",
         "graph_optimization_level": "all",
         "providers": ("CPUExecutionProvider",),
-        "session_config": {},
+        # int8-weight MatMuls keep fp32 activations (see test_contract's int8_weights test).
+        "session_config": {"session.qdq_matmulnbits_accuracy_level": "1"},
         "precision": "fp32",
         "runtime_version": ort.__version__,
     }
@@ -352,7 +353,10 @@ def test_graph_optimization_level_and_session_config(mlp: Path) -> None:
         },
     )
     assert engine.settings["graph_optimization_level"] == "basic"
-    assert engine.settings["session_config"] == {"session.intra_op.allow_spinning": "0"}
+    assert engine.settings["session_config"] == {
+        "session.qdq_matmulnbits_accuracy_level": "1",
+        "session.intra_op.allow_spinning": "0",
+    }
     x = RNG.standard_normal((2, 4)).astype(np.float32)
     np.testing.assert_allclose(engine.predict(x), mlp_reference(x), rtol=1e-5, atol=1e-5)
 

@@ -214,6 +214,22 @@ class BackendContract:
         want = model.reference(feeds)
         np.testing.assert_allclose(got["y"], want["y"], atol=self.atol, rtol=1e-5)
 
+    def test_fp32_keeps_the_activations_of_int8_weights_fp32(self, model_dir: Path) -> None:
+        """The default precision computes a weight-only int8 model as fp32 does (exactly, given
+        the weights): no int8 arithmetic on the activations, which some runtimes add on their own
+        unless told not to. A converter may refuse the model (ModelLoadError), never approximate
+        it."""
+        model = models.int8_weights(batch=1)
+        try:
+            engine = self.open_engine(model, model_dir)
+        except ModelLoadError:
+            return
+        with engine:
+            feeds = model.feeds()
+            got = engine.run(feeds)
+        want = model.reference(feeds)
+        np.testing.assert_allclose(got["y"], want["y"], atol=self.atol, rtol=1e-5)
+
     def test_run_returns_every_output_with_its_dtype(self, model_dir: Path) -> None:
         """Every output has the model's dtype and value; int64 ``k`` goes far beyond int32."""
         model = models.multi_io(wide_int64=True)

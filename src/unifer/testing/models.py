@@ -110,6 +110,41 @@ def mlp(*, batch: str | int = "N", seed: int = 0) -> ToyModel:
     return ToyModel("mlp", _finish(graph), make_feeds, reference)
 
 
+def int8_weights(*, batch: str | int = "N", seed: int = 0) -> ToyModel:
+    """``y = x @ dequantize(w)``: int8 weights with one scale per column and float32 activations
+    (weight-only quantization, as compressed exports store weights), ``x`` [batch, 32] -> ``y``
+    [batch, 16]. fp32 computes it exactly; a runtime that fuses the DequantizeLinear into an int8
+    kernel may quantize ``x`` too (onnxruntime's MatMulNBits and OpenVINO's dynamic quantization
+    do by default: ~6e-3 of the output's scale off)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weights = rng.integers(-127, 128, size=(32, 16)).astype(np.int8)
+    scale = (rng.random(16) * 0.01 + 0.001).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("DequantizeLinear", ["w_int8", "scale"], ["w"], axis=1),
+            helper.make_node("MatMul", ["x", "w"], ["y"]),
+        ],
+        "int8_weights",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 16])],
+        initializer=[
+            numpy_helper.from_array(weights, "w_int8"),
+            numpy_helper.from_array(scale, "scale"),
+        ],
+    )
+
+    def make_feeds(rng: np.random.Generator, n: int) -> Feeds:
+        return {"x": rng.standard_normal((n, 32)).astype(np.float32)}
+
+    def reference(feeds: Feeds) -> Feeds:
+        exact = feeds["x"].astype(np.float64) @ (weights * scale.astype(np.float64))
+        return {"y": exact.astype(np.float32)}
+
+    return ToyModel("int8_weights", _finish(graph), make_feeds, reference)
+
+
 #: What :func:`multi_io` with ``wide_int64=True`` draws ``k`` from: far beyond int32, within
 #: int64 with room for ``k + 1``, and beyond float64's 53-bit integers.
 WIDE_INT64 = 2**62

@@ -29,8 +29,8 @@ axes, Reshape order); where it cannot, the converter refuses the node instead of
 
 Layout: ``_graph`` (values, layouts and tensor helpers), ``_ops_arith`` (activations, arithmetic),
 ``_ops_conv`` (convolutions, normalizations, pooling, fully connected), ``_ops_shape``
-(reductions, resampling, shapes), ``_ops_index`` (indexing, selection, comparisons), ``_resample`` (Resize's sampling check), ``_writer`` (the
-FlatBuffer); this module drives them.
+(reductions, resampling, shapes), ``_ops_index`` (indexing, selection, comparisons),
+``_resample`` (Resize's sampling check), ``_writer`` (the FlatBuffer); this module drives them.
 """
 
 from __future__ import annotations

@@ -126,6 +126,9 @@ class Graph:
         from onnx import TensorProto, helper
         from onnx.reference import ReferenceEvaluator
 
+        if node.op_type == "DequantizeLinear":  # the reference has it from opset 19 on only
+            self.values[node.output[0]] = _dequantized(node, self.values)
+            return
         feeds = {n: self.values[n].const for n in node.input if n}
         graph = helper.make_graph(
             [node],
@@ -356,6 +359,23 @@ class Graph:
         if after is not None:
             final, _ = self.new(name, perm, nonneg=True)  # SQRT of a sum of squares
             self.writer.op(after, [out], [final])
+
+
+def _dequantized(node: Any, values: dict[str, Value]) -> Value:
+    """A constant DequantizeLinear (int8 weights of a compressed model): ``(x - zero) * scale``,
+    the scale and zero point per tensor or along ``axis``, as ONNX defines it."""
+    # foldable(): every input is a constant.
+    x, scale, *rest = (np.asarray(values[n].const) for n in node.input if n)
+    zero = rest[0] if rest else None
+    attrs = attributes(node)
+    if int(attrs.get("block_size", 0)):
+        raise Unsupported(f"DequantizeLinear {node.name!r} with block_size (blocked scales)")
+    shifted = x.astype(np.float64) - (0.0 if zero is None else zero.astype(np.float64))
+    if scale.ndim == 1 and scale.size > 1:  # per axis
+        axis = int(attrs.get("axis", 1)) % x.ndim
+        scale = scale.reshape([-1 if a == axis else 1 for a in range(x.ndim)])
+    result = (shifted * scale.astype(np.float64)).astype(scale.dtype)
+    return Value(result.shape, result.dtype, const=result)
 
 
 def attributes(node: Any) -> dict[str, Any]:

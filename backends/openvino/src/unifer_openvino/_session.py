@@ -368,6 +368,10 @@ class OpenVINOSession:
         supported = _device_properties(core, device)
         config: dict[str, Any] = {"PERFORMANCE_HINT": str(hint).upper()}
         config["INFERENCE_PRECISION_HINT"] = _precision_hint(core, device, options, supported)
+        if "DYNAMIC_QUANTIZATION_GROUP_SIZE" in supported:
+            # By default OpenVINO quantizes the activations of layers with int8 weights to int8
+            # (groups of 32): 6.7e-3 off on a weight-only int8 MatMul that fp32 computes exactly.
+            config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = 0
         if options.threads is not None:
             if "INFERENCE_NUM_THREADS" in supported:
                 config["INFERENCE_NUM_THREADS"] = options.threads
@@ -402,6 +406,7 @@ class OpenVINOSession:
                 )
             _check_ports(compiled, model)
             threads = _get(compiled, "INFERENCE_NUM_THREADS")
+            dynamic_quantization = _get(compiled, "DYNAMIC_QUANTIZATION_GROUP_SIZE")
             streams = _get(compiled, "NUM_STREAMS")
             performance = _get(compiled, "PERFORMANCE_HINT")
             loaded = _get(compiled, "LOADED_FROM_CACHE")
@@ -411,6 +416,10 @@ class OpenVINOSession:
                 "threads": int(threads) if threads is not None else None,
                 "precision": _PRECISIONS[applied_hint],
                 "inference_precision_hint": applied_hint,
+                # 0: activations stay at the inference precision, whatever the weights' type.
+                "dynamic_quantization_group_size": (
+                    int(dynamic_quantization) if dynamic_quantization is not None else None
+                ),
                 # CPU reports a str, virtual devices a PerformanceMode enum.
                 "performance_hint": str(getattr(performance, "name", performance)).lower(),
                 "num_streams": int(streams) if streams is not None else None,
