@@ -440,6 +440,18 @@ def test_unsupported_element_types_are_refused_when_opening(tmp_path: Path) -> N
         open_opencv(path)
 
 
+def test_float64_is_refused_since_opencv_computes_it_in_float32(tmp_path: Path) -> None:
+    # Relu of 1e300 came back as inf, of 1 + 1e-12 as 1.0, both labelled float64.
+    path = save(
+        tmp_path / "f64.onnx",
+        [helper.make_node("Relu", ["x"], ["y"])],
+        [tensor("x", TensorProto.DOUBLE, [4])],
+        [tensor("y", TensorProto.DOUBLE, [4])],
+    )
+    with pytest.raises(ModelLoadError, match=r"float64 input 'x'.*backend='onnxruntime'"):
+        open_opencv(path)
+
+
 def test_initializers_listed_as_inputs_are_not_inputs(tmp_path: Path) -> None:
     # IR version 3 exporters list every weight among the graph inputs.
     weights = np.arange(6, dtype=np.float32).reshape(3, 2)

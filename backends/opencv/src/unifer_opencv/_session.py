@@ -38,7 +38,8 @@ ENGINES: Final = ("new", "classic")
 #: (checked on OpenCV 5.0.0 with both engines). float16 tensors are computed in float32 and
 #: returned as float32, so outputs are cast back to the declared type. The new engine silently
 #: drops uint32 and uint64 inputs ("Requested blob not found") and the classic one turns them into
-#: float32, so those two are refused like string, complex and the 8-bit float types.
+#: float32, so those two are refused like string, complex and the 8-bit float types. float64 is
+#: computed in float32 and returned as float64 (1e300 comes back as inf): refused with its reason.
 DTYPES: Final[dict[int, np.dtype[Any]]] = {
     1: np.dtype(np.float32),
     2: np.dtype(np.uint8),
@@ -49,7 +50,6 @@ DTYPES: Final[dict[int, np.dtype[Any]]] = {
     7: np.dtype(np.int64),
     9: np.dtype(np.bool_),
     10: np.dtype(np.float16),
-    11: np.dtype(np.float64),
 }
 _ONNX_TYPE_NAMES: Final = {
     0: "undefined",
@@ -259,6 +259,13 @@ def _spec(model: Path, kind: str, value: ValueInfo) -> TensorSpec:
         raise ModelLoadError(
             f"{model} has {kind} {value.name!r} of type {value.kind}; unifer handles tensor "
             "inputs and outputs only. Re-export the model with plain tensors"
+        )
+    if value.elem_type == 11:
+        raise ModelLoadError(
+            f"{model} has float64 {kind} {value.name!r}: OpenCV DNN computes float64 tensors in "
+            "float32 (1e300 comes back as inf, 1 + 1e-12 as 1.0) and returns them as float64 "
+            "without a sign. Run this model with backend='onnxruntime' (exact in float64), or "
+            "export it in float32"
         )
     dtype = DTYPES.get(value.elem_type)
     if dtype is None:
