@@ -359,6 +359,34 @@ def test_convert_out_may_be_the_cache_entry_itself(cli, tmp_path):
     assert again["files"] == first["files"]
 
 
+def test_convert_out_never_replaces_the_models_own_files(cli, tmp_path):
+    """ncnn writes m.param + m.bin; beside an m.onnx whose weights are m.bin, --out . would have
+    overwritten the source's weights, even with --force."""
+    onnx = pytest.importorskip("onnx")
+    if "ncnn" not in json.dumps(json.loads(cli("backends", "--json").output)["backends"]):
+        pytest.skip("needs the ncnn backend")
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "m",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    source = tmp_path / "m.onnx"
+    onnx.save_model(model, str(source), save_as_external_data=True, location="m.bin",
+                    size_threshold=0)  # fmt: skip
+    weights = (tmp_path / "m.bin").read_bytes()
+    for extra in ((), ("--force",)):
+        args = ("convert", str(source), "--to", "ncnn", "--out", str(tmp_path), *extra)
+        assert "would replace a file of the model" in cli(*args, code=2).output
+        assert (tmp_path / "m.bin").read_bytes() == weights
+
+
 def test_importing_the_main_module_runs_nothing():
     import importlib
 

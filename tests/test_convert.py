@@ -269,6 +269,23 @@ def test_cli_convert(converter, fake_model, tmp_path):
     assert "backends that read .fake: fake; that convert it first: fake2" in info.output
 
 
+def test_cli_convert_out_replaces_other_files_only_with_force(converter, fake_model, tmp_path):
+    from click.testing import CliRunner
+
+    from unifer.cli import main
+
+    out = tmp_path / "exported"
+    out.mkdir()
+    (out / "model.fake2").write_text("someone's own file")
+    args = ["convert", str(fake_model), "--to", "fake2", "--out", str(out)]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 2 and "already exist" in refused.output
+    assert "--force" in refused.output
+    assert (out / "model.fake2").read_text() == "someone's own file"
+    assert CliRunner().invoke(main, [*args, "--force"]).exit_code == 0
+    assert (out / "model.fake2").read_text() != "someone's own file"
+
+
 def test_auto_considers_conversions_only_when_cached_or_allowed(converter, fake_model):
     def candidates(engine):
         return {t.candidate.backend for t in engine.selection.trials}

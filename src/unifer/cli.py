@@ -27,7 +27,7 @@ from typing import Any, Final, Literal, TypeVar, cast
 import click
 import numpy as np
 
-from . import _autocache, _convert, _hardware, _measuring, _registry, models
+from . import _autocache, _convert, _digest, _hardware, _measuring, _registry, models
 from ._cache import cache_dir, cache_root
 from ._engine import Engine, readers, resolve_model
 from ._errors import InputError, ModelFormatError, UniferError, UniferWarning
@@ -558,6 +558,11 @@ def _tree_size(path: Path) -> int:
     help="Also copy the converted files into this directory.",
 )
 @click.option(
+    "--force",
+    is_flag=True,
+    help="Let --out replace files already there (never the model's own files).",
+)
+@click.option(
     "--accept-mismatch",
     is_flag=True,
     help="Keep a conversion whose outputs differ from the source beyond tolerance.",
@@ -568,6 +573,7 @@ def convert(
     model: str,
     target: str,
     out: Path | None,
+    force: bool,
     accept_mismatch: bool,
     option_args: tuple[str, ...],
     as_json: bool,
@@ -598,7 +604,7 @@ def convert(
     )
     files = sorted(p for p in result.path.parent.iterdir() if p.name != _convert.MANIFEST)
     if out is not None:
-        files = _copy_into(files, out)
+        files = _copy_into(files, out, keep=_digest.model_files(source), force=force)
     if as_json:
         emit_json({**result.to_dict(), "files": [str(f) for f in files]})
         return
@@ -715,21 +721,39 @@ def predict(
         click.echo(f"written to {out}")
 
 
-def _copy_into(files: list[Path], out: Path) -> list[Path]:
+def _copy_into(files: list[Path], out: Path, *, keep: list[Path], force: bool) -> list[Path]:
     """Copy ``files`` into the directory ``out``; a file already there (``out`` is the cache
-    entry itself) is left as it is."""
+    entry itself) is left as it is. Other files of the same names are replaced only with
+    ``force``, and never one of ``keep`` (the source model's files: ncnn's ``m.bin`` beside an
+    ``m.onnx`` whose weights are ``m.bin``)."""
+    targets = [out / file.name for file in files]
+    taken = [
+        target
+        for target, file in zip(targets, files, strict=True)
+        if target.exists() and not target.samefile(file)
+    ]
+    own = [t for t in taken if any(t.samefile(k) for k in keep if k.exists())]
+    if own:
+        raise click.BadParameter(
+            f"{', '.join(str(t) for t in own)} would replace a file of the model being converted; "
+            "choose another directory",
+            param_hint="--out",
+        )
+    if taken and not force:
+        raise click.BadParameter(
+            f"{', '.join(str(t) for t in taken)} already exist; choose another directory, or "
+            "pass --force to replace them",
+            param_hint="--out",
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
-        copied = []
-        for file in files:
-            target = out / file.name
+        for file, target in zip(files, targets, strict=True):
             if not (target.exists() and target.samefile(file)):
                 shutil.copy2(file, target)
-            copied.append(target)
     except OSError as exc:
         message = f"cannot write to {out}: {exc.strerror}"
         raise click.BadParameter(message, param_hint="--out") from exc
-    return copied
+    return targets
 
 
 def _preprocess_from(arg: str | None) -> Preprocess | Literal[False] | None:
