@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -108,6 +109,50 @@ def test_predict_image_with_preprocess(cli, fake_backend, make_fake_model, tmp_p
         ).output
     )
     assert np.allclose(data["outputs"]["o"]["values"], 2.0)
+
+
+@pytest.mark.parametrize("decoder", ["opencv", "pillow"])
+def test_predict_decodes_images_in_the_order_the_preprocessing_expects(
+    cli, fake_backend, make_fake_model, tmp_path, monkeypatch, decoder
+):
+    """A spec for OpenCV callers (input_color="bgr") gets the file's pixels in BGR: decoded as
+    RGB and then reversed, the model's red channel would hold the blue one."""
+    from PIL import Image
+
+    if decoder == "pillow":
+        monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 raises ImportError
+    model = make_fake_model(
+        tmp_path / "img.fake",
+        inputs=[{"name": "i", "shape": [1, 3, 4, 4], "dtype": "float32"}],
+        outputs=[{"name": "o", "shape": [1, 3, 4, 4], "dtype": "float32"}],
+    )
+    Image.fromarray(np.full((4, 4, 3), [10, 100, 200], np.uint8)).save(tmp_path / "face.png")
+    spec = tmp_path / "bgr.json"
+    spec.write_text(json.dumps({"size": [4, 4], "input_color": "bgr", "color": "rgb"}))
+    args = ("predict", str(model), str(tmp_path / "face.png"), "--preprocess", str(spec))
+    out = np.array(json.loads(cli(*args, "--json").output)["outputs"]["o"]["values"])
+    np.testing.assert_array_equal(out[0, :, 0, 0], [20, 200, 400])  # RGB, times the fake's 2
+
+
+def test_pillow_decodes_16_bit_grayscale_and_exif_orientation_as_opencv(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from unifer.cli import _read_image
+
+    ramp = (np.arange(6 * 8, dtype=np.uint16).reshape(6, 8) * 1300).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "gray16.png")
+    tall = np.zeros((8, 6, 3), np.uint8)
+    tall[0, 0] = [255, 0, 0]  # a red corner shows where the image was turned
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to view
+    Image.fromarray(tall).save(tmp_path / "phone.jpg", exif=exif, quality=100)
+    with_opencv = [_read_image(tmp_path / f, "rgb") for f in ("gray16.png", "phone.jpg")]
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    with_pillow = [_read_image(tmp_path / f, "rgb") for f in ("gray16.png", "phone.jpg")]
+    np.testing.assert_array_equal(with_pillow[0], with_opencv[0])
+    assert with_pillow[0][..., 0].max() == (ramp.max() >> 8)  # not clipped to 255
+    assert with_pillow[1].shape == with_opencv[1].shape == (6, 8, 3)  # turned upright
+    assert np.abs(with_pillow[1].astype(int) - with_opencv[1]).max() <= 2  # JPEG decoders
 
 
 def test_predict_image_without_preprocess_explains(cli, fake_backend, fake_model, tmp_path):

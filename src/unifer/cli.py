@@ -798,7 +798,7 @@ def _read_input(path: Path, engine: Engine) -> np.ndarray | dict[str, np.ndarray
             f"{path.name} is an image, but no preprocessing is set for this model; pass "
             "--preprocess arcface|imagenet|FILE.json (or add a <model>.preprocess.json)"
         )
-    return _read_image(path)
+    return _read_image(path, engine.preprocess.input_color)
 
 
 def _check_input(path: Path) -> None:
@@ -830,23 +830,34 @@ def _reading_numpy(path: Path) -> Iterator[None]:
         ) from exc
 
 
-def _read_image(path: Path) -> np.ndarray:
-    """Decode an image file to HxWx3 uint8 RGB, with OpenCV or else Pillow."""
+def _read_image(path: Path, order: str) -> np.ndarray:
+    """Decode an image file to HxWx3 uint8 in channel ``order`` ("rgb" or "bgr": the
+    preprocessing's input_color), with OpenCV or else Pillow, alike: EXIF orientation applied,
+    grayscale repeated, alpha dropped, 16 bits cut to their high 8."""
     try:
         import cv2
     except ImportError:
-        try:
-            from PIL import Image
-        except ImportError:
-            raise InputError(
-                'reading image files needs OpenCV or Pillow: pip install "unifer[image]"'
-            ) from None
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+        rgb = _read_image_with_pillow(path)
+        return np.ascontiguousarray(rgb[:, :, ::-1]) if order == "bgr" else rgb
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise InputError(f"could not decode {path} as an image; is the file complete?")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
+    return bgr if order == "bgr" else np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def _read_image_with_pillow(path: Path) -> np.ndarray:
+    try:
+        from PIL import Image, ImageOps
+    except ImportError:
+        raise InputError(
+            'reading image files needs OpenCV or Pillow: pip install "unifer[image]"'
+        ) from None
+    with Image.open(path) as opened:
+        image = ImageOps.exif_transpose(opened)  # as cv2.imread turns a phone's photo upright
+        if image.mode.startswith("I"):  # 16-bit grayscale: convert("RGB") would clip it to 255
+            gray = (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)
+            return np.repeat(gray[:, :, np.newaxis], 3, axis=2)
+        return np.asarray(image.convert("RGB"))
 
 
 OUT_SUFFIXES: Final = (".npy", ".npz", ".json")
