@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,8 +203,25 @@ class TestFeeds:
     def test_wrong_fixed_dimension(self, engine):
         feeds = self.feeds()
         feeds["a"] = np.zeros((1, 4), np.float32)
-        with pytest.raises(InputError, match=r"dimension 1 must be 3; reshape or resize"):
+        with pytest.raises(InputError, match=r"dimension 1 must be 3; resize the input"):
             engine.run(feeds)
+
+    @pytest.mark.parametrize(
+        ("shape", "fix"),
+        [
+            ((8, 6, 3), r"x\.transpose\(2, 0, 1\)\[np\.newaxis\]"),  # HWC for CHW
+            ((1, 8, 6, 3), r"x\.transpose\(0, 3, 1, 2\)"),  # NHWC for NCHW
+        ],
+    )
+    def test_an_image_in_another_layout_is_told_to_transpose_not_reshape(
+        self, fake_backend, make_fake_model, tmp_path, shape, fix
+    ):
+        # x.reshape(1, 3, 8, 6), which the old hints led to, runs and scrambles the image.
+        inputs = [{"name": "x", "shape": ["N", 3, 8, 6], "dtype": "float32"}]
+        engine = Engine.load(make_fake_model(tmp_path / "img.fake", inputs=inputs), backend="fake")
+        with pytest.raises(InputError, match=fix) as info:
+            engine.run({"x": np.zeros(shape, np.float32)})
+        assert "reshape" not in str(info.value)
 
     def test_a_fixed_batch_says_how_to_split(self, fake_backend, make_fake_model, tmp_path):
         inputs = [{"name": "x", "shape": [2, 3], "dtype": "float32"}]
@@ -390,10 +408,18 @@ def test_ragged_and_mistyped_feeds_are_input_errors(fake_backend, fake_model):
         engine.predict([[1.0, 2.0, 3.0]])  # a list has no astype()
 
 
-@pytest.mark.parametrize("given", [None, {"x": np.ones((1, 3), np.float32)}])
-def test_predict_given_no_array_points_at_run(fake_backend, fake_model, given):
+@pytest.mark.parametrize(
+    ("given", "fix"),
+    [
+        ({"x": np.ones((1, 3), np.float32)}, r"use run\(\)"),
+        (None, r"cv2\.imread returns None for a file it cannot read"),  # imread(bad path)
+        ("face.jpg", r"pixels, not a file name: decode the image first"),
+        (Path("face.jpg"), r"pixels, not a file name"),
+    ],
+)
+def test_predict_given_no_array_says_what_to_pass(fake_backend, fake_model, given, fix):
     engine = Engine.load(fake_model, backend="fake")
-    with pytest.raises(InputError, match=r"predict\(\) takes one array .*use run\(\)"):
+    with pytest.raises(InputError, match=r"predict\(\) takes one array .*" + fix):
         engine.predict(given)
 
 

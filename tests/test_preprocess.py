@@ -12,12 +12,14 @@ import json
 import re
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from unifer import UniferWarning
 from unifer._errors import PreprocessError
 from unifer._preprocess import LETTERBOX_FILL, Preprocess, load_sidecar, sidecar_path
 from unifer.backend import TensorSpec
@@ -158,7 +160,9 @@ def test_float16_is_rounded_from_float32() -> None:
 @pytest.mark.parametrize(
     ("image", "fragments"),
     [
-        (np.zeros((4, 4, 3), dtype=np.float32), ["uint8", "float32", "astype"]),
+        (np.zeros((4, 4, 3), dtype=np.float32), ["uint8", "float32", "(img * 255).round()"]),
+        (np.zeros((4, 4, 3), dtype=np.uint16), ["uint16", "(img >> 8).astype(np.uint8)"]),
+        (np.zeros((4, 4, 1), dtype=np.uint8), ["(4, 4, 1)", "np.repeat(img, 3, axis=-1)"]),
         (np.zeros((4, 4, 3), dtype=np.int64), ["uint8", "int64"]),
         (np.zeros((4, 4), dtype=np.uint8), ["got 2", "HxWx3", "grayscale"]),
         (np.zeros((1, 1, 4, 4, 3), dtype=np.uint8), ["got 5", "NxHxWx3"]),
@@ -182,6 +186,27 @@ def test_the_channels_first_hints_work(shape: tuple[int, ...], axes: tuple[int, 
     with pytest.raises(PreprocessError, match=re.escape(f".transpose{axes}")):
         Preprocess()(image)
     Preprocess()(image.transpose(axes))
+
+
+@pytest.mark.parametrize("mode", ["P", "CMYK", "YCbCr", "L", "RGBA", "I;16"])
+def test_pil_images_other_than_rgb_are_told_to_convert(mode: str) -> None:
+    """np.asarray of these is palette indices, K as a 4th channel, another colour space...: the
+    array hints (drop alpha, repeat grayscale) would give a wrong image without an error."""
+    from PIL import Image
+
+    image = Image.new(mode, (4, 4))
+    with pytest.raises(PreprocessError, match=re.escape("img.convert('RGB')")):
+        Preprocess()(image)
+    assert Preprocess(layout="nhwc", dtype="uint8")(image.convert("RGB")).shape == (1, 4, 4, 3)
+
+
+def test_mean_and_std_in_0_to_1_units_warn_with_the_factor() -> None:
+    with pytest.warns(UniferWarning, match="multiply both by 255"):
+        Preprocess(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Preprocess(mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0))  # 0..1 inputs: fine
+        Preprocess(mean=np.array([127.5] * 3), std=np.array([127.5] * 3))  # arrays are taken
 
 
 def test_images_of_different_sizes_in_a_list_say_how_to_batch() -> None:

@@ -45,6 +45,18 @@ logger = logging.getLogger(__name__)
 AUTO = "auto"
 
 
+def _not_an_array_fix(x: object) -> str:
+    if x is None:
+        return "cv2.imread returns None for a file it cannot read: check the image's path"
+    if isinstance(x, Mapping):
+        return "for a dict of named inputs use run()"
+    return (
+        "it takes pixels, not a file name: decode the image first, e.g. "
+        "np.asarray(PIL.Image.open(path).convert('RGB')), or cv2.imread(path) with "
+        "input_color='bgr'"
+    )
+
+
 class Engine:
     """One opened model. Create it with :meth:`Engine.load`.
 
@@ -345,11 +357,12 @@ class Engine:
         """
         self._single_io("predict()")
         # An array (the usual call) skips the slower ABC check.
-        if not isinstance(x, np.ndarray) and (x is None or isinstance(x, Mapping)):
+        if not isinstance(x, np.ndarray) and (
+            x is None or isinstance(x, (Mapping, str, os.PathLike))
+        ):
             raise InputError(
                 f"predict() takes one array (the model's input {self._inputs[0]}, or an image "
-                f"with a preprocess spec), got {type(x).__name__}; for a dict of named inputs use "
-                "run()"
+                f"with a preprocess spec), got {type(x).__name__}; " + _not_an_array_fix(x)
             )
         tensor = self._preprocess(x) if self._preprocess is not None else x
         return self.run({self._inputs[0].name: tensor})[self._outputs[0].name]

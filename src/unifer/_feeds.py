@@ -7,6 +7,7 @@ backend: what was expected against what was given, and how to fix it.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -64,13 +65,25 @@ def check_feeds(
     return arrays
 
 
+def _transposition(dims: Sequence[object], shape: Sequence[int]) -> tuple[int, ...] | None:
+    """The axis order that makes ``shape`` fit ``dims`` (a dynamic dim fits any size), moving
+    the fewest leading axes; None when only the identity or nothing fits. A reshape would
+    scramble such an array without an error, so the hint must say transpose."""
+    if len(shape) > 6:  # no image layout; the permutations would be many
+        return None
+    for order in itertools.permutations(range(len(shape))):
+        if all(not isinstance(d, int) or d == shape[a] for d, a in zip(dims, order, strict=True)):
+            return None if order == tuple(range(len(shape))) else order
+    return None
+
+
 def _fixed_dimension_fix(axis: int, dim: int, rank: int) -> str:
     if axis == 0 and rank > 1:
         return (
             f"this model takes batches of exactly {dim}: pass {dim} per call (x[i:i + {dim}]), or "
             "use a model whose batch dimension is dynamic (built-in models: '?batch=dynamic')"
         )
-    return "reshape or resize the input to that size (images: Preprocess(size=(height, width)))"
+    return "resize the input to that size (images: Preprocess(size=(height, width)))"
 
 
 def _check_one(
@@ -95,7 +108,11 @@ def _check_one(
     if array.ndim != len(spec.shape):
         hint = ""
         if array.ndim + 1 == len(spec.shape):
-            hint = "; add the batch dimension with x[np.newaxis]"
+            order = _transposition(spec.shape[1:], array.shape)
+            transpose = f".transpose{order}" if order else ""
+            hint = f"; add the batch dimension with x{transpose}[np.newaxis]" + (
+                " (the axes are in another order: an HWC image for a CHW model?)" if order else ""
+            )
         elif array.ndim == len(spec.shape) + 1 and array.shape[0] == 1:
             hint = "; drop the leading dimension with x[0]"
         raise InputError(
@@ -105,9 +122,15 @@ def _check_one(
         if dim is None or dim == size:
             continue
         if isinstance(dim, int):
+            order = _transposition(spec.shape, array.shape)
+            fix = (
+                f"the axes are in another order (NHWC for an NCHW model?): x.transpose{order}"
+                if order
+                else _fixed_dimension_fix(axis, dim, len(spec.shape))
+            )
             raise InputError(
                 f"input {spec.name!r} expects {_expected(spec, array)}: dimension {axis} must be "
-                f"{dim}; " + _fixed_dimension_fix(axis, dim, len(spec.shape))
+                f"{dim}; {fix}"
             )
         first = bound.setdefault(dim, (size, spec.name))
         if first[0] != size:

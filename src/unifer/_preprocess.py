@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._errors import PreprocessError
-from .backend import TensorSpec
+from .backend import TensorSpec, warn_user
 
 __all__ = ["LETTERBOX_FILL", "Preprocess", "load_sidecar", "sidecar_path"]
 
@@ -112,6 +112,15 @@ class Preprocess:
                 "use dtype='float32' (or 'float16'), or leave mean and std at their defaults"
             )
         _check_representable(mean, std, self.dtype)
+        if all(abs(s) < 1.0 for s in std) and all(abs(m) <= 1.0 for m in mean):
+            # torchvision's constants are for 0..1 pixels; here they would scale 0..255 pixels to
+            # hundreds. No model wants that, but a warning (not an error) leaves the choice.
+            warn_user(
+                f"Preprocess mean={mean}, std={std} look like 0..1 units (torchvision's), but "
+                "unifer applies them to 0..255 pixels: multiply both by 255, e.g. "
+                "Preprocess.imagenet() uses mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, "
+                "57.375)"
+            )
 
     # -- presets ----------------------------------------------------------------------------------
 
@@ -409,6 +418,8 @@ def _check_size(size: object) -> tuple[int, int] | None:
 
 
 def _check_triple(name: str, value: object) -> tuple[float, float, float]:
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        value = value.tolist()
     if not isinstance(value, (tuple, list)):
         raise PreprocessError(
             f"{name} must be 3 numbers (one per channel, in 0..255 pixel units), got {value!r}; "
@@ -460,6 +471,13 @@ def _as_batch(image: npt.ArrayLike) -> npt.NDArray[np.uint8]:
         "pass an HxWx3 uint8 RGB image or an NxHxWx3 batch; "
         "for OpenCV images use Preprocess(..., input_color='bgr')"
     )
+    mode = getattr(image, "mode", None)
+    if isinstance(mode, str) and hasattr(image, "getbands") and mode != "RGB":
+        # A PIL image: its array is palette indices ('P'), K as a 4th channel ('CMYK'), other
+        # colour spaces ('YCbCr', 'LAB', 'HSV') or 16-bit values ('I;16'), never RGB pixels.
+        raise PreprocessError(
+            f"got a PIL image of mode {mode!r}; convert it to RGB pixels first: img.convert('RGB')"
+        )
     try:
         arr = np.asarray(image)
     except ValueError as exc:  # a list of images of different sizes
@@ -470,8 +488,8 @@ def _as_batch(image: npt.ArrayLike) -> npt.NDArray[np.uint8]:
     if arr.dtype != np.uint8:
         raise PreprocessError(
             f"expected uint8 pixels in 0..255, got dtype {arr.dtype} with shape {arr.shape}; "
-            "Preprocess normalises raw pixels itself: convert with arr.astype(np.uint8) if the "
-            "values are 0..255, or skip preprocessing and call Engine.run() with a prepared array"
+            f"Preprocess normalises raw pixels itself: {_to_uint8_fix(arr)}, or skip "
+            "preprocessing and call Engine.run() with a prepared array"
         )
     if arr.ndim not in (3, 4):
         extra = "; for grayscale use np.repeat(img[..., None], 3, axis=-1)" if arr.ndim == 2 else ""
@@ -482,6 +500,8 @@ def _as_batch(image: npt.ArrayLike) -> npt.NDArray[np.uint8]:
     if arr.shape[-1] != 3:
         if arr.shape[-1] == 4:
             extra = "; drop the alpha channel with img[..., :3]"
+        elif arr.shape[-1] == 1:
+            extra = "; for grayscale use np.repeat(img, 3, axis=-1)"
         elif arr.shape[-3] == 3:
             extra = (
                 "; this looks channels-first (CHW): use img.transpose(1, 2, 0)"
@@ -497,6 +517,19 @@ def _as_batch(image: npt.ArrayLike) -> npt.NDArray[np.uint8]:
     if arr.size == 0:
         raise PreprocessError(f"expected a non-empty image, got shape {arr.shape}; {hint}")
     return arr[np.newaxis] if arr.ndim == 3 else arr
+
+
+def _to_uint8_fix(arr: np.ndarray) -> str:
+    """How to turn ``arr`` into 0..255 pixels, judged from its type (its values are not read:
+    they may be many)."""
+    if arr.dtype.kind == "f":
+        return (
+            "convert with (img * 255).round().astype(np.uint8) if the values are 0..1, or "
+            "img.round().astype(np.uint8) if they are 0..255"
+        )
+    if arr.dtype in (np.uint16, np.dtype(">u2")):
+        return "convert 16-bit pixels with (img >> 8).astype(np.uint8)"
+    return "convert with arr.astype(np.uint8) if the values are 0..255"
 
 
 def _resize_batch(
