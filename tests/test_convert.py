@@ -21,6 +21,7 @@ from unifer import (
     InferenceError,
     ModelFormatError,
     ModelLoadError,
+    ModelNotFoundError,
     NoBackendAvailableError,
     PluginError,
     UniferWarning,
@@ -366,6 +367,14 @@ def test_changed_external_weights_are_converted_again(tmp_path, monkeypatch):
     assert OnnxBaker.conversions == 2 and second.path != first.path
     assert second.path.read_bytes() == (tmp_path / "mlp.weights").read_bytes()
     assert second.source_sha256 == first.source_sha256  # the .onnx file's own sha256
+
+
+def test_a_missing_external_weights_file_is_model_not_found_naming_it(tmp_path):
+    pytest.importorskip("onnx")
+    source = save_with_external_weights(tmp_path, seed=0)
+    (tmp_path / "mlp.weights").unlink()
+    with pytest.raises(ModelNotFoundError, match=r"keeps its weights in .*mlp\.weights.*beside"):
+        Engine.load(source, backend="auto")
 
 
 def test_model_files_finds_external_data_of_constants_and_subgraphs(tmp_path):

@@ -78,6 +78,14 @@ def model_files(path: Path) -> list[Path]:
     return [path, *(f for f in extra if f.is_file() and f != path)]
 
 
+def missing_external_data(path: Path) -> list[Path]:
+    """The external-data files an ONNX model at ``path`` names that do not exist (every
+    runtime would fail to load it, each in its own words)."""
+    if path.suffix.lower() != ".onnx":
+        return []
+    return [f for f in _onnx_external_files(path) if not f.is_file()]
+
+
 def _is_str(value: object) -> TypeGuard[str]:
     return isinstance(value, str)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Final, Literal, NoReturn
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _auto, _convert, _registry, _select, models
+from . import _auto, _convert, _digest, _registry, _select, models
 from ._cache import usable_cache_dir
 from ._devices import device_option
 from ._errors import (
@@ -439,6 +439,13 @@ def resolve_model(model: str | os.PathLike[str]) -> tuple[Path, Preprocess | Non
         raise ModelNotFoundError(f"model file {str(path)!r} does not exist; check the path")
     if not is_file:
         raise ModelFormatError(f"{str(path)!r} is not a file; pass the model file itself")
+    if missing := _digest.missing_external_data(path):
+        names = ", ".join(repr(str(f)) for f in missing)
+        raise ModelNotFoundError(
+            f"model file {str(path)!r} keeps its weights in {names} (ONNX external data), which "
+            "does not exist; copy it beside the model, where ONNX looks for it (its location is "
+            "relative to the model's directory)"
+        )
     return path, None
 
 
