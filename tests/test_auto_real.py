@@ -151,3 +151,25 @@ def test_dynamic_sizes_are_measured_at_32_or_those_asked_for(monkeypatch, tmp_pa
     assert not sized.selection.notes
     with pytest.raises(UnsupportedOptionError, match="dims= sizes what backend='auto' measures"):
         Engine.load(model, backend="onnxruntime", dims={"H": 64})
+
+
+def test_string_inputs_are_chosen_without_measuring_and_take_str_arrays(monkeypatch, tmp_path):
+    """No test values can be made for strings: auto chose nothing at all ("pass real inputs"),
+    though onnxruntime runs the model; now the static order chooses, and says why."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    monkeypatch.setenv("UNIFER_CACHE_DIR", str(tmp_path / "cache"))
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["s"], ["y"])],
+        "strings",
+        [helper.make_tensor_value_info("s", TensorProto.STRING, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, [2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "strings.onnx")
+    engine = Engine.load(tmp_path / "strings.onnx", threads=1)
+    assert engine.backend == "onnxruntime" and engine.selection.source == "static"
+    assert "not measured (unifer cannot make test values for input s" in engine.selection.explain()
+    assert list(engine.run({"s": np.array(["a", "bc"])})["y"]) == ["a", "bc"]  # a str array

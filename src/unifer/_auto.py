@@ -28,6 +28,7 @@ from . import _autocache, _background, _convert, _hardware, _measuring, _registr
 from ._devices import device_option, effective_device
 from ._digest import model_digest
 from ._errors import ModelError, NoBackendAvailableError, UniferError, UnsupportedOptionError
+from ._parity import UnseedableInputError
 from ._select import (
     Candidate,
     Objective,
@@ -299,14 +300,20 @@ def _choose(
         return noting_files(candidate)
 
     before = _background.sample()
-    trials, kept, defaulted = measure_candidates(
-        pool,
-        open_candidate=opener,
-        objective=objective,
-        budget_s=budget_s,
-        reference_only=reference_only,
-        dims=dims,
-    )
+    try:
+        trials, kept, defaulted = measure_candidates(
+            pool,
+            open_candidate=opener,
+            objective=objective,
+            budget_s=budget_s,
+            reference_only=reference_only,
+            dims=dims,
+        )
+    except UnseedableInputError as exc:  # string inputs: chosen as without measuring
+        pool = [c for c in pool if c not in reference_only]
+        on_gpu = [c for c in pool if _on_cuda(where(c))]
+        why = f"not measured ({exc.message.removesuffix('; pass real inputs for this model')})"
+        return _open_static(pool, unavailable, objective, open_candidate, path, on_gpu, why)
     background = _background.between(before, _background.sample(), _background.cpus())
     if record is not None:
         record.survived(str(c) for c in pool)
@@ -451,8 +458,10 @@ def _open_static(
     open_candidate: Callable[[Candidate], Session],
     path: Path,
     on_gpu: Collection[Candidate] = (),
+    why: str = "not measured",
 ) -> tuple[Selection, Session]:
-    """Without measuring: the first candidate in the documented order for this hardware.
+    """Without measuring: the first candidate in the documented order for this hardware
+    (``why``: the note that says so).
 
     Candidates on an NVIDIA GPU (a backend's default device, or a CUDA accelerator it names) come
     first (a GPU runs a CNN like ArcFace r100 an order of magnitude faster than these CPUs), in
@@ -487,7 +496,7 @@ def _open_static(
             trials.append(Trial(candidate, "failed", reason=exc.message))
             continue
         selection = Selection(
-            candidate, "static", objective, tuple(trials), None, (f"not measured; {rule}",)
+            candidate, "static", objective, tuple(trials), None, (f"{why}; {rule}",)
         )
         logger.info(selection.summary())
         return selection, session

@@ -60,6 +60,8 @@ def check_feeds(
                 f"input {spec.name!r} is not an array numpy can build ({exc}); pass a numpy "
                 f"array of {_describe(spec.dtype, spec.shape)}"
             ) from exc
+        if spec.dtype.kind == "O" and array.dtype.kind == "U":
+            array = array.astype(object)  # string inputs: numpy's str arrays are what users have
         _check_one(spec, array, bound, isinstance(feeds[spec.name], np.ndarray), allow_nan)
         arrays[spec.name] = array
     return arrays

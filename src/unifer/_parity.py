@@ -100,10 +100,15 @@ def seeded_feeds(
         elif spec.dtype.kind == "b":
             feeds[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
         else:
-            raise InputError(
-                f"cannot make test values for input {spec}; pass real inputs for this model"
+            raise UnseedableInputError(
+                f"unifer cannot make test values for input {spec}; pass real inputs for this model"
             )
     return feeds
+
+
+class UnseedableInputError(InputError):
+    """An input of a type no test values can be made for (strings): nothing can be measured or
+    compared on made-up inputs."""
 
 
 def compare(

@@ -28,6 +28,7 @@ from ._parity import (
     FP32_MAX_RELATIVE_DIFF,
     FP32_MIN_COSINE,
     Parity,
+    UnseedableInputError,
     compare,
     inner_names,
     is_batch,
@@ -318,7 +319,7 @@ def measure_candidates(
             kept[candidate] = session
             for other in [c for c in kept if costs[c] > best_cost * (1 + TIE_TOLERANCE)]:
                 kept.pop(other).close()
-        except MemoryError:
+        except (MemoryError, UnseedableInputError):  # the latter: for every candidate alike
             raise
         except Exception as exc:  # one plugin's defect (a non-unifer error) fails only its trial
             trials.append(Trial(candidate, "failed", open_s=open_s, reason=_reason(exc)))
