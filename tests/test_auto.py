@@ -134,6 +134,23 @@ def test_measure_candidates_checks_parity_and_keeps_only_contenders():
     assert not sessions["bf16"].closed
 
 
+def test_a_model_stored_in_int8_judges_every_candidate_at_int8_tolerance():
+    """Two runtimes faithful to a quantized model differ as int8 runs do (their requantization
+    rounds apart): at fp32's 1e-4 the faster one was rejected. Beyond int8's, still rejected."""
+    sessions = {"ref": scripted(), "requantized": scripted(1.05), "wrong": scripted(1.5)}
+    pool = [Candidate(name, 1, "fp32") for name in sessions]
+    trials, _, _ = measure_candidates(
+        pool,
+        open_candidate=lambda c: sessions[c.backend],
+        objective="latency",
+        budget_s=0.1,
+        stored="int8",
+        measure_fn=lambda call, **kwargs: Stats((1.0,) * 5),
+    )
+    status = {t.candidate.backend: t.status for t in trials}
+    assert status == {"ref": "measured", "requantized": "measured", "wrong": "rejected"}
+
+
 def slowed(session):
     """``session`` with 20 ms added to every run."""
     plain = session.run

@@ -10,7 +10,7 @@ import importlib.metadata as metadata
 import numpy as np
 import pytest
 
-from unifer import Engine, UnsupportedOptionError, _registry
+from unifer import Engine, UnsupportedOptionError, _registry, models
 
 pytest.importorskip("unifer_onnxruntime")
 pytest.importorskip("unifer_openvino")
@@ -173,3 +173,41 @@ def test_string_inputs_are_chosen_without_measuring_and_take_str_arrays(monkeypa
     assert engine.backend == "onnxruntime" and engine.selection.source == "static"
     assert "not measured (unifer cannot make test values for input s" in engine.selection.explain()
     assert list(engine.run({"s": np.array(["a", "bc"])})["y"]) == ["a", "bc"]  # a str array
+
+
+def test_a_quantized_model_says_it_computes_in_int8(monkeypatch, tmp_path):
+    """precision= is what a runtime may reduce beyond the model: a QDQ model runs int8 at the
+    default fp32, which settings and auto's notes say."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    monkeypatch.setenv("UNIFER_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    weights = rng.integers(-127, 128, (16, 8)).astype(np.int8)
+    graph = helper.make_graph(
+        [
+            helper.make_node("QuantizeLinear", ["x", "s"], ["x_q"]),
+            helper.make_node("DequantizeLinear", ["x_q", "s"], ["x_dq"]),
+            helper.make_node("DequantizeLinear", ["w_q", "ws"], ["w"]),
+            helper.make_node("MatMul", ["x_dq", "w"], ["y"]),
+        ],
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [
+            numpy_helper.from_array(weights, "w_q"),
+            numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+            numpy_helper.from_array(np.array(0.01, np.float32), "ws"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "qdq.onnx")
+    for name in ("onnxruntime", "openvino"):
+        engine = Engine.load(tmp_path / "qdq.onnx", backend=name, threads=1)
+        assert engine.settings["precision"] == "fp32"
+        assert engine.settings["model_precision"] == "int8"
+    auto = Engine.load(tmp_path / "qdq.onnx", threads=1, budget_s=0.2)
+    assert "the model computes in int8 by itself" in auto.selection.explain()
+    plain = Engine.load(models.path("arcface-tiny"), backend="onnxruntime")
+    assert "model_precision" not in plain.settings

@@ -187,6 +187,17 @@ def test_integrity_verdicts():
     assert "missing" in compare({}, ref, TOLERANCES["fp32"])["problem"]
 
 
+def test_integrity_of_a_quantized_model_is_judged_at_int8_tolerance():
+    """A run of a model stored in int8, at precision fp32, that differs from the reference's by
+    5%: what two int8 runtimes differ by (requantization), not a fidelity problem."""
+    ref = {"y": np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)}
+    raw = {"status": "ok", "outputs": {"y": ref["y"] * 1.05}}
+    config = _run.Config(backend="b", threads=1)
+    assert _run._record(config, dict(raw), ref, "fp32")["integrity"]["ok"] is False
+    judged = _run._record(config, dict(raw), ref, "int8")["integrity"]
+    assert judged["ok"] is True and judged["tolerance"] == TOLERANCES["int8"].to_dict()
+
+
 def test_integrity_holds_every_output_to_its_own_scale():
     rng = np.random.default_rng(0)
     ref = {

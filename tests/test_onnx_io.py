@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from unifer import models
-from unifer._onnx_io import OnnxFormatError, ValueInfo, read_graph_io
+from unifer._onnx_io import OnnxFormatError, ValueInfo, read_graph_io, stored_precision
 
 _KINDS = {
     "tensor_type": "tensor",
@@ -122,6 +122,51 @@ def test_initializers_listed_as_inputs_and_external_data(tmp_path: Path) -> None
     for path in (inline, external):
         assert_reads_like_onnx(path)
         assert [v.name for v in read_graph_io(path).inputs] == ["x"]
+
+
+def qdq_graph(*, activations: bool) -> onnx.GraphProto:
+    """``y = x @ dequantize(w)``, with x quantized and dequantized first when ``activations``
+    (the QDQ form of a quantize_static model)."""
+    weight = numpy_helper.from_array(np.ones((4, 2), np.int8), "w_q")
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w_q", "s"], ["w"]),
+        helper.make_node("MatMul", ["x_dq" if activations else "x", "w"], ["y"]),
+    ]
+    if activations:
+        nodes[:0] = [
+            helper.make_node("QuantizeLinear", ["x", "s"], ["x_q"]),
+            helper.make_node("DequantizeLinear", ["x_q", "s"], ["x_dq"]),
+        ]
+    return helper.make_graph(
+        nodes,
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [weight, numpy_helper.from_array(np.array(0.1, np.float32), "s")],
+    )
+
+
+def test_stored_precision_tells_quantized_and_half_models(tmp_path: Path) -> None:
+    half = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["x16"], to=TensorProto.FLOAT16),
+         helper.make_node("MatMul", ["x16", "w"], ["y16"]),
+         helper.make_node("Cast", ["y16"], ["y"], to=TensorProto.FLOAT)],
+        "half",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [numpy_helper.from_array(np.ones((4, 2), np.float16), "w")],
+    )  # fmt: skip
+    cases = {
+        "qdq": (qdq_graph(activations=True), "int8"),
+        # Weights stored in int8 and dequantized: computed in float, as ONNX defines it.
+        "weights_only": (qdq_graph(activations=False), "fp32"),
+        "half": (half, "fp16"),
+        "plain": (helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "plain",
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]), "fp32"),
+    }  # fmt: skip
+    for name, (graph, precision) in cases.items():
+        assert stored_precision(read_graph_io(save(tmp_path / f"{name}.onnx", graph))) == precision
 
 
 @pytest.mark.parametrize(

@@ -24,11 +24,10 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from . import _autocache, _background, _convert, _hardware, _measuring, _registry
+from . import _autocache, _background, _convert, _hardware, _measuring, _parity, _registry
 from ._devices import device_option, effective_device
 from ._digest import model_digest
 from ._errors import ModelError, NoBackendAvailableError, UniferError, UnsupportedOptionError
-from ._parity import UnseedableInputError
 from ._select import (
     Candidate,
     Objective,
@@ -299,6 +298,7 @@ def _choose(
             record.now(str(candidate))  # until the next: a crash measuring it is on record
         return noting_files(candidate)
 
+    stored = _parity.model_precision(path)
     before = _background.sample()
     try:
         trials, kept, defaulted = measure_candidates(
@@ -308,8 +308,9 @@ def _choose(
             budget_s=budget_s,
             reference_only=reference_only,
             dims=dims,
+            stored=stored,
         )
-    except UnseedableInputError as exc:  # string inputs: chosen as without measuring
+    except _parity.UnseedableInputError as exc:  # string inputs: chosen as without measuring
         pool = [c for c in pool if c not in reference_only]
         on_gpu = [c for c in pool if _on_cuda(where(c))]
         why = f"not measured ({exc.message.removesuffix('; pass real inputs for this model')})"
@@ -327,6 +328,11 @@ def _choose(
             session.close()
     all_trials = (*_ordered(trials, ranking), *unavailable)
     notes: list[str] = []
+    if stored != "fp32":
+        notes.append(
+            f"the model computes in {stored} by itself: candidates are judged at {stored}'s "
+            "tolerance (runtimes faithful to it differ as such runs do)"
+        )
     if defaulted:  # the speeds at another size may rank the backends otherwise
         sizes = ", ".join(f"{name}={size}" for name, size in defaulted.items())
         notes.append(

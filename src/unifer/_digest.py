@@ -41,7 +41,7 @@ _MISSING: Final = object()
 
 def content_digest(path: Path) -> str:
     """The sha256 of ``path``'s content, hashed at most once per version of the file."""
-    return _remembered(path, "sha256", sha256_file, _is_str)
+    return remembered(path, "sha256", sha256_file, is_str)
 
 
 def model_digest(path: Path) -> str:
@@ -86,7 +86,7 @@ def missing_external_data(path: Path) -> list[Path]:
     return [f for f in _onnx_external_files(path) if not f.is_file()]
 
 
-def _is_str(value: object) -> TypeGuard[str]:
+def is_str(value: object) -> TypeGuard[str]:
     return isinstance(value, str)
 
 
@@ -94,7 +94,7 @@ def _is_str_list(value: object) -> TypeGuard[list[str]]:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
-def _remembered(
+def remembered(
     path: Path, field: str, compute: Callable[[Path], _T], valid: Callable[[object], TypeGuard[_T]]
 ) -> _T:
     """``compute(path)``, stored as ``field`` of the file's memo entry: computed at most once per
@@ -158,7 +158,7 @@ def _mxnet_params(symbol: Path) -> list[Path]:
 def _onnx_external_files(path: Path) -> list[Path]:
     """The files named by the ``location`` of every tensor's external data, relative to the
     model's directory as the ONNX spec says."""
-    locations = _remembered(path, "external_data", _read_locations, _is_str_list)
+    locations = remembered(path, "external_data", _read_locations, _is_str_list)
     return [path.parent / location for location in locations]
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Final, Literal, NoReturn
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _auto, _convert, _digest, _registry, _select, models
+from . import _auto, _convert, _digest, _parity, _registry, _select, models
 from ._cache import usable_cache_dir
 from ._devices import device_option
 from ._errors import (
@@ -88,6 +88,9 @@ class Engine:
         settings = dict(session.settings)
         if conversion is not None:  # the file the session runs was converted from ``model``
             settings["conversion"] = conversion.to_dict()
+        if model is not None and (stored := _parity.model_precision(model)) != "fp32":
+            # "precision" is what the runtime was let add; a quantized model is int8 anyway.
+            settings["model_precision"] = stored
         self._settings = MappingProxyType(settings)
         self._selection = selection
         self._closed = False

@@ -6,8 +6,8 @@ names, and OpenVINO's model cache must skip some operators. ``onnx.load`` would 
 parses every initializer (on ArcFace IResNet100: 0.27 s and +490 MiB peak RSS) and would make the
 ``onnx`` package a dependency of the plugins. This module decodes the protobuf wire format
 directly from a memory map instead: only the graph's input and output ``ValueInfoProto``
-messages, the initializer names and the nodes' operator types are read; every other field, the
-weights included, is skipped by its length.
+messages, the initializers' names and types and the nodes' operator types are read; every other
+field, the weights included, is skipped by its length.
 
 The field numbers are those of ``onnx/onnx.proto`` (stable since IR version 3).
 """
@@ -23,7 +23,7 @@ from typing import Final
 
 from unifer._protowire import LEN, VARINT, WireFormatError, fields
 
-__all__ = ["GraphIO", "OnnxFormatError", "ValueInfo", "read_graph_io"]
+__all__ = ["GraphIO", "OnnxFormatError", "ValueInfo", "read_graph_io", "stored_precision"]
 
 # ModelProto
 _MODEL_GRAPH: Final = 7
@@ -34,6 +34,7 @@ _GRAPH_INPUT: Final = 11
 _GRAPH_OUTPUT: Final = 12
 _GRAPH_SPARSE_INITIALIZER: Final = 15
 # TensorProto / SparseTensorProto
+_TENSOR_DATA_TYPE: Final = 2
 _TENSOR_NAME: Final = 8
 _SPARSE_VALUES: Final = 1
 # NodeProto and AttributeProto (a subgraph of If, Loop, Scan)
@@ -54,6 +55,34 @@ _TENSOR_SHAPE: Final = 2
 _SHAPE_DIM: Final = 1
 _DIM_VALUE: Final = 1
 _DIM_PARAM: Final = 2
+
+#: Operators that compute in int8 (ONNX's QDQ and QOperator forms, onnxruntime's contrib ones).
+#: A DequantizeLinear alone is not among them: weights stored in int8 and dequantized are then
+#: computed with in float (a weight-only quantized model).
+_INT8_OPS: Final = frozenset(
+    {
+        "ConvInteger",
+        "DynamicQuantizeLinear",
+        "DynamicQuantizeMatMul",
+        "MatMulInteger",
+        "MatMulIntegerToFloat",
+        "QAttention",
+        "QGemm",
+        "QLinearAdd",
+        "QLinearAveragePool",
+        "QLinearConcat",
+        "QLinearConv",
+        "QLinearGlobalAveragePool",
+        "QLinearLeakyRelu",
+        "QLinearMatMul",
+        "QLinearMul",
+        "QLinearSigmoid",
+        "QLinearSoftmax",
+        "QuantizeLinear",
+    }
+)
+_FLOAT16: Final = 10
+_BFLOAT16: Final = 16
 
 #: The file is not a well-formed ONNX ModelProto (truncated, or not protobuf at all).
 OnnxFormatError = WireFormatError
@@ -81,6 +110,8 @@ class GraphIO:
     outputs: tuple[ValueInfo, ...]
     op_types: frozenset[str]
     """Every operator type of the graph, its subgraphs' (If, Loop, Scan) included."""
+    initializer_types: frozenset[int] = frozenset()
+    """The ``TensorProto.DataType`` of the graph's initializers (10 = FLOAT16...)."""
 
 
 def read_graph_io(path: Path) -> GraphIO:
@@ -94,6 +125,18 @@ def read_graph_io(path: Path) -> GraphIO:
     """
     with _mapped(path) as buf:
         return _read_model(buf)
+
+
+def stored_precision(graph: GraphIO) -> str:
+    """The reduced precision a model computes in by itself, whatever a runtime is asked for:
+    ``"int8"`` with quantized operators, ``"bf16"``/``"fp16"`` with such weights, inputs or
+    outputs; else ``"fp32"``."""
+    if graph.op_types & _INT8_OPS:
+        return "int8"
+    types = graph.initializer_types | {v.elem_type for v in (*graph.inputs, *graph.outputs)}
+    if _BFLOAT16 in types:
+        return "bf16"
+    return "fp16" if _FLOAT16 in types else "fp32"
 
 
 @contextlib.contextmanager
@@ -125,7 +168,7 @@ def _read_model(buf: mmap.mmap) -> GraphIO:
         raise OnnxFormatError("it holds no graph")
     inputs: list[ValueInfo] = []
     outputs: list[ValueInfo] = []
-    initializers: set[str] = set()
+    initializers: dict[str, int] = {}
     op_types: set[str] = set()
     # A message field repeated on the wire is merged by protobuf; for the repeated fields read
     # here that means appending, so every occurrence of the graph is read in order.
@@ -140,24 +183,27 @@ def _read_model(buf: mmap.mmap) -> GraphIO:
             elif number == _GRAPH_OUTPUT:
                 outputs.append(_value_info(buf, a, b))
             elif number == _GRAPH_INITIALIZER:
-                initializers.add(_tensor_name(buf, a, b))
+                initializers.update([_tensor_name_and_type(buf, a, b)])
             elif number == _GRAPH_SPARSE_INITIALIZER:
                 for n, w, va, vb in fields(buf, a, b):
                     if n == _SPARSE_VALUES and w == LEN:
-                        initializers.add(_tensor_name(buf, va, vb))
+                        initializers.update([_tensor_name_and_type(buf, va, vb)])
     return GraphIO(
         inputs=tuple(v for v in inputs if v.name not in initializers),
         outputs=tuple(outputs),
         op_types=frozenset(op_types),
+        initializer_types=frozenset(initializers.values()),
     )
 
 
-def _tensor_name(buf: mmap.mmap, start: int, end: int) -> str:
-    name = ""
+def _tensor_name_and_type(buf: mmap.mmap, start: int, end: int) -> tuple[str, int]:
+    name, data_type = "", 0
     for number, wire, a, b in fields(buf, start, end):
         if number == _TENSOR_NAME and wire == LEN:
             name = _text(buf, a, b)
-    return name
+        elif number == _TENSOR_DATA_TYPE and wire == VARINT:
+            data_type = a
+    return name, data_type
 
 
 def _value_info(buf: mmap.mmap, start: int, end: int) -> ValueInfo:

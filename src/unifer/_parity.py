@@ -9,17 +9,56 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 import numpy as np
 
+from . import _digest, _onnx_io
 from ._errors import InputError
-from .backend import Dim, TensorSpec
+from .backend import Dim, Precision, TensorSpec
 
 #: At fp32 an output may differ from the reference by at most this fraction of the largest
 #: reference magnitude, with at least this cosine similarity.
 FP32_MAX_RELATIVE_DIFF: Final = 1e-4
 FP32_MIN_COSINE: Final = 0.99999
+
+#: Accuracy each precision must keep against the fp32 reference: (max relative diff, min cosine).
+TOLERANCE: Final[Mapping[str, tuple[float, float]]] = {
+    "fp32": (FP32_MAX_RELATIVE_DIFF, FP32_MIN_COSINE),
+    "fp16": (1e-2, 0.9999),
+    "bf16": (5e-2, 0.999),
+    "int8": (2e-1, 0.99),
+}
+
+
+def judged_as(precision: Precision, stored: Precision) -> Precision:
+    """The precision whose tolerance judges a run at ``precision`` of a model that computes in
+    ``stored`` by itself: the looser. Two runtimes both faithful to an int8 model differ as int8
+    runs do (their requantization rounds apart), whatever precision= they were asked for."""
+    order = list(TOLERANCE)
+    return max(precision, stored, key=order.index)
+
+
+def model_precision(path: Path) -> Precision:
+    """:func:`~unifer._onnx_io.stored_precision` of the ONNX model at ``path`` (remembered per
+    version of the file); ``"fp32"`` for other formats and files it cannot read, for which
+    nothing is known."""
+    if path.suffix.lower() != ".onnx":
+        return "fp32"
+
+    def read(file: Path) -> str:
+        try:
+            return _onnx_io.stored_precision(_onnx_io.read_graph_io(file))
+        except (OSError, _onnx_io.OnnxFormatError):
+            return "fp32"  # every backend will say what is wrong with the file
+
+    try:
+        stored = _digest.remembered(path, "stored_precision", read, _digest.is_str)
+    except OSError:
+        return "fp32"
+    return stored if stored in TOLERANCE else "fp32"  # type: ignore[return-value]
+
 
 #: The floor of the scale a difference is divided by, as a Python float: a numpy scalar would make
 #: the ratio a numpy scalar too, which JSON (the conversion cache's manifest) cannot hold.

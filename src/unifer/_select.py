@@ -25,13 +25,13 @@ import numpy as np
 
 from ._errors import NoBackendAvailableError, UniferError
 from ._parity import (
-    FP32_MAX_RELATIVE_DIFF,
-    FP32_MIN_COSINE,
+    TOLERANCE,
     Parity,
     UnseedableInputError,
     compare,
     inner_names,
     is_batch,
+    judged_as,
     seeded_feeds,
 )
 from ._registry import STATIC_ORDER
@@ -55,13 +55,6 @@ THROUGHPUT_BATCH: Final = 8
 #: where a 3x3 convolution uses every tap (as the conversion check feeds it); 1 where the model
 #: cannot run at that size.
 DEFAULT_SIZE: Final = 32
-#: Accuracy each precision must keep against the fp32 reference: (max relative diff, min cosine).
-TOLERANCE: Final[Mapping[str, tuple[float, float]]] = {
-    "fp32": (FP32_MAX_RELATIVE_DIFF, FP32_MIN_COSINE),
-    "bf16": (5e-2, 0.999),
-    "fp16": (1e-2, 0.9999),
-    "int8": (2e-1, 0.99),
-}
 _PRECISION_ORDER: Final = ("fp32", "fp16", "bf16", "int8")
 
 
@@ -204,6 +197,7 @@ def measure_candidates(
     budget_s: float | None,
     reference_only: Collection[Candidate] = (),
     dims: Mapping[str, int] | None = None,
+    stored: Precision = "fp32",
     measure_fn: MeasureFn = measure,
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[list[Trial], dict[Candidate, Session], dict[str, int]]:
@@ -213,7 +207,9 @@ def measure_candidates(
     Only sessions within the tie tolerance of the best so far stay open, so the winner needs no
     second load and memory holds few models at a time. ``reference_only`` candidates (fp32, put
     first in ``pool`` when the caller's precisions exclude fp32) only give the reference: the
-    first that runs does, is listed as skipped, and the rest are not opened.
+    first that runs does, is listed as skipped, and the rest are not opened. ``stored``: the
+    precision the model computes in by itself (a quantized model's int8), which no candidate is
+    judged more strictly than.
     """
     trials: list[Trial] = []
     kept: dict[Candidate, Session] = {}
@@ -263,7 +259,7 @@ def measure_candidates(
                     continue
             else:
                 parity = compare(reference, outputs)
-                max_rel, min_cos = TOLERANCE[candidate.precision]
+                max_rel, min_cos = TOLERANCE[judged_as(candidate.precision, stored)]
                 if not parity.within(max_rel, min_cos):
                     trials.append(
                         Trial(

@@ -7,7 +7,9 @@ for) and the largest absolute difference (scale). The verdict is ``Parity.within
 ``backend="auto"`` applies: "yes" when the smallest cosine is at least ``cosine`` and every
 output's largest difference is at most ``rtol * max|that output's reference|`` (each output on its
 own scale: a large output must not excuse a small one). The thresholds depend on the precision
-asked for (:data:`TOLERANCES`), since bf16 is expected to differ from fp32 in the third digit.
+asked for (:data:`TOLERANCES`), since bf16 is expected to differ from fp32 in the third digit,
+and on the precision the model computes in by itself (a quantized model's int8: two runtimes
+faithful to it differ as int8 runs do), whichever is looser.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from .. import _parity, _select
+from .. import _parity
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,11 +38,11 @@ class Tolerance:
 
 
 #: Per precision, the thresholds ``backend="auto"`` uses to reject a candidate (one definition, in
-#: ``unifer._select``): fp32 must be faithful (BASELINE.md measured cos 1.0 and ~3e-5 on values up
+#: ``unifer._parity``): fp32 must be faithful (BASELINE.md measured cos 1.0 and ~3e-5 on values up
 #: to ~4.8 for every fp32 runtime), reduced precisions are judged by what they can keep.
 TOLERANCES: Final[Mapping[str, Tolerance]] = {
     precision: Tolerance(cosine=min_cosine, rtol=max_relative)
-    for precision, (max_relative, min_cosine) in _select.TOLERANCE.items()
+    for precision, (max_relative, min_cosine) in _parity.TOLERANCE.items()
 }
 
 

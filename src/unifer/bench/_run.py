@@ -26,7 +26,7 @@ from typing import Any, Final, Literal
 
 import numpy as np
 
-from .. import _registry, models
+from .. import _parity, _registry, models
 from .._digest import model_digest, model_files
 from .._engine import readers, resolve_model
 from .._errors import (
@@ -37,7 +37,7 @@ from .._errors import (
 )
 from .._hardware import fingerprint, fingerprint_digest
 from .._preprocess import Preprocess, load_sidecar
-from ..backend import Availability, TensorSpec
+from ..backend import Availability, Precision, TensorSpec
 from ..models._iresnet import BATCH_DIM
 from . import _energy
 from ._grid import (
@@ -225,6 +225,8 @@ def run(
     if builtin:  # built-in models are ONNX: find the backends before generating one (seconds)
         names, skipped = _select_here(".onnx", here, backend_options, elsewhere)
     path, preprocess, model_info = _resolve_model(model, preprocess, batches)
+    # A quantized model's runs are judged as int8 runs, whatever precision they were asked for.
+    model_info["stored_precision"] = _parity.model_precision(path)
     suffix = path.suffix.lower()
     if not builtin:
         names, skipped = _select_here(suffix, here, backend_options, elsewhere)
@@ -325,7 +327,7 @@ def run(
                 configs,
                 records,
                 conversions,
-                ref_outputs,
+                (ref_outputs, model_info["stored_precision"]),
                 base_job,
                 root,
                 settings,
@@ -505,7 +507,7 @@ def _measure_each(
     configs: Sequence[Config],
     records: list[dict[str, Any]],
     conversions: Mapping[str, dict[str, Any]],
-    ref_outputs: Mapping[int, dict[str, np.ndarray] | str],
+    references: tuple[Mapping[int, dict[str, np.ndarray] | str], Precision],
     base_job: Mapping[str, Any],
     root: Path,
     settings: Settings,
@@ -513,13 +515,15 @@ def _measure_each(
     notify: ProgressCallback,
 ) -> None:
     """Measure each configuration in a worker of its own, appending to ``records`` as each
-    finishes (so that an interrupted run keeps those done)."""
+    finishes (so that an interrupted run keeps those done). ``references``: the reference's
+    outputs per batch (or why there are none), and the precision the model stores."""
+    ref_outputs, stored = references
     total = len(configs)
     for index, config in enumerate(configs, start=1):
         notify(Progress(index, total, config, "starting"))
         conversion = conversions.get(_backend(config.backend))
         if conversion is not None and "error" in conversion:
-            record = _record(config, {"status": "error", "error": conversion["error"]}, "")
+            record = _record(config, {"status": "error", "error": conversion["error"]}, "", stored)
             record["conversion"] = conversion
             records.append(record)
             notify(Progress(index, total, config, "done", record=record))
@@ -535,7 +539,8 @@ def _measure_each(
             settings.worker_timeout_s,
             python=elsewhere.get(_backend(config.backend)),
         )
-        record = _record(config, raw, ref_outputs.get(config.batch, "no reference run"))
+        reference = ref_outputs.get(config.batch, "no reference run")
+        record = _record(config, raw, reference, stored)
         record["conversion"] = conversion
         records.append(record)
         notify(Progress(index, total, config, "done", record=record))
@@ -658,7 +663,10 @@ def _tail(path: Path, lines: int = 12) -> list[str]:
 
 
 def _record(
-    config: Config, raw: dict[str, Any], reference: dict[str, np.ndarray] | str
+    config: Config,
+    raw: dict[str, Any],
+    reference: dict[str, np.ndarray] | str,
+    stored: Precision,
 ) -> dict[str, Any]:
     """A results.json record: the configuration, what the worker measured, and the integrity."""
     record: dict[str, Any] = {
@@ -688,7 +696,8 @@ def _record(
     elif isinstance(reference, str):
         record["integrity"] = {"ok": None, "problem": reference}
     else:
-        record["integrity"] = compare(outputs, reference, TOLERANCES[config.precision])
+        tolerance = TOLERANCES[_parity.judged_as(config.precision, stored)]
+        record["integrity"] = compare(outputs, reference, tolerance)
     record["worker"] = raw.get("worker")
     if raw.get("traceback"):
         record["traceback"] = raw["traceback"]

@@ -131,7 +131,8 @@ class OnnxRuntimeBackend:
             why=(
                 "it runs every model at the precision stored in the file and has no switch to "
                 "lower it. Quantize or convert the model itself (onnxruntime.quantization, or an "
-                "fp16 export) and load that file"
+                "fp16 export) and load that file with precision='fp32' (the default): it runs "
+                "quantized as stored, and settings['model_precision'] says so"
             ),
         )
         warn_unknown_options(self.name, options.extra, KNOWN_OPTIONS)

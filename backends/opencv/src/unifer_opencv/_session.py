@@ -249,7 +249,8 @@ def _check_precision(precision: str) -> None:
     else:
         why = (
             "OpenCV DNN runs a model at the precision stored in the file and cannot quantize it "
-            "while loading; load an already quantized ONNX model with precision='fp32'"
+            "while loading; load an already quantized ONNX model with precision='fp32' (the "
+            "default): it runs quantized as stored, and settings['model_precision'] says so"
         )
     reject_precision(NAME, precision, ("fp32",), why)
 

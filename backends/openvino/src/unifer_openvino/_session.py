@@ -522,7 +522,8 @@ def _precision_hint(
     if options.precision == "int8":
         why = (
             "OpenVINO runs INT8 only from a model that is already quantized (for example with "
-            "NNCF); load the quantized model with precision='fp32'"
+            "NNCF); load the quantized model with precision='fp32' (the default): it runs "
+            "quantized as stored, and settings['model_precision'] says so"
         )
     else:
         why = (
