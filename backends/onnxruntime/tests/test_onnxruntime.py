@@ -304,6 +304,42 @@ def test_non_tensor_input_is_a_model_load_error(tmp_path: Path) -> None:
         Engine.load(model, backend="onnxruntime")
 
 
+def test_a_classifiers_zipmap_output_names_the_sklearn_onnx_option(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("ZipMap", ["p"], ["probabilities"], domain="ai.onnx.ml",
+                          classlabels_int64s=[0, 1])],
+        "clf",
+        [tensor("p", TensorProto.FLOAT, [None, 2])],
+        [helper.make_value_info("probabilities", helper.make_sequence_type_proto(
+            helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(
+                TensorProto.FLOAT, []))))],
+    )  # fmt: skip
+    opsets = [helper.make_opsetid("", 13), helper.make_opsetid("ai.onnx.ml", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    save_model(model, tmp_path / "clf.onnx")
+    with pytest.raises(ModelLoadError, match=r"options=\{'zipmap': False\}"):
+        Engine.load(tmp_path / "clf.onnx", backend="onnxruntime")
+
+
+@pytest.mark.parametrize(("opset", "ir"), [(40, 10), (17, 20)])
+def test_a_model_for_a_newer_onnx_says_upgrade_not_redownload(
+    tmp_path: Path, opset: int, ir: int
+) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "new",
+        [tensor("x", TensorProto.FLOAT, [1])],
+        [tensor("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = ir
+    save_model(model, tmp_path / "new.onnx")
+    with pytest.raises(ModelLoadError, match="newer ONNX than this onnxruntime reads") as info:
+        Engine.load(tmp_path / "new.onnx", backend="onnxruntime")
+    assert "pip install -U" in str(info.value) and "re-download" not in str(info.value)
+
+
 def test_ort_format_model_loads(mlp: Path, tmp_path: Path) -> None:
     ort_model = tmp_path / "mlp.ort"
     options = ort.SessionOptions()

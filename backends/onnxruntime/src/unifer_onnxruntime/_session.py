@@ -135,6 +135,12 @@ class OrtSession:
         self._session = None
 
 
+#: How onnxruntime says a model is stamped with an opset or IR version newer than it reads.
+_NEWER_ONNX: Final = re.compile(
+    r"Opset \d+ is under development|Unsupported model IR version: \d+, max supported IR version: "
+    r"\d+|official support for domain \S+ is till opset \d+"
+)
+
 _MATMULNBITS_ACCURACY: Final = "session.qdq_matmulnbits_accuracy_level"
 
 
@@ -167,12 +173,23 @@ def open_session(model: Path, *, threads: int | None, extra: Mapping[str, object
             ) from exc
     # optimized_model_filepath stays unset: ORT would write the optimized model to disk.
 
-    with translate_errors(NAME, *NATIVE_ERRORS, model=model):
-        # enable_fallback=0: on an EP failure ORT's Python wrapper would otherwise print to stdout
-        # and silently retry on CPU, both at creation and inside run().
-        session = ort.InferenceSession(
-            os.fspath(model), options, providers=providers, enable_fallback=0
-        )
+    try:
+        with translate_errors(NAME, *NATIVE_ERRORS, model=model):
+            # enable_fallback=0: on an EP failure ORT's Python wrapper would otherwise print to
+            # stdout and silently retry on CPU, both at creation and inside run().
+            session = ort.InferenceSession(
+                os.fspath(model), options, providers=providers, enable_fallback=0
+            )
+    except ModelLoadError as exc:
+        said = _NEWER_ONNX.findall(str(exc.__cause__))
+        if said:  # not a damaged file: an older onnxruntime
+            raise ModelLoadError(
+                f"onnxruntime {ort.__version__} cannot load {model}: it was saved for a newer ONNX "
+                f"than this onnxruntime reads ({'; '.join(said)}). "
+                'Upgrade it (pip install -U "unifer[onnxruntime]"), or export the model at a '
+                "lower opset"
+            ) from exc.__cause__
+        raise
     try:
         _check_applied(session, providers, preloaded)
         return OrtSession(session, model, tuple(config))
@@ -340,9 +357,16 @@ def _spec(model: Path, kind: str, arg: Any) -> TensorSpec:
             if not str(arg.type).startswith("tensor(")
             else "tensors of numpy element types only"
         )
+        zipmap = (
+            " (sklearn-onnx writes a list of maps for classifiers' probabilities unless "
+            "converted with options={'zipmap': False})"
+            if str(arg.type).startswith("seq(map(")
+            else ""
+        )
         raise ModelLoadError(
             f"{model} has {kind} {arg.name!r} of type {arg.type}; unifer handles {what}. "
-            "Re-export the model with plain tensor inputs and outputs, or use onnxruntime directly"
+            f"Re-export the model with plain tensor inputs and outputs{zipmap}, or use "
+            "onnxruntime directly"
         )
     # ORT reports a fixed dim as int, a named one as str, an unknown one as None (older releases
     # and some exporters use negative ints for unknown).
