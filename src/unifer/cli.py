@@ -430,7 +430,8 @@ def info(
         data = {
             "model": model,
             "path": str(path),
-            "size_bytes": path.stat().st_size,
+            # Every file of the model: an ONNX file with external data is a few hundred bytes.
+            "size_bytes": sum(f.stat().st_size for f in _digest.model_files(path)),
             "opened_with": engine.backend,
             "device": engine.settings.get("device"),
             "inputs": [spec_dict(s) for s in engine.inputs],
@@ -444,7 +445,7 @@ def info(
         emit_json(data)
         return
     where = f" on {data['device']}" if data["device"] else ""
-    click.echo(f"{path} ({path.stat().st_size:,} bytes), opened with {engine.backend}{where}")
+    click.echo(f"{path} ({data['size_bytes']:,} bytes), opened with {engine.backend}{where}")
     for title, specs in (("inputs", engine.inputs), ("outputs", engine.outputs)):
         click.echo(f"{title}:")
         for spec in specs:
