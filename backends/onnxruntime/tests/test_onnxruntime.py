@@ -304,6 +304,18 @@ def test_non_tensor_input_is_a_model_load_error(tmp_path: Path) -> None:
         Engine.load(model, backend="onnxruntime")
 
 
+def test_an_input_of_unknown_rank_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """onnxruntime reports it as a scalar: 'expects rank 0' met every real feed, with no fix."""
+    model = save(
+        tmp_path / "norank.onnx",
+        [helper.make_node("Relu", ["x"], ["y"])],
+        [tensor("x", TensorProto.FLOAT, None)],
+        [tensor("y", TensorProto.FLOAT, None)],
+    )
+    with pytest.raises(ModelLoadError, match=r"declares no shape for input 'x'.*Declare its"):
+        Engine.load(model, backend="onnxruntime")
+
+
 def test_a_classifiers_zipmap_output_names_the_sklearn_onnx_option(tmp_path: Path) -> None:
     graph = helper.make_graph(
         [helper.make_node("ZipMap", ["p"], ["probabilities"], domain="ai.onnx.ml",

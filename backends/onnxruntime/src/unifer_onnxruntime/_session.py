@@ -23,6 +23,7 @@ from onnxruntime.capi import build_and_package_info as _build_info
 from onnxruntime.capi import onnxruntime_pybind11_state as _native
 
 from unifer._errors import InferenceError, ModelLoadError, UnsupportedOptionError
+from unifer._onnx_io import OnnxFormatError, read_graph_io
 from unifer.backend import TensorSpec, translate_errors
 
 NAME: Final = "onnxruntime"
@@ -102,6 +103,8 @@ class OrtSession:
     def __init__(self, session: Any, model: Path, config_keys: Sequence[str] = ()) -> None:
         self._session: Any = session
         self._inputs = tuple(_spec(model, "input", arg) for arg in session.get_inputs())
+        if any(not spec.shape for spec in self._inputs):
+            _refuse_unknown_ranks(model)
         self._outputs = tuple(_spec(model, "output", arg) for arg in session.get_outputs())
         self._output_names = tuple(spec.name for spec in self._outputs)
         self._settings = MappingProxyType(_settings(session, config_keys))
@@ -347,6 +350,24 @@ def _install_hint(name: str) -> str:
         f"It ships with {dist}: pip uninstall -y onnxruntime && pip install {dist} (keep only one "
         "onnxruntime distribution installed), or pass providers=['CPUExecutionProvider']"
     )
+
+
+def _refuse_unknown_ranks(model: Path) -> None:
+    """onnxruntime reports an input that declares no shape as a scalar (shape []): no array but
+    a scalar would then pass the engine's checks. Refused with the fix instead."""
+    if model.suffix.lower() != ".onnx":
+        return
+    try:
+        graph = read_graph_io(model)
+    except OnnxFormatError:  # onnxruntime read it: the wire-level reader missed something
+        return
+    if unknown := [v.name for v in graph.inputs if v.kind == "tensor" and v.shape is None]:
+        raise ModelLoadError(
+            f"{model} declares no shape for input {', '.join(map(repr, unknown))} (its rank is "
+            "unknown), so unifer cannot check what is fed to it. Declare its shape when "
+            "exporting, or in the file: one entry per axis in graph.input[i].type.tensor_type."
+            "shape.dim (dim_param 'N' for a dynamic one)"
+        )
 
 
 def _spec(model: Path, kind: str, arg: Any) -> TensorSpec:
