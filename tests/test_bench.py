@@ -543,6 +543,25 @@ def test_terminal_table():
     assert "disturbed: alpha threads=default:" in table
 
 
+def test_a_thread_count_the_runtime_did_not_apply_is_shown_beside_the_request():
+    """OpenVINO caps threads at the cores it may use: a row labelled 4 that ran on 2 read as a
+    real 4-thread configuration next to 'default (2)'."""
+    capped = _record("alpha", 4, 100.0)
+    capped["settings"] = {"threads": 2}
+    result = synthetic_result()
+    result.records.append(capped)
+    assert "4 (applied 2)" in bench.format_table(result)
+    assert "4 (applied 2)" in markdown(result)
+
+
+def test_inputs_fed_are_said_per_batch():
+    result = synthetic_result()
+    for record, batch in zip(result.records[:2], (1, 4), strict=True):
+        record["batch"] = batch
+        record["inputs"] = {"shapes": {"x": [batch, 3, 8, 8]}, "defaulted_dims": []}
+    assert "x [1, 3, 8, 8] (batch 1); x [4, 3, 8, 8] (batch 4)" in markdown(result)
+
+
 def test_terminal_table_throughput_is_samples_per_second():
     result = synthetic_result()
     record = result.records[0]  # 200 ms per call: 5 inferences/s
@@ -655,6 +674,8 @@ def test_every_backend_is_measured_with_sane_figures(tiny_run, onnx_backends):
         load = record["load"]
         assert load["runtime_import_s"] >= 0 and load["cold_s"] > 0 and load["warm_s"] > 0
         assert load["first_inference_ms"] > 0
+        # Timed on its own: a difference of two medians was often negative.
+        assert 0 < record["latency"]["preprocess_ms"] < record["latency"]["end_to_end"]["median_ms"]
         throughput = record["throughput"]
         assert throughput["samples_per_s"] == pytest.approx(throughput["inferences_per_s"])
         assert throughput["inferences_per_s"] == pytest.approx(

@@ -314,6 +314,17 @@ def test_threads_are_applied_and_reported(tmp_path: Path, threads: int) -> None:
         assert engine.settings["threads"] == threads
 
 
+def test_more_threads_than_cores_are_capped_with_a_warning(tmp_path: Path) -> None:
+    """OpenVINO's CPU plugin silently runs at most one thread per usable core; a bench row
+    labelled with the request read as a configuration that never ran."""
+    path, _, _ = integer_matmul(tmp_path)
+    asked = len(os.sched_getaffinity(0)) + 3
+    with pytest.warns(UniferWarning, match=f"runs \\d+ threads, not the {asked} asked for"):
+        engine = Engine.load(path, backend="openvino", threads=asked)
+    with engine:
+        assert engine.settings["threads"] < asked
+
+
 def test_settings_are_read_back(tmp_path: Path) -> None:
     path, _, _ = integer_matmul(tmp_path)
     with Engine.load(path, backend="openvino") as engine:

@@ -50,11 +50,14 @@ def _ms(value: Any) -> str:
 
 
 def threads_text(record: dict[str, Any]) -> str:
-    """``"2"``, or ``"default (2)"`` with the count the runtime really used when it reports it."""
-    if record["threads"] is not None:
-        return str(record["threads"])
+    """``"2"``, or ``"default (2)"`` with the count the runtime really used when it reports it,
+    or ``"4 (applied 2)"`` where the runtime used another count than the one asked for."""
     applied = _get(record, "settings", "threads")
-    return f"default ({applied})" if isinstance(applied, int) and applied > 0 else "default"
+    known = isinstance(applied, int) and applied > 0
+    if record["threads"] is not None:
+        differs = known and applied != record["threads"]
+        return f"{record['threads']} (applied {applied})" if differs else str(record["threads"])
+    return f"default ({applied})" if known else "default"
 
 
 def _other_load(record: dict[str, Any]) -> str:
@@ -103,13 +106,17 @@ def _headline_name(result: Result) -> str:
 
 
 def _fed(result: Result) -> tuple[str, str | None] | None:
-    """What the model was fed in the first successful record (seeded feeds, or the preprocessed
-    images), and a warning when dynamic dimensions were left at 1 for want of a --dim."""
-    record = next((r for r in result.ok_records() if r.get("inputs")), None)
-    if record is None:
+    """What the model was fed at each batch size (seeded feeds, or the preprocessed images),
+    and a warning when dynamic dimensions were left at 1 for want of a --dim."""
+    per_batch = {r["batch"]: r for r in result.ok_records() if r.get("inputs")}
+    if not per_batch:
         return None
-    fed = record["inputs"]
-    shapes = ", ".join(f"{name} {shape}" for name, shape in fed["shapes"].items())
+    fed = next(iter(per_batch.values()))["inputs"]
+    shapes = "; ".join(
+        ", ".join(f"{name} {shape}" for name, shape in r["inputs"]["shapes"].items())
+        + f" (batch {batch})"
+        for batch, r in sorted(per_batch.items())
+    )
     warning = (
         f"dynamic dimension(s) fed as 1: {', '.join(fed['defaulted_dims'])}; give a named one "
         "its real size with --dim NAME=SIZE (bench.run(dims=...)), or the figures describe a "
@@ -117,7 +124,7 @@ def _fed(result: Result) -> tuple[str, str | None] | None:
         if fed["defaulted_dims"]
         else None
     )
-    return f"{shapes} (batch {record['batch']})", warning
+    return shapes, warning
 
 
 def _warnings(records: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:

@@ -406,6 +406,12 @@ class OpenVINOSession:
                 )
             _check_ports(compiled, model)
             threads = _get(compiled, "INFERENCE_NUM_THREADS")
+            if options.threads is not None and threads is not None and threads != options.threads:
+                warn_user(
+                    f"OpenVINO on {device} runs {threads} threads, not the {options.threads} "
+                    "asked for: its CPU plugin uses at most one per core this process may run "
+                    "on (settings['threads'] says what it applied)"
+                )
             dynamic_quantization = _get(compiled, "DYNAMIC_QUANTIZATION_GROUP_SIZE")
             streams = _get(compiled, "NUM_STREAMS")
             performance = _get(compiled, "PERFORMANCE_HINT")
