@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fcntl
+import os
+import threading
 import time
 
 from unifer import _measuring
@@ -52,3 +54,54 @@ def test_a_measurement_that_never_ends_does_not_hang_the_others(monkeypatch, cap
         assert time.monotonic() - start < 5
     assert "measuring without waiting" in caplog.text
     assert not (cache_dir("locks") / "auto-h.json").exists()
+
+
+def test_another_thread_of_this_process_is_waited_for_no_longer_either(monkeypatch, caplog):
+    """A thread whose measurement hangs (a hung runtime) held every other thread's load of the
+    same model forever; the threads now get the processes' bounded wait."""
+    monkeypatch.setattr(_measuring, "LOCK_WAIT_S", 0.3)
+    holding, release = threading.Event(), threading.Event()
+
+    def hung() -> None:
+        with _measuring.measuring("t"):
+            holding.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hung)
+    thread.start()
+    try:
+        holding.wait(10)
+        start = time.monotonic()
+        with _measuring.measuring("t") as record:
+            record.now("x/fp32/threads=1")
+        assert time.monotonic() - start < 5  # the wait, not the other thread's 30 s
+    finally:
+        release.set()
+        thread.join()
+    assert "another thread has been measuring" in caplog.text
+
+
+def test_a_forked_child_does_not_wait_for_a_thread_the_fork_left_behind():
+    """A thread of the parent measuring at the fork does not exist in the child: its in-process
+    lock would stay held there forever."""
+    holding, release = threading.Event(), threading.Event()
+
+    def measuring_in_the_parent() -> None:
+        with _measuring._threads_turn("f", time.monotonic() + 30):
+            holding.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=measuring_in_the_parent)
+    thread.start()
+    holding.wait(10)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: its turn comes at once
+            start = time.monotonic()
+            with _measuring._threads_turn("f", time.monotonic() + 20):
+                os._exit(0 if time.monotonic() - start < 5 else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        release.set()
+        thread.join()

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import platform
-import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -168,7 +167,7 @@ def open_auto(
     # One measurement per key at a time, in this process and across processes: the other
     # callers wait, then take its decision from the cache (measuring at once, each would slow
     # the others down).
-    with _lock_for(key), _measuring.measuring(key) as record:
+    with _measuring.measuring(key) as record:
         cached = _open_cached(key, objective, open_candidate)
         if cached is not None:
             return cached
@@ -190,15 +189,6 @@ def _choosing_or_saying_what_would_convert(
             "and run it: allow that with allow_conversion=True",
             reasons=exc.reasons,
         ) from exc
-
-
-_key_locks: dict[str, threading.Lock] = {}
-_key_locks_guard = threading.Lock()
-
-
-def _lock_for(key: str) -> threading.Lock:
-    with _key_locks_guard:
-        return _key_locks.setdefault(key, threading.Lock())
 
 
 def _choose(

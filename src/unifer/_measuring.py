@@ -22,6 +22,7 @@ import datetime
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -89,35 +90,78 @@ class Record:
 
 @contextlib.contextmanager
 def measuring(key: str) -> Iterator[Record]:
-    """Hold the lock for ``key`` while measuring, and the record of what is measured. Best
-    effort: without a writable cache directory (or ``fcntl``) nothing is held or recorded."""
-    try:
-        directory = cache_dir("locks")
-        lock = (directory / f"auto-{key}.lock").open("a")
-    except OSError:
-        yield Record(None)
-        return
-    with lock:
-        locked = _lock(lock, key)
-        # Unlocked, the record may be a live process's: neither read nor written.
-        record = Record(directory / f"auto-{key}.json" if locked else None)
+    """Hold the lock for ``key`` while measuring, and the record of what is measured: the
+    threads of this process take turns, then the processes; together they wait at most
+    :data:`LOCK_WAIT_S`. Best effort: without a writable cache directory (or ``fcntl``) only the
+    threads take turns, and nothing is recorded."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    with _threads_turn(key, deadline):
         try:
-            yield record
-        finally:
-            record.now(None)
-            if locked:
-                import fcntl
+            directory = cache_dir("locks")
+            lock = (directory / f"auto-{key}.lock").open("a")
+        except OSError:
+            yield Record(None)
+            return
+        with lock:
+            yield from _holding(lock, directory, key, deadline)
 
-                fcntl.flock(lock, fcntl.LOCK_UN)
+
+def _holding(lock: IO[str], directory: Path, key: str, deadline: float) -> Iterator[Record]:
+    locked = _lock(lock, key, deadline)
+    # Unlocked, the record may be a live process's: neither read nor written.
+    record = Record(directory / f"auto-{key}.json" if locked else None)
+    try:
+        yield record
+    finally:
+        record.now(None)
+        if locked:
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _lock(file: IO[str], key: str) -> bool:
-    """Take the lock on ``file``, waiting at most :data:`LOCK_WAIT_S`; whether it was taken."""
+#: One lock per key for the threads of this process (a plain dict: keys are few).
+_thread_locks: dict[str, threading.Lock] = {}
+_thread_locks_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def _threads_turn(key: str, deadline: float) -> Iterator[None]:
+    with _thread_locks_guard:
+        lock = _thread_locks.setdefault(key, threading.Lock())
+    taken = lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
+    if not taken:
+        logger.warning(
+            "another thread has been measuring for %s for over %.0f s; measuring without "
+            "waiting for it",
+            key,
+            LOCK_WAIT_S,
+        )
+    try:
+        yield
+    finally:
+        if taken:
+            lock.release()
+
+
+def _forget_thread_locks() -> None:
+    """In a forked child: a lock some thread of the parent held at the fork would stay held
+    forever (that thread does not exist here), and every load of its key would wait for it."""
+    global _thread_locks_guard
+    _thread_locks.clear()
+    _thread_locks_guard = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_thread_locks)
+
+
+def _lock(file: IO[str], key: str, deadline: float) -> bool:
+    """Take the lock on ``file``, waiting until ``deadline`` at most; whether it was taken."""
     try:
         import fcntl
     except ImportError:  # Windows: each process measures for itself
         return False
-    deadline = time.monotonic() + LOCK_WAIT_S
     while True:
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
