@@ -469,3 +469,57 @@ def test_an_engine_cannot_be_pickled_or_copied(fake_backend, fake_model, how):
     with pytest.raises(TypeError, match=r"cannot be pickled or copied; call Engine.load\(\)"):
         duplicate(engine)
     assert engine.run({"x": np.ones((1, 3), np.float32)})["y"].shape == (1, 3)  # still usable
+
+
+def test_a_forked_child_refuses_an_engine_another_thread_was_running(fake_backend, fake_model):
+    """The runtime's locks and pools were copied taken, with no thread to give them back: runs
+    hung forever (OpenVINO, LiteRT, OpenCV). An engine idle at the fork still works there."""
+    import os
+    import threading
+
+    from unifer.backend import SessionOptions
+
+    inside, leave = threading.Event(), threading.Event()
+
+    class Blocking:
+        def __init__(self) -> None:
+            self.inner = fake_backend().open(fake_model, SessionOptions())
+            self.inputs, self.outputs, self.settings = (
+                self.inner.inputs, self.inner.outputs, self.inner.settings
+            )  # fmt: skip
+
+        def run(self, feeds):
+            inside.set()
+            leave.wait(30)
+            return self.inner.run(feeds)
+
+        def close(self):
+            self.inner.close()
+
+    busy = Engine(Blocking(), backend="fake")
+    idle = Engine.load(fake_model, backend="fake")
+    x = np.ones((1, 3), np.float32)
+    thread = threading.Thread(target=busy.predict, args=(x,))
+    thread.start()
+    try:
+        inside.wait(10)
+        reader, writer = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: answers in one byte, never returns into pytest
+            try:
+                busy.predict(x)
+                verdict = b"r"  # ran (it would have hung with a real runtime)
+            except unifer.InferenceError as exc:
+                verdict = b"y" if "another thread when this process forked" in str(exc) else b"m"
+            busy.close()  # does not touch the copied session's locks
+            verdict += b"y" if idle.predict(x)[0, 0] == 2 else b"n"
+            os.write(writer, verdict)
+            os._exit(0)
+        os.close(writer)
+        with os.fdopen(reader, "rb") as answer:
+            assert answer.read() == b"yy"
+        os.waitpid(pid, 0)
+    finally:
+        leave.set()
+        thread.join()
+    assert busy.predict(x)[0, 0] == 2  # the parent's engine is untouched

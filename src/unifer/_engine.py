@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import weakref
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType, TracebackType
@@ -43,6 +45,25 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"
+
+
+#: Every open Engine, for the fork hook below (weakly: the set never keeps one alive).
+_live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _mark_engines_forked_mid_run() -> None:
+    """In a forked child: an engine another thread was running at the fork holds the runtime's
+    locks and pools as that thread left them (taken, with no thread to give them back): runs
+    would wait forever (OpenVINO, LiteRT, OpenCV did). Such engines refuse to run instead; the
+    others, idle at the fork (a server that loads before forking its workers), go on working."""
+    forking = threading.get_ident()  # the one thread the child has
+    for engine in list(_live_engines):
+        if engine._running - {forking}:
+            engine._forked_mid_run = True
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_mark_engines_forked_mid_run)
 
 
 def _not_an_array_fix(x: object) -> str:
@@ -95,6 +116,11 @@ class Engine:
         self._selection = selection
         self._closed = False
         self._allow_nan = allow_nan
+        # Threads inside run() (set.add/discard are atomic: cheaper than a lock per call), and
+        # whether one was when this process forked (see _mark_engines_forked_mid_run).
+        self._running: set[int] = set()
+        self._forked_mid_run = False
+        _live_engines.add(self)
         if preprocess is not None:
             self._single_io("preprocess=")
             preprocess.check_layout(self._inputs[0])
@@ -377,18 +403,31 @@ class Engine:
             InputError: a feed is missing, unknown, or has the wrong rank, shape, dtype or NaN.
             InferenceError: the runtime failed.
         """
-        if self._closed:
+        if self._closed or self._forked_mid_run:
             raise InferenceError(
-                f"this Engine ({self._backend}) is closed; load the model again to run it",
+                (
+                    f"this Engine ({self._backend}) was running the model in another thread when "
+                    "this process forked: the runtime's state was copied mid-run and would hang "
+                    "here; load the model again in this process (loads after the first are fast)"
+                )
+                if self._forked_mid_run
+                else f"this Engine ({self._backend}) is closed; load the model again to run it",
                 backend=self._backend,
             )
-        return self._session.run(check_feeds(feeds, self._inputs, allow_nan=self._allow_nan))
+        checked = check_feeds(feeds, self._inputs, allow_nan=self._allow_nan)
+        thread = threading.get_ident()
+        self._running.add(thread)
+        try:
+            return self._session.run(checked)
+        finally:
+            self._running.discard(thread)
 
     def close(self) -> None:
         """Release the runtime's resources. Calling it again does nothing."""
         if not self._closed:
             self._closed = True
-            self._session.close()
+            if not self._forked_mid_run:  # its locks may be held by threads not copied here
+                self._session.close()
 
     def __enter__(self) -> Self:
         return self
