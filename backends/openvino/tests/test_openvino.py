@@ -568,6 +568,29 @@ def test_a_cache_that_cannot_be_written_warns_and_compiles_without_it(
         np.testing.assert_array_equal(engine.run({"x": x})["y"], exact)
 
 
+def test_loads_wait_for_a_compile_into_the_same_cache_entry(
+    tmp_path: Path, cache_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenVINO writes a compiled model in place while other processes map it: processes
+    starting together on a cold cache died of SIGBUS. Compiles into one entry take turns; a
+    turn that never comes (a hung compile) costs the cache, not the load."""
+    import fcntl
+
+    from unifer_openvino import _session
+
+    path, x, exact = integer_matmul(tmp_path)
+    with Engine.load(path, backend="openvino") as first:
+        entry = Path(str(first.settings["cache_dir"]))
+    monkeypatch.setattr(_session, "COMPILE_WAIT_S", 0.3)
+    with (entry.parent / "compile.lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another process, compiling
+        with pytest.warns(UniferWarning, match="compiling without the cache"):
+            engine = Engine.load(path, backend="openvino")
+    with engine:
+        assert engine.settings["cache_dir"] is None
+        np.testing.assert_array_equal(engine.run({"x": x})["y"], exact)
+
+
 def test_cache_can_be_turned_off(tmp_path: Path, cache_root: Path) -> None:
     path, _, _ = integer_matmul(tmp_path)
     options = {"openvino": {"cache": False}}

@@ -6,6 +6,7 @@ inside ``probe()`` and ``open()``, so importing the plugin never loads the runti
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -14,7 +15,7 @@ import queue
 import re
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -204,6 +205,56 @@ def _remove_orphans(root: Path, *, keep: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
+#: Seconds a load waits for another process compiling the same model into the cache; then it
+#: compiles without the cache (a hung compile must not hang every later load).
+COMPILE_WAIT_S: Final = 300.0
+
+
+@contextlib.contextmanager
+def _compiling(cache_dir: Path | None, config: dict[str, Any]) -> Iterator[None]:
+    """One compile of a model into its cache directory at a time, across threads and processes.
+
+    OpenVINO 2026.4 writes a compiled model into CACHE_DIR in place while other processes map
+    the same file: processes starting together on a cold cache died of SIGBUS (raw OpenVINO, 3
+    processes x 3 threads: in 4 runs of 4). The others wait, then load what the first wrote.
+    Where no lock can be taken in time, CACHE_DIR is dropped from ``config`` instead.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; OpenVINO's own behaviour
+        yield
+        return
+    if cache_dir is None:
+        yield
+        return
+    try:
+        lock = (cache_dir.parent / "compile.lock").open("a")
+    except OSError:
+        config.pop("CACHE_DIR", None)  # cannot coordinate: compile without the shared file
+        yield
+        return
+    with lock:
+        deadline = time.monotonic() + COMPILE_WAIT_S
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    warn_user(
+                        f"another process has been compiling into {cache_dir} for over "
+                        f"{COMPILE_WAIT_S:.0f} s; compiling without the cache"
+                    )
+                    config.pop("CACHE_DIR", None)
+                    yield
+                    return
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _discard_if_empty(directory: Path | None) -> None:
     """Remove ``directory`` when empty, and its per-path parent when no version is left.
 
@@ -389,7 +440,7 @@ class OpenVINOSession:
         if cache_dir is not None:
             config["CACHE_DIR"] = str(cache_dir)
 
-        with translate_errors(NAME, RuntimeError, model=model):
+        with translate_errors(NAME, RuntimeError, model=model), _compiling(cache_dir, config):
             try:
                 # From the path, not read_model(): on a cache hit OpenVINO skips parsing the model.
                 compiled = core.compile_model(str(model), device, config)
@@ -435,7 +486,7 @@ class OpenVINOSession:
                     if threads is not None
                     else None
                 ),
-                "cache_dir": str(cache_dir) if cache_dir is not None else None,
+                "cache_dir": config.get("CACHE_DIR"),  # None where it had to go without
                 "cache_skipped_for": uncacheable or None,
                 "loaded_from_cache": bool(loaded) if loaded is not None else None,
                 "runtime_version": runtime_version(),
