@@ -32,7 +32,7 @@ from unifer import (
     unregister_backend,
 )
 from unifer._hardware import physical_cores
-from unifer._select import Candidate, Trial, measure_candidates, rank
+from unifer._select import Candidate, Selection, Trial, measure_candidates, rank
 from unifer._timing import Stats
 from unifer.backend import Availability, TensorSpec
 from unifer.testing.fake import FakeBackend
@@ -706,3 +706,20 @@ def test_runtime_environment_variables_are_part_of_the_key(two_fakes, fake_model
     assert Engine.load(fake_model, threads=1, budget_s=0.1).selection.source == "measured"
     monkeypatch.setenv("UNRELATED_SETTING", "1")
     assert Engine.load(fake_model, threads=1, budget_s=0.1).selection.source == "cache"
+
+
+def test_explain_shows_the_relative_difference_the_tolerance_limits():
+    """A cosine of 1.0000000 hid an fp16 run 4e-4 of the scale off, four times fp32's limit."""
+    sessions = {"ref": scripted(), "fp16": scripted(1.0004)}
+    pool = [Candidate("ref", 1, "fp32"), Candidate("fp16", 1, "fp16")]
+    trials, _, _ = measure_candidates(
+        pool,
+        open_candidate=lambda c: sessions[c.backend],
+        objective="latency",
+        budget_s=0.1,
+        measure_fn=lambda call, **kwargs: Stats((1.0,) * 5),
+    )
+    fp16 = next(t for t in trials if t.candidate.backend == "fp16")
+    assert fp16.max_relative_diff == pytest.approx(4e-4, rel=0.01)
+    table = Selection(pool[1], "measured", trials=tuple(trials)).explain()
+    assert "rel diff" in table and "4.0e-04" in table

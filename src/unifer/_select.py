@@ -87,6 +87,8 @@ class Trial:
     runs: int | None = None
     open_s: float | None = None
     max_abs_diff: float | None = None
+    max_relative_diff: float | None = None
+    """``max_abs_diff`` over the reference's largest magnitude: what the tolerance limits."""
     cosine: float | None = None
     reason: str | None = None
 
@@ -117,13 +119,14 @@ class Selection:
         if self.trials:
             lines.append(
                 f"{'candidate':<36} {'status':<18} {'median ms':>10} {'p90 ms':>9} "
-                f"{'open s':>7} {'cosine':>10}  reason"
+                f"{'open s':>7} {'rel diff':>8} {'cosine':>10}  reason"
             )
             for t in self.trials:
                 lines.append(
                     f"{t.candidate!s:<36} {t.status:<18} {_fmt(t.median_ms, '.3f'):>10} "
                     f"{_fmt(t.p90_ms, '.3f'):>9} {_fmt(t.open_s, '.2f'):>7} "
-                    f"{_fmt(t.cosine, '.7f'):>10}  {t.reason or ''}"
+                    f"{_fmt(t.max_relative_diff, '.1e'):>8} {_fmt(t.cosine, '.7f'):>10}  "
+                    f"{t.reason or ''}"
                 )
         return "\n".join(lines)
 
@@ -267,6 +270,7 @@ def measure_candidates(
                             "rejected",
                             open_s=open_s,
                             max_abs_diff=parity.max_abs_diff,
+                            max_relative_diff=parity.max_relative_diff,
                             cosine=parity.min_cosine,
                             reason=(
                                 f"outputs differ from {reference_name}: "
@@ -305,6 +309,7 @@ def measure_candidates(
                     runs=stats.n,
                     open_s=open_s,
                     max_abs_diff=None if parity is None else parity.max_abs_diff,
+                    max_relative_diff=None if parity is None else parity.max_relative_diff,
                     cosine=None if parity is None else parity.min_cosine,
                     reason="fp32 reference" if parity is None else None,
                 )
