@@ -224,9 +224,10 @@ class translate_errors:
         detail = str(exc).strip() or type(exc).__name__
         if self._model is not None:
             raise ModelLoadError(
-                f"{self._backend} could not load {self._model}: {detail}. Check that the file is "
+                f"{self._backend} could not load {self._model}: {detail}. Either the file is not "
                 f"a complete, valid model in a format {self._backend} reads (re-export or "
-                "re-download it)"
+                f"re-download it), or {self._backend} lacks something it uses (its message above "
+                "says which): try another backend"
             ) from exc
         raise InferenceError(
             f"{self._backend} failed while running the model: {detail}", backend=self._backend

@@ -225,6 +225,8 @@ class _Converter:
 
     def convert_node(self, node: Any) -> None:
         op = node.op_type
+        if not node.name and node.output:
+            node.name = node.output[0]  # errors name the node; unnamed ones by their output
         if node.domain not in ("", "ai.onnx"):
             raise _Unsupported(f"operator {node.domain}.{op} (node {node.name!r})")
         if op == "Constant":
