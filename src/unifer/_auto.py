@@ -262,9 +262,13 @@ def _choose(
     pool = candidates(_registry.reference_first(available), thread_options, precisions, devices)
     if not threads:
         pool = _runtime_threads_off_the_cpu(pool, where)
-    if key is None:
+
+    def static(pool: Sequence[Candidate], why: str = "not measured") -> tuple[Selection, Session]:
         on_gpu = [c for c in pool if _on_cuda(where(c))]
-        return _open_static(pool, unavailable, objective, open_candidate, path, on_gpu)
+        return _open_static(pool, unavailable, objective, open_candidate, path, on_gpu, why)
+
+    if key is None:
+        return static(pool)
     # Candidates are checked against an fp32 run: without fp32 among the precisions, fp32
     # runs of the same backends come first, as the reference only.
     reference_only: list[Candidate] = []
@@ -301,10 +305,8 @@ def _choose(
             stored=stored,
         )
     except _parity.UnseedableInputError as exc:  # string inputs: chosen as without measuring
-        pool = [c for c in pool if c not in reference_only]
-        on_gpu = [c for c in pool if _on_cuda(where(c))]
         why = f"not measured ({exc.message.removesuffix('; pass real inputs for this model')})"
-        return _open_static(pool, unavailable, objective, open_candidate, path, on_gpu, why)
+        return static([c for c in pool if c not in reference_only], why)
     background = _background.between(before, _background.sample(), _background.cpus())
     if record is not None:
         record.survived(str(c) for c in pool)

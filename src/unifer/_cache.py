@@ -8,11 +8,14 @@ moved into place with ``os.replace``, so a reader never sees half a file, even w
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import IO, Final
 
 from ._errors import CacheError
 
@@ -94,6 +97,31 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def exclusive(file: IO[str], deadline: float) -> Iterator[bool | None]:
+    """Hold an exclusive ``flock`` on ``file`` (across processes, and across the threads of one
+    that opened it separately), waiting until ``deadline`` (``time.monotonic()``) at most; yields
+    True when held, False when the wait ran out, None where the OS has no ``flock`` (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield None
+        return
+    while True:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                yield False
+                return
+            time.sleep(0.05)
+    try:
+        yield True
+    finally:
+        fcntl.flock(file, fcntl.LOCK_UN)
 
 
 def sha256_file(path: Path) -> str:

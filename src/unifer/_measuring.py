@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, Final
 
-from ._cache import atomic_write_bytes, cache_dir, cache_root
+from ._cache import atomic_write_bytes, cache_dir, cache_root, exclusive
 
 logger = logging.getLogger("unifer.auto")
 
@@ -107,17 +107,20 @@ def measuring(key: str) -> Iterator[Record]:
 
 
 def _holding(lock: IO[str], directory: Path, key: str, deadline: float) -> Iterator[Record]:
-    locked = _lock(lock, key, deadline)
-    # Unlocked, the record may be a live process's: neither read nor written.
-    record = Record(directory / f"auto-{key}.json" if locked else None)
-    try:
-        yield record
-    finally:
-        record.now(None)
-        if locked:
-            import fcntl
-
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with exclusive(lock, deadline) as locked:
+        if locked is False:  # None: no flock here (Windows), each process measures for itself
+            logger.warning(
+                "another process has been measuring for %s for over %.0f s; measuring "
+                "without waiting for it",
+                key,
+                LOCK_WAIT_S,
+            )
+        # Unlocked, the record may be a live process's: neither read nor written.
+        record = Record(directory / f"auto-{key}.json" if locked else None)
+        try:
+            yield record
+        finally:
+            record.now(None)
 
 
 #: One lock per key for the threads of this process (a plain dict: keys are few).
@@ -154,28 +157,6 @@ def _forget_thread_locks() -> None:
 
 if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_forget_thread_locks)
-
-
-def _lock(file: IO[str], key: str, deadline: float) -> bool:
-    """Take the lock on ``file``, waiting until ``deadline`` at most; whether it was taken."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: each process measures for itself
-        return False
-    while True:
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                logger.warning(
-                    "another process has been measuring for %s for over %.0f s; measuring "
-                    "without waiting for it",
-                    key,
-                    LOCK_WAIT_S,
-                )
-                return False
-            time.sleep(0.05)
 
 
 def clear() -> int:

@@ -23,6 +23,8 @@ from .backend import Dim, Precision, TensorSpec
 FP32_MAX_RELATIVE_DIFF: Final = 1e-4
 FP32_MIN_COSINE: Final = 0.99999
 
+#: Precisions from the most faithful to the loosest.
+PRECISION_ORDER: Final[tuple[Precision, ...]] = ("fp32", "fp16", "bf16", "int8")
 #: Accuracy each precision must keep against the fp32 reference: (max relative diff, min cosine).
 TOLERANCE: Final[Mapping[str, tuple[float, float]]] = {
     "fp32": (FP32_MAX_RELATIVE_DIFF, FP32_MIN_COSINE),
@@ -36,8 +38,7 @@ def judged_as(precision: Precision, stored: Precision) -> Precision:
     """The precision whose tolerance judges a run at ``precision`` of a model that computes in
     ``stored`` by itself: the looser. Two runtimes both faithful to an int8 model differ as int8
     runs do (their requantization rounds apart), whatever precision= they were asked for."""
-    order = list(TOLERANCE)
-    return max(precision, stored, key=order.index)
+    return max(precision, stored, key=PRECISION_ORDER.index)
 
 
 def model_precision(path: Path) -> Precision:

@@ -25,6 +25,7 @@ import numpy as np
 
 from ._errors import NoBackendAvailableError, UniferError
 from ._parity import (
+    PRECISION_ORDER,
     TOLERANCE,
     Parity,
     UnseedableInputError,
@@ -55,7 +56,6 @@ THROUGHPUT_BATCH: Final = 8
 #: where a 3x3 convolution uses every tap (as the conversion check feeds it); 1 where the model
 #: cannot run at that size.
 DEFAULT_SIZE: Final = 32
-_PRECISION_ORDER: Final = ("fp32", "fp16", "bf16", "int8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +153,7 @@ def candidates(
 ) -> list[Candidate]:
     """Every combination, fp32 first (the reference must be measured before the others); each
     backend on each of its ``devices`` (``None``: its default device, the only one by default)."""
-    ordered = sorted(precisions, key=_PRECISION_ORDER.index)
+    ordered = sorted(precisions, key=PRECISION_ORDER.index)
     where = devices or {}
     return [
         Candidate(b, t, p, d)
@@ -170,7 +170,7 @@ def static_rank(candidate: Candidate) -> tuple[int, int, bool, int]:
     order = {name: i for i, name in enumerate(STATIC_ORDER)}
     return (
         order.get(candidate.backend, len(order)),
-        _PRECISION_ORDER.index(candidate.precision),
+        PRECISION_ORDER.index(candidate.precision),
         candidate.device is not None,
         -(candidate.threads or 0),
     )

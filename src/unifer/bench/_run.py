@@ -327,7 +327,8 @@ def run(
                 configs,
                 records,
                 conversions,
-                (ref_outputs, model_info["stored_precision"]),
+                ref_outputs,
+                model_info["stored_precision"],
                 base_job,
                 root,
                 settings,
@@ -507,7 +508,8 @@ def _measure_each(
     configs: Sequence[Config],
     records: list[dict[str, Any]],
     conversions: Mapping[str, dict[str, Any]],
-    references: tuple[Mapping[int, dict[str, np.ndarray] | str], Precision],
+    ref_outputs: Mapping[int, dict[str, np.ndarray] | str],
+    stored: Precision,
     base_job: Mapping[str, Any],
     root: Path,
     settings: Settings,
@@ -515,9 +517,9 @@ def _measure_each(
     notify: ProgressCallback,
 ) -> None:
     """Measure each configuration in a worker of its own, appending to ``records`` as each
-    finishes (so that an interrupted run keeps those done). ``references``: the reference's
-    outputs per batch (or why there are none), and the precision the model stores."""
-    ref_outputs, stored = references
+    finishes (so that an interrupted run keeps those done). ``ref_outputs``: the reference's
+    outputs per batch (or why there are none); ``stored``: the precision the model computes in
+    by itself, which no record is judged more strictly than."""
     total = len(configs)
     for index, config in enumerate(configs, start=1):
         notify(Progress(index, total, config, "starting"))

@@ -23,7 +23,7 @@ import numpy as np
 import openvino as ov
 
 from unifer import InferenceError, ModelLoadError, ModelNotFoundError, UnsupportedOptionError
-from unifer._cache import atomic_write_bytes
+from unifer._cache import atomic_write_bytes, exclusive
 from unifer._digest import model_digest
 from unifer._onnx_io import GraphIO, OnnxFormatError, read_graph_io
 from unifer.backend import (
@@ -219,11 +219,6 @@ def _compiling(cache_dir: Path | None, config: dict[str, Any]) -> Iterator[None]
     processes x 3 threads: in 4 runs of 4). The others wait, then load what the first wrote.
     Where no lock can be taken in time, CACHE_DIR is dropped from ``config`` instead.
     """
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; OpenVINO's own behaviour
-        yield
-        return
     if cache_dir is None:
         yield
         return
@@ -233,26 +228,14 @@ def _compiling(cache_dir: Path | None, config: dict[str, Any]) -> Iterator[None]
         config.pop("CACHE_DIR", None)  # cannot coordinate: compile without the shared file
         yield
         return
-    with lock:
-        deadline = time.monotonic() + COMPILE_WAIT_S
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    warn_user(
-                        f"another process has been compiling into {cache_dir} for over "
-                        f"{COMPILE_WAIT_S:.0f} s; compiling without the cache"
-                    )
-                    config.pop("CACHE_DIR", None)
-                    yield
-                    return
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with lock, exclusive(lock, time.monotonic() + COMPILE_WAIT_S) as held:
+        if held is False:  # None: no flock here (Windows): OpenVINO's own behaviour
+            warn_user(
+                f"another process has been compiling into {cache_dir} for over "
+                f"{COMPILE_WAIT_S:.0f} s; compiling without the cache"
+            )
+            config.pop("CACHE_DIR", None)
+        yield
 
 
 def _discard_if_empty(directory: Path | None) -> None:
